@@ -1,0 +1,817 @@
+"""Figures for reports, built from arrays and report files (never from live models).
+
+Every figure is drawn on a standalone :class:`matplotlib.figure.Figure` (Agg canvas),
+so importing this module changes no global matplotlib state (no ``pyplot``, no
+``matplotlib.use``), and every PNG is written atomically through
+:func:`ddpm.io.atomic_path`: a failed or interrupted write leaves no partial file.
+
+Conventions shared with the rest of the package (see DESIGN.md):
+
+- Images live in model space ``[-1, 1]``: grey level ``v in {0..K-1}`` is
+  ``x = 2 v / (K - 1) - 1``; arrays are ``[N, C, H, W]`` with ``C`` in ``{1, 3}``.
+- Vector data (the Swiss roll) is ``[N, 2]``.
+- Timestep labels use the paper's index: ``t = 0`` is data, ``t = T`` is pure noise.
+  Code indices ``0..T-1`` (``betas[t]``, ``alphas_cumprod[t]``) stand for paper ``t = 1..T``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from PIL import Image
+from torchvision.utils import make_grid
+
+from ddpm.io import atomic_path
+
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Any]]
+PathLike = Union[str, os.PathLike]
+
+DPI = 130
+# Nearest-neighbour upscaling target: each image is shown at least this many pixels on
+# its long side, so an 8x8 digit becomes a visible 64x64 block image.
+MIN_DISPLAY_PIXELS = 64
+SAMPLES_MIN_GRID_PIXELS = 480  # minimum width of the samples figure's grid
+STRIP_CELL_PIXELS = 104  # minimum cell size in process strips (about 0.8 in at DPI)
+GRID_PADDING = 2  # pixels between images in a grid (after upscaling)
+GRID_PAD_VALUE = 255  # white separators: visible against the black digit/MNIST background
+SAMPLE_COLOR = "tab:blue"
+REFERENCE_COLOR = "0.55"
+DECODER_COLOR = "tab:red"
+MAX_PANELS_PER_ROW = 5
+BOUND_UNITS = ("bits/dim", "nats/dim")
+DATA_KINDS = ("image", "vector")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _to_numpy(x: ArrayLike, dtype: Any = np.float64) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _check_num_levels(num_levels: Any) -> int:
+    if (
+        isinstance(num_levels, bool)
+        or not isinstance(num_levels, (int, np.integer))
+        or num_levels < 2
+    ):
+        raise ValueError(
+            "num_levels must be an integer >= 2 (e.g. 17 for sklearn digits, "
+            f"256 for MNIST/CIFAR-10), got {num_levels!r}"
+        )
+    return int(num_levels)
+
+
+def _check_images(x: np.ndarray, name: str) -> None:
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{name} must be images shaped [N, C, H, W] with C in (1, 3), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); nothing to plot")
+
+
+def _check_vectors(x: np.ndarray, name: str) -> None:
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"{name} must be 2-D points shaped [N, 2], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); nothing to plot")
+
+
+def _data_kind(meta: Mapping[str, Any]) -> tuple[str, int | None]:
+    """Validate ``meta`` and return ``(kind, num_levels)`` (``num_levels`` only for images)."""
+    kind = meta.get("kind")
+    if kind not in DATA_KINDS:
+        raise ValueError(f"meta['kind'] must be one of {DATA_KINDS}, got {kind!r}")
+    if kind == "image":
+        return kind, _check_num_levels(meta.get("num_levels"))
+    return kind, None
+
+
+def _auto_scale(height: int, width: int) -> int:
+    return max(1, math.ceil(MIN_DISPLAY_PIXELS / max(height, width)))
+
+
+def _grid_pixels(images: np.ndarray, nrow: int, scale: int) -> np.ndarray:
+    """Tile uint8 images ``[N, C, H, W]`` into ``[H', W']`` (C=1) or ``[H', W', 3]`` (C=3)."""
+    big = images.repeat(scale, axis=2).repeat(scale, axis=3)  # nearest-neighbour upscale
+    grid = make_grid(
+        torch.from_numpy(np.ascontiguousarray(big)),
+        nrow=nrow,
+        padding=GRID_PADDING,
+        pad_value=GRID_PAD_VALUE,
+    )
+    if images.shape[1] == 1:
+        return grid[0].numpy()  # make_grid repeats a single channel three times
+    return grid.permute(1, 2, 0).numpy()
+
+
+def _save_figure(fig: Figure, path: PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return Path(path)
+
+
+def _show_grid(ax: Axes, grid: np.ndarray) -> None:
+    if grid.ndim == 2:
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(grid, interpolation="nearest")
+
+
+def _image_figure(
+    grid: np.ndarray,
+    top_in: float,
+    bottom_in: float,
+    side_in: float,
+    min_width_in: float,
+) -> tuple[Figure, Axes]:
+    """A figure whose axes show ``grid`` at exactly one figure pixel per grid pixel.
+
+    No layout engine: the axes rectangle is placed by hand (centred, with the given
+    margins in inches for title, tick labels and axis labels), so the nearest-neighbour
+    upscaled images are not resampled a second time into uneven blocks.
+    """
+    height_px, width_px = grid.shape[:2]
+    axes_w, axes_h = width_px / DPI, height_px / DPI
+    fig_w = max(axes_w + 2 * side_in, min_width_in)
+    fig_h = axes_h + top_in + bottom_in
+    fig = Figure(figsize=(fig_w, fig_h), dpi=DPI)
+    left = (fig_w - axes_w) / 2
+    ax = fig.add_axes((left / fig_w, bottom_in / fig_h, axes_w / fig_w, axes_h / fig_h))
+    return fig, ax
+
+
+def _strip_ticks(ax: Axes, n_cols: int, cell_px: int, labels: Sequence[str]) -> None:
+    """Put one x tick label under the centre of each grid column."""
+    centres = [
+        GRID_PADDING + c * (cell_px + GRID_PADDING) + cell_px / 2 - 0.5 for c in range(n_cols)
+    ]
+    ax.set_xticks(centres, labels)
+    ax.set_yticks([])
+    ax.tick_params(axis="x", length=0, labelsize=8)
+    for side in ax.spines.values():
+        side.set_visible(False)
+
+
+def _square_limits(
+    arrays: Sequence[np.ndarray], robust: Sequence[bool]
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Shared square axis limits covering all arrays.
+
+    Arrays flagged ``robust`` (model output, which may have diverged) are covered up to
+    1.5x the half-width of their central 99% around its centre: every point of a sane
+    cloud is shown, while a few far-off points cannot shrink the rest to a dot.
+    """
+    lows, highs = [], []
+    for a, is_robust in zip(arrays, robust):
+        finite = a[np.all(np.isfinite(a), axis=1)]
+        if len(finite) == 0:
+            continue
+        low, high = finite.min(axis=0), finite.max(axis=0)
+        if is_robust:
+            q_low, q_high = np.percentile(finite, [0.5, 99.5], axis=0)
+            centre, half = (q_low + q_high) / 2, (q_high - q_low) / 2
+            low, high = np.maximum(low, centre - 1.5 * half), np.minimum(high, centre + 1.5 * half)
+        lows.append(low)
+        highs.append(high)
+    if not lows:
+        return (-1.0, 1.0), (-1.0, 1.0)
+    low, high = np.min(lows, axis=0), np.max(highs, axis=0)
+    centre = (low + high) / 2
+    half = max(float(np.max(high - low)) / 2 * 1.05, 1e-3)
+    return (centre[0] - half, centre[0] + half), (centre[1] - half, centre[1] + half)
+
+
+def _count_outside(points: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float]) -> int:
+    with np.errstate(invalid="ignore"):
+        inside = (
+            (points[:, 0] >= xlim[0])
+            & (points[:, 0] <= xlim[1])
+            & (points[:, 1] >= ylim[0])
+            & (points[:, 1] <= ylim[1])
+        )
+    return int(np.sum(~inside))
+
+
+def _marker_size(n: int) -> float:
+    return float(np.clip(3000.0 / max(n, 1), 1.0, 16.0))
+
+
+def _scatter_panel(
+    ax: Axes,
+    points: np.ndarray,
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    reference: np.ndarray | None = None,
+    label: str | None = None,
+) -> None:
+    if reference is not None:
+        ax.scatter(
+            reference[:, 0],
+            reference[:, 1],
+            s=_marker_size(len(reference)),
+            c=REFERENCE_COLOR,
+            alpha=0.4,
+            linewidths=0,
+            label=f"held-out data (n={len(reference)})" if label else None,
+        )
+    ax.scatter(
+        points[:, 0],
+        points[:, 1],
+        s=_marker_size(len(points)),
+        c=SAMPLE_COLOR,
+        alpha=0.7,
+        linewidths=0,
+        label=label,
+    )
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
+    ax.set_aspect("equal", adjustable="box")
+    ax.grid(True, alpha=0.25)
+    outside = _count_outside(points, xlim, ylim)
+    if outside:
+        ax.text(
+            0.02,
+            0.02,
+            f"{outside} point(s) outside view",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="0.3",
+            va="bottom",
+        )
+
+
+def _pick_columns(n: int, max_columns: int) -> np.ndarray:
+    """Indices of at most ``max_columns`` evenly spread items, always first and last."""
+    if n <= max_columns:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, max_columns)).astype(int))
+
+
+def _read_csv_columns(csv_path: PathLike, required: Sequence[str]) -> dict[str, np.ndarray]:
+    """Read the ``required`` numeric columns of a CSV with a header line (blank cells -> NaN)."""
+    csv_path = Path(csv_path)
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise ValueError(
+                f"{csv_path}: missing column(s) {missing}; header is {header}, "
+                f"expected at least {list(required)}"
+            )
+        reader.fieldnames = header
+        columns: dict[str, list[float]] = {c: [] for c in required}
+        for line_no, row in enumerate(reader, start=2):
+            for c in required:
+                cell = (row.get(c) or "").strip()
+                try:
+                    columns[c].append(float(cell) if cell else math.nan)
+                except ValueError:
+                    raise ValueError(
+                        f"{csv_path}:{line_no}: column {c!r} has non-numeric value {cell!r}"
+                    ) from None
+    if not columns[required[0]]:
+        raise ValueError(f"{csv_path}: no data rows after the header")
+    return {c: np.asarray(v, dtype=np.float64) for c, v in columns.items()}
+
+
+# --------------------------------------------------------------------------- images
+
+
+def images_to_uint8(x: ArrayLike, num_levels: int) -> np.ndarray:
+    """Map images in model space to display pixels.
+
+    Args:
+        x: ``[N, C, H, W]`` in model space, where grey level ``v in {0..K-1}`` is
+            ``x = 2 v / (K - 1) - 1``. Values outside ``[-1, 1]`` (noisy ``x_t``,
+            unclipped samples) are clipped.
+        num_levels: ``K``, the number of grey levels of the data.
+
+    Returns:
+        uint8 ``[N, C, H, W]``: ``x`` rounded to the nearest of the K levels, then
+        stretched to ``0..255`` (level ``v`` -> ``round(255 v / (K - 1))``, halves
+        rounded up), so data with few levels is still shown at full contrast.
+        NaNs are shown as 0.
+    """
+    k = _check_num_levels(num_levels)
+    x = _to_numpy(x)
+    _check_images(x, "x")
+    x = np.nan_to_num(x, nan=-1.0, posinf=1.0, neginf=-1.0)
+    levels = np.rint((np.clip(x, -1.0, 1.0) + 1.0) / 2.0 * (k - 1))
+    return np.floor(levels * 255.0 / (k - 1) + 0.5).astype(np.uint8)
+
+
+def save_image_grid(
+    x: ArrayLike,
+    num_levels: int,
+    path: PathLike,
+    nrow: int | None = None,
+    scale: int | None = None,
+) -> Path:
+    """Write images in model space as one pixel-exact grid PNG (no axes, no title).
+
+    Args:
+        x: ``[N, C, H, W]`` in model space ``[-1, 1]``, ``C`` in ``{1, 3}`` (1 = greyscale).
+        num_levels: ``K`` grey levels of the data (see :func:`images_to_uint8`).
+        path: target ``.png``; written atomically.
+        nrow: images per grid row; default ``ceil(sqrt(N))`` (a square-ish grid).
+        scale: integer nearest-neighbour upscaling factor; default makes each image at
+            least 64 pixels on its long side (8x8 digits -> 64x64, 32x32 -> 64x64).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    pixels = images_to_uint8(x, num_levels)
+    n, _, height, width = pixels.shape
+    nrow = math.ceil(math.sqrt(n)) if nrow is None else int(nrow)
+    scale = _auto_scale(height, width) if scale is None else int(scale)
+    if nrow < 1 or scale < 1:
+        raise ValueError(
+            f"nrow and scale must be positive integers, got nrow={nrow!r}, scale={scale!r}"
+        )
+    grid = _grid_pixels(pixels, nrow=nrow, scale=scale)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid, mode="L" if grid.ndim == 2 else "RGB").save(tmp, format="PNG")
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- report curves
+
+
+def _ema(values: np.ndarray, span: float) -> np.ndarray:
+    """Bias-corrected exponential moving average (as TensorBoard's smoothing)."""
+    beta = 1.0 - 2.0 / (span + 1.0)
+    out = np.empty_like(values)
+    acc, weight = 0.0, 0.0
+    for i, v in enumerate(values):
+        acc = beta * acc + (1.0 - beta) * v
+        weight = beta * weight + (1.0 - beta)
+        out[i] = acc / weight
+    return out
+
+
+def plot_loss(
+    csv_path: PathLike, png_path: PathLike, ylabel: str = "training loss (batch mean)"
+) -> Path:
+    """Plot the training loss curve from a CSV with a header and ``step``, ``loss`` columns.
+
+    Other columns (learning rate, grad norm, ...) are ignored. The raw per-step loss is
+    drawn faintly, with a bias-corrected EMA on top (span ~ 1/40 of the points, so the
+    smoothing adapts to the run length); non-finite losses are dropped and counted in
+    the title. The y axis is logarithmic when the positive losses span more than a decade.
+
+    Args:
+        csv_path: training log, e.g. ``reports/train/loss.csv``.
+        png_path: target ``.png``; written atomically.
+        ylabel: y-axis label (name the loss and its unit when known).
+    """
+    cols = _read_csv_columns(csv_path, ["step", "loss"])
+    step, loss = cols["step"], cols["loss"]
+    finite = np.isfinite(step) & np.isfinite(loss)
+    dropped = int(np.sum(~finite))
+    step, loss = step[finite], loss[finite]
+    if len(loss) == 0:
+        raise ValueError(f"{csv_path}: no finite (step, loss) rows to plot")
+    order = np.argsort(step, kind="stable")
+    step, loss = step[order], loss[order]
+    span = float(np.clip(len(loss) / 40.0, 1.0, 500.0))
+    smooth = _ema(loss, span)
+
+    fig = Figure(figsize=(7.0, 4.2), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    if span >= 2.0:
+        ax.plot(step, loss, color=SAMPLE_COLOR, alpha=0.3, linewidth=0.8, label="per step")
+        ax.plot(
+            step, smooth, color=SAMPLE_COLOR, linewidth=2.0, label=f"EMA (span {span:.0f} points)"
+        )
+    else:  # too few points to smooth: show them as they are
+        ax.plot(
+            step,
+            loss,
+            color=SAMPLE_COLOR,
+            marker="o",
+            markersize=3,
+            linewidth=1.5,
+            label="per step",
+        )
+    if np.all(loss > 0) and loss.max() / loss.min() > 10.0:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    final = f"final EMA {smooth[-1]:.4g}" if span >= 2.0 else f"final {loss[-1]:.4g}"
+    title = f"Training loss ({len(loss)} points, {final})"
+    if dropped:
+        title += f"\n{dropped} non-finite value(s) omitted"
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(loc="upper right")
+    return _save_figure(fig, png_path)
+
+
+def plot_bound_terms(csv_path: PathLike, png_path: PathLike, unit: str) -> Path:
+    """Plot the per-timestep terms of the variational bound (Ho et al. eq. 5).
+
+    The CSV has header ``t,term,stderr`` with ``t = 1..T`` the paper's index: ``t = 1`` is
+    the decoder term ``L_0`` and ``t >= 2`` the KL term ``L_{t-1}``; ``term`` is the mean
+    contribution to the bound per dimension in ``unit`` and ``stderr`` its standard error
+    (blank or NaN: no band). The prior term ``L_T`` is not part of this file.
+
+    The KL terms are drawn on a log axis with a shaded +-1 standard-error band. ``L_0``
+    is a separate red marker, its value and error in the legend; when it is not
+    positive (the Gaussian decoder on continuous data has a log-density that can exceed
+    0) it cannot sit on a log axis, so it is pinned to the bottom edge as a downward
+    triangle labelled "off scale". The legend title gives the sum of all rows.
+
+    Args:
+        csv_path: per-timestep terms written by the evaluate stage.
+        png_path: target ``.png``; written atomically.
+        unit: ``"bits/dim"`` (discrete data) or ``"nats/dim"`` (continuous data).
+    """
+    if unit not in BOUND_UNITS:
+        raise ValueError(f"unit must be one of {BOUND_UNITS}, got {unit!r}")
+    cols = _read_csv_columns(csv_path, ["t", "term", "stderr"])
+    order = np.argsort(cols["t"], kind="stable")
+    t, term, raw_stderr = cols["t"][order], cols["term"][order], cols["stderr"][order]
+    stderr = np.nan_to_num(raw_stderr, nan=0.0)
+    is_decoder = t == 1
+    kl_t, kl, kl_se = t[~is_decoder], term[~is_decoder], stderr[~is_decoder]
+    shown = np.isfinite(kl) & (kl > 0)
+    decoder_positive = is_decoder & np.isfinite(term) & (term > 0)
+    if not np.any(shown) and not np.any(decoder_positive):
+        raise ValueError(f"{csv_path}: no positive finite term to draw on a log axis")
+    positive = np.concatenate([kl[shown], term[decoder_positive]])
+    upper = np.concatenate([(kl + kl_se)[shown], (term + stderr)[decoder_positive]])
+    floor = float(positive.min()) / 3.0
+    ceiling = float(upper.max()) * 2.0
+
+    fig = Figure(figsize=(7.5, 4.6), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_yscale("log")
+    if np.any(shown):
+        marker = "o" if len(kl_t) <= 60 else None
+        ax.plot(
+            kl_t[shown],
+            kl[shown],
+            color=SAMPLE_COLOR,
+            marker=marker,
+            markersize=3,
+            linewidth=1.5,
+            label=r"$L_{t-1}$ (KL terms, $t \geq 2$)",
+        )
+        if np.any(kl_se[shown] > 0):
+            low = np.maximum(kl - kl_se, floor)
+            ax.fill_between(
+                kl_t[shown],
+                low[shown],
+                (kl + kl_se)[shown],
+                color=SAMPLE_COLOR,
+                alpha=0.25,
+                linewidth=0,
+                label=r"$\pm 1$ std. error",
+            )
+    if np.any(is_decoder):
+        l0, l0_se = float(term[is_decoder][0]), float(stderr[is_decoder][0])
+        label = rf"$L_0$ (decoder, $t=1$) = {l0:.4g}"
+        if np.isfinite(raw_stderr[is_decoder][0]):
+            label += rf" $\pm$ {l0_se:.2g}"
+        if l0 > 0:
+            ax.errorbar(
+                [1],
+                [l0],
+                yerr=[[min(l0_se, l0 - floor)], [l0_se]],
+                fmt="D",
+                color=DECODER_COLOR,
+                markersize=7,
+                capsize=3,
+                label=label,
+            )
+        else:
+            ax.plot(
+                [1],
+                [floor],
+                marker="v",
+                color=DECODER_COLOR,
+                markersize=10,
+                linestyle="none",
+                clip_on=False,
+                zorder=5,
+                label=label + " (off scale)",
+            )
+    ax.set_ylim(floor, ceiling)
+    t_max = max(float(np.nanmax(t)), 2.0)
+    margin = max(0.5, 0.015 * t_max)
+    ax.set_xlim(1 - margin, t_max + margin)
+
+    legend_title = (
+        f"sum of all {len(t)} terms = {float(np.nansum(term)):.4g} {unit}\n"
+        "(prior $L_T$ not included)"
+    )
+    skipped = int(np.sum(~shown))
+    if skipped:
+        legend_title += f"\n{skipped} non-positive KL term(s) not drawn"
+    ax.legend(loc="best", fontsize=8, title=legend_title, title_fontsize=8, framealpha=0.9)
+    ax.set_xlabel(r"timestep $t$ (paper index; $t=1$ is the decoder $L_0$)")
+    ax.set_ylabel(f"mean term per dimension ({unit})")
+    ax.set_title(f"Variational bound per timestep ({unit})")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", axis="y", alpha=0.08)
+    return _save_figure(fig, png_path)
+
+
+def plot_schedule(betas: ArrayLike, png_path: PathLike) -> Path:
+    """Plot a noise schedule: ``beta_t``, ``alphas_cumprod`` (abar_t) and log SNR vs ``t``.
+
+    Args:
+        betas: ``[T]`` (float64), ``betas[i]`` is the paper's ``beta_{i+1}``.
+        png_path: target ``.png``; written atomically.
+    """
+    betas = _to_numpy(betas)
+    if betas.ndim != 1 or len(betas) == 0:
+        raise ValueError(f"betas must be a non-empty 1-D array [T], got shape {tuple(betas.shape)}")
+    if not np.all((betas > 0) & (betas <= 1)):
+        raise ValueError(f"betas must lie in (0, 1], got min {betas.min()!r}, max {betas.max()!r}")
+    t = np.arange(1, len(betas) + 1)
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    with np.errstate(divide="ignore"):
+        log_snr = np.log(alphas_cumprod) - np.log1p(-alphas_cumprod)  # log(abar / (1 - abar))
+
+    fig = Figure(figsize=(12.0, 3.8), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 3)
+    panels = [
+        (betas, r"$\beta_t$", r"noise variance $\beta_t$"),
+        (
+            alphas_cumprod,
+            r"$\bar\alpha_t$ (cumulative product of $1-\beta_s$)",
+            r"signal variance fraction $\bar\alpha_t$",
+        ),
+        (log_snr, r"$\log \mathrm{SNR}_t$", r"$\log(\bar\alpha_t / (1-\bar\alpha_t))$ (nats)"),
+    ]
+    for ax, (values, title, ylabel) in zip(axes, panels):
+        ax.plot(t, values, color=SAMPLE_COLOR, linewidth=1.8)
+        ax.set_title(title)
+        ax.set_xlabel(r"timestep $t$ (1..T)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.25)
+    axes[1].set_ylim(-0.03, 1.03)
+    axes[2].axhline(0.0, color="0.5", linewidth=0.8, linestyle="--")
+    fig.suptitle(rf"Noise schedule (T = {len(betas)}, $\bar\alpha_T$ = {alphas_cumprod[-1]:.2e})")
+    return _save_figure(fig, png_path)
+
+
+# --------------------------------------------------------------------------- samples and processes
+
+
+def plot_samples(
+    samples: ArrayLike,
+    meta: Mapping[str, Any],
+    png_path: PathLike,
+    reference: ArrayLike | None = None,
+    max_images: int = 100,
+) -> Path:
+    """Plot generated samples.
+
+    Args:
+        samples: images ``[N, C, H, W]`` or points ``[N, 2]``, in model space.
+        meta: data description with ``"kind"`` (``"image"`` or ``"vector"``) and, for
+            images, ``"num_levels"``.
+        png_path: target ``.png``; written atomically.
+        reference: vectors only: held-out data ``[M, 2]`` drawn faintly behind the samples.
+        max_images: images only: at most this many (the first ones) are shown.
+    """
+    kind, num_levels = _data_kind(meta)
+    x = _to_numpy(samples)
+    if kind == "image":
+        _check_images(x, "samples")
+        shown = x[:max_images]
+        pixels = images_to_uint8(shown, num_levels)
+        _, _, height, width = pixels.shape
+        nrow = math.ceil(math.sqrt(len(shown)))
+        # A few large images or many small ones: either way the grid is at least ~480 px wide.
+        scale = max(_auto_scale(height, width), math.ceil(SAMPLES_MIN_GRID_PIXELS / (nrow * width)))
+        grid = _grid_pixels(pixels, nrow=nrow, scale=scale)
+        fig, ax = _image_figure(grid, top_in=0.45, bottom_in=0.12, side_in=0.12, min_width_in=4.8)
+        _show_grid(ax, grid)
+        ax.set_axis_off()
+        count = f"{len(shown)} of {len(x)}" if len(shown) < len(x) else f"{len(x)}"
+        ax.set_title(
+            f"Samples: {count} image{'s' if len(x) > 1 else ''}, "
+            f"{height}x{width}x{x.shape[1]}, K = {num_levels} levels"
+        )
+        return _save_figure(fig, png_path)
+
+    _check_vectors(x, "samples")
+    ref = None
+    if reference is not None:
+        ref = _to_numpy(reference)
+        _check_vectors(ref, "reference")
+    arrays, robust = [x], [True]
+    if ref is not None:
+        arrays.append(ref)
+        robust.append(False)
+    xlim, ylim = _square_limits(arrays, robust)
+    fig = Figure(figsize=(5.6, 5.6), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    _scatter_panel(ax, x, xlim, ylim, reference=ref, label=f"samples (n={len(x)})")
+    ax.set_xlabel(r"$x_1$ (model units)")
+    ax.set_ylabel(r"$x_2$ (model units)")
+    ax.set_title("Samples" + (" vs held-out data" if ref is not None else ""))
+    ax.legend(
+        loc="upper right", fontsize=8, markerscale=max(1.0, 3.0 / math.sqrt(_marker_size(len(x))))
+    )
+    return _save_figure(fig, png_path)
+
+
+def _image_strip_figure(
+    frames: np.ndarray,
+    num_levels: int,
+    labels: Sequence[str],
+    title: str,
+    xlabel: str,
+) -> Figure:
+    """``frames`` ``[S, n, C, H, W]`` -> figure with rows = examples, columns = frames."""
+    n_cols, n_rows = frames.shape[0], frames.shape[1]
+    _, _, channels, height, width = frames.shape
+    # Row-major order for make_grid: example 0 at every step, then example 1, ...
+    tiles = frames.transpose(1, 0, 2, 3, 4).reshape(n_rows * n_cols, channels, height, width)
+    pixels = images_to_uint8(tiles, num_levels)
+    # Columns carry a t label (two lines for the forward process): ~0.8 in per column.
+    scale = max(1, math.ceil(STRIP_CELL_PIXELS / max(height, width)))
+    grid = _grid_pixels(pixels, nrow=n_cols, scale=scale)
+    label_lines = max(label.count("\n") + 1 for label in labels)
+    fig, ax = _image_figure(
+        grid, top_in=0.5, bottom_in=0.5 + 0.15 * label_lines, side_in=0.4, min_width_in=7.0
+    )
+    _show_grid(ax, grid)
+    _strip_ticks(ax, n_cols, width * scale, labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    return fig
+
+
+def _vector_strip_figure(
+    frames: Sequence[np.ndarray],
+    panel_titles: Sequence[str],
+    title: str,
+    reference: np.ndarray | None,
+) -> Figure:
+    """One scatter panel per frame, shared square limits."""
+    arrays = list(frames) + ([reference] if reference is not None else [])
+    xlim, ylim = _square_limits(arrays, [True] * len(frames) + [False] * (reference is not None))
+    n = len(frames)
+    # Wrap after MAX_PANELS_PER_ROW panels: one long row of 9+ panels is unreadable.
+    n_cols = min(n, MAX_PANELS_PER_ROW)
+    n_rows = math.ceil(n / n_cols)
+    fig = Figure(figsize=(2.6 * n_cols + 0.5, 2.9 * n_rows + 0.5), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(
+        fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False)
+    ).ravel()
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        _scatter_panel(ax, frames[i], xlim, ylim, reference=reference)
+        ax.set_title(panel_titles[i], fontsize=9)
+        # x tick labels only where no panel sits below (the last row may be partial).
+        has_panel_below = i + n_cols < n
+        ax.tick_params(labelsize=7, labelbottom=not has_panel_below)
+        if not has_panel_below:
+            ax.set_xlabel(r"$x_1$ (model units)", fontsize=8)
+        if i % n_cols == 0:
+            ax.set_ylabel(r"$x_2$ (model units)", fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_reverse_process(
+    trajectory: ArrayLike,
+    steps: ArrayLike,
+    meta: Mapping[str, Any],
+    png_path: PathLike,
+    reference: ArrayLike | None = None,
+    max_examples: int = 8,
+    max_columns: int = 10,
+) -> Path:
+    """Plot snapshots of the reverse (generative) process ``x_T -> x_0``.
+
+    Args:
+        trajectory: ``[S, n, ...]`` snapshots in model space (``[S, n, C, H, W]`` images
+            or ``[S, n, 2]`` vectors), one per entry of ``steps``.
+        steps: ``[S]`` ints, the paper timestep of each snapshot = number of reverse steps
+            remaining (``T`` for the initial noise, ``0`` for the final sample).
+        meta: ``{"kind": "image"|"vector", "num_levels": K}``.
+        png_path: target ``.png``; written atomically.
+        reference: vectors only: held-out data ``[M, 2]`` drawn faintly in every panel.
+        max_examples: images only: at most this many rows (examples).
+        max_columns: at most this many snapshots, evenly spread, first and last kept.
+    """
+    kind, num_levels = _data_kind(meta)
+    traj = _to_numpy(trajectory)
+    step_values = _to_numpy(steps, dtype=np.int64).reshape(-1)
+    if traj.ndim < 3 or traj.shape[0] != len(step_values):
+        raise ValueError(
+            f"trajectory must be [S, n, ...] with S = len(steps) = {len(step_values)}, "
+            f"got shape {tuple(traj.shape)}"
+        )
+    columns = _pick_columns(len(step_values), max_columns)
+    traj, step_values = traj[columns], step_values[columns]
+    labels = [f"t={s}" for s in step_values]
+    title = r"Reverse process $p_\theta(x_{t-1} \mid x_t)$: noise ($t=T$) to sample ($t=0$)"
+    if kind == "image":
+        if traj.ndim != 5:
+            raise ValueError(
+                f"image trajectory must be [S, n, C, H, W], got shape {tuple(traj.shape)}"
+            )
+        frames = traj[:, :max_examples]
+        _check_images(frames[0], "trajectory[0]")
+        fig = _image_strip_figure(
+            frames, num_levels, labels, title, "timestep t (reverse steps remaining)"
+        )
+        return _save_figure(fig, png_path)
+
+    for i, frame in enumerate(traj):
+        _check_vectors(frame, f"trajectory[{i}]")
+    ref = None
+    if reference is not None:
+        ref = _to_numpy(reference)
+        _check_vectors(ref, "reference")
+    fig = _vector_strip_figure(list(traj), labels, title, ref)
+    return _save_figure(fig, png_path)
+
+
+def plot_forward_process(
+    x0: ArrayLike,
+    alphas_cumprod: ArrayLike,
+    meta: Mapping[str, Any],
+    png_path: PathLike,
+    steps: ArrayLike | None = None,
+    seed: int = 0,
+    num_examples: int = 4,
+) -> Path:
+    """Plot samples of the forward (noising) process ``q(x_t | x_0)`` at a few timesteps.
+
+    ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (Ho et al. eq. 4), drawn here with
+    NumPy from ``numpy.random.default_rng(seed)``; one ``eps`` per example is shared by
+    all timesteps, so each row (or point) fades coherently into noise. The first
+    column/panel shows the data ``x_0``.
+
+    Args:
+        x0: data in model space, ``[N, C, H, W]`` images or ``[N, 2]`` vectors.
+        alphas_cumprod: ``[T]``; ``alphas_cumprod[i]`` is the paper's ``abar_{i+1}``.
+        meta: ``{"kind": "image"|"vector", "num_levels": K}``.
+        png_path: target ``.png``; written atomically.
+        steps: code indices in ``0..T-1`` to show (labelled with the paper's ``t = i + 1``);
+            default 8 evenly spread indices including ``0`` and ``T - 1``.
+        seed: seed of the noise generator.
+        num_examples: images only: number of example rows.
+    """
+    kind, num_levels = _data_kind(meta)
+    x = _to_numpy(x0)
+    abar = _to_numpy(alphas_cumprod).reshape(-1)
+    num_timesteps = len(abar)
+    if num_timesteps == 0 or not np.all((abar >= 0) & (abar <= 1)):
+        raise ValueError(
+            f"alphas_cumprod must be a non-empty [T] array in [0, 1], got shape {tuple(abar.shape)}"
+        )
+    if steps is None:
+        idx = np.unique(
+            np.round(np.linspace(0, num_timesteps - 1, min(8, num_timesteps))).astype(np.int64)
+        )
+    else:
+        idx = _to_numpy(steps, dtype=np.int64).reshape(-1)
+        bad = idx[(idx < 0) | (idx >= num_timesteps)]
+        if len(bad):
+            raise ValueError(
+                f"steps must be code indices in 0..{num_timesteps - 1} (T = {num_timesteps}), "
+                f"got {bad.tolist()}"
+            )
+    if kind == "image":
+        _check_images(x, "x0")
+        x = x[:num_examples]
+    else:
+        _check_vectors(x, "x0")
+    eps = np.random.default_rng(seed).standard_normal(x.shape)
+    # Ho et al. eq. 4: q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
+    frames = [x] + [math.sqrt(abar[i]) * x + math.sqrt(1.0 - abar[i]) * eps for i in idx]
+    labels = ["t=0\n(data)"] + [rf"t={i + 1}" + "\n" + rf"$\bar\alpha$={abar[i]:.2g}" for i in idx]
+    title = (
+        r"Forward process $q(x_t \mid x_0)$: data ($t=0$) to noise ($t=T$" + f" = {num_timesteps})"
+    )
+    if kind == "image":
+        fig = _image_strip_figure(np.stack(frames), num_levels, labels, title, "timestep t")
+    else:
+        fig = _vector_strip_figure(frames, labels, title, None)
+    return _save_figure(fig, png_path)

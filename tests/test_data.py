@@ -1,0 +1,444 @@
+"""Tests for ddpm.data: the sklearn datasets, K-level scaling, prepared-data files, and the
+torchvision readers on small files written here in the real on-disk formats (no network)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import socket
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from ddpm.data import (
+    DATASET_INFO,
+    DATASETS,
+    DatasetInfo,
+    DatasetNotFoundError,
+    Prepared,
+    dataset_info,
+    from_model_space,
+    load_prepared,
+    prepare_dataset,
+    to_model_space,
+    write_prepared,
+)
+from ddpm.io import atomic_save_npy
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail every connection at once, so download attempts are fast and never reach out."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+def test_registry_lists_every_dataset_with_its_info() -> None:
+    assert DATASETS == ("digits", "swissroll", "mnist", "fashion_mnist", "cifar10")
+    assert set(DATASET_INFO) == set(DATASETS)
+    assert dataset_info("digits") == DatasetInfo("image", (1, 8, 8), 17)
+    assert dataset_info("swissroll") == DatasetInfo("vector", (2,), None)
+    assert dataset_info("cifar10") == DatasetInfo("image", (3, 32, 32), 256)
+
+
+def test_unknown_dataset_names_key_value_and_accepted_names() -> None:
+    with pytest.raises(ValueError) as info:
+        prepare_dataset("minst", "unused", seed=0, test_size=10)
+    message = str(info.value)
+    assert "dataset" in message and "'minst'" in message
+    assert all(name in message for name in DATASETS)
+    assert "did you mean 'mnist'" in message
+
+
+# --- sklearn datasets -----------------------------------------------------------------------
+
+
+def test_digits_prepare_shapes_levels_and_meta() -> None:
+    prepared = prepare_dataset("digits", "unused", seed=0, test_size=300)
+    assert prepared.train.shape == (1497, 1, 8, 8) and prepared.test.shape == (300, 1, 8, 8)
+    assert prepared.train.dtype == np.uint8 and prepared.test.dtype == np.uint8
+    both = np.concatenate([prepared.train, prepared.test])
+    assert both.min() == 0 and both.max() == 16
+    assert prepared.meta == {
+        "dataset": "digits",
+        "kind": "image",
+        "shape": [1, 8, 8],
+        "num_levels": 17,
+        "train_size": 1497,
+        "test_size": 300,
+        "source": prepared.meta["source"],
+        "seed": 0,
+    }
+    assert "load_digits" in prepared.meta["source"]
+    assert prepared.info == DATASET_INFO["digits"]
+
+
+def test_digits_split_is_a_seeded_partition_of_the_bundled_images() -> None:
+    first = prepare_dataset("digits", "unused", seed=3, test_size=300)
+    again = prepare_dataset("digits", "unused", seed=3, test_size=300)
+    other = prepare_dataset("digits", "unused", seed=4, test_size=300)
+    np.testing.assert_array_equal(first.train, again.train)
+    np.testing.assert_array_equal(first.test, again.test)
+    assert not np.array_equal(first.test, other.test)
+    # Train and test together are the bundled images, each used once: a partition by index.
+    rows = np.concatenate([first.train, first.test]).reshape(1797, 64)
+    bundled = load_digits().images.reshape(1797, 64).astype(np.uint8)
+    np.testing.assert_array_equal(np.unique(rows, axis=0, return_counts=True)[1],
+                                  np.unique(bundled, axis=0, return_counts=True)[1])
+    np.testing.assert_array_equal(np.unique(rows, axis=0), np.unique(bundled, axis=0))
+
+
+@pytest.mark.parametrize("test_size", [0, 1797, 5000])
+def test_digits_rejects_a_test_size_that_leaves_no_split(test_size: int) -> None:
+    with pytest.raises(ValueError, match=rf"test_size: bad value {test_size}.*1\.\.1796"):
+        prepare_dataset("digits", "unused", seed=0, test_size=test_size)
+
+
+def test_swissroll_shapes_and_determinism() -> None:
+    prepared = prepare_dataset("swissroll", "unused", seed=0, test_size=50, num_train_vectors=200)
+    assert prepared.train.shape == (200, 2) and prepared.test.shape == (50, 2)
+    assert prepared.train.dtype == np.float32 and prepared.test.dtype == np.float32
+    assert prepared.meta["kind"] == "vector" and prepared.meta["num_levels"] is None
+    assert (prepared.meta["train_size"], prepared.meta["test_size"]) == (200, 50)
+    again = prepare_dataset("swissroll", "unused", seed=0, test_size=50, num_train_vectors=200)
+    other = prepare_dataset("swissroll", "unused", seed=1, test_size=50, num_train_vectors=200)
+    np.testing.assert_array_equal(prepared.train, again.train)
+    np.testing.assert_array_equal(prepared.test, again.test)
+    assert not np.array_equal(prepared.train, other.train)
+    assert not np.array_equal(prepared.train[:50], prepared.test)
+
+
+def test_swissroll_without_noise_lies_on_the_scaled_spiral() -> None:
+    # make_swiss_roll puts (x, z) = t (cos t, sin t) with t in [1.5 pi, 4.5 pi]; /10 scales it.
+    points = prepare_dataset("swissroll", "unused", seed=0, test_size=10, num_train_vectors=500, noise=0.0).train
+    t = np.hypot(points[:, 0], points[:, 1]) * 10
+    assert t.min() >= 1.5 * np.pi - 1e-4 and t.max() <= 4.5 * np.pi + 1e-4
+    np.testing.assert_allclose(points[:, 0] * 10, t * np.cos(t), atol=1e-4)
+
+
+# --- model space --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_levels", [17, 256])
+def test_model_space_round_trip_and_exact_endpoints(num_levels: int) -> None:
+    levels = np.arange(num_levels, dtype=np.uint8)
+    x = to_model_space(levels, num_levels)
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32
+    assert x[0] == -1.0 and x[-1] == 1.0
+    exact = 2 * np.arange(num_levels, dtype=np.float64) / (num_levels - 1) - 1
+    np.testing.assert_allclose(x, exact, rtol=0, atol=2.0**-24)
+    back = from_model_space(x, num_levels)
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, levels)
+
+    x_torch = to_model_space(torch.from_numpy(levels), num_levels)
+    assert isinstance(x_torch, torch.Tensor) and x_torch.dtype == torch.float32
+    np.testing.assert_array_equal(x_torch.numpy(), x)
+    back_torch = from_model_space(x_torch, num_levels)
+    assert isinstance(back_torch, torch.Tensor) and back_torch.dtype == torch.uint8
+    np.testing.assert_array_equal(back_torch.numpy(), levels)
+
+
+def test_from_model_space_rounds_to_the_nearest_level_and_clips() -> None:
+    half_step = 1.0 / 16  # K = 17: levels are 2/16 apart
+    x = np.array([-3.0, -1.0 + 0.9 * half_step, -1.0 + 1.1 * half_step, 0.0, 1.0 - 0.9 * half_step, 2.5])
+    np.testing.assert_array_equal(from_model_space(x, 17), [0, 0, 1, 8, 16, 16])
+    np.testing.assert_array_equal(from_model_space(torch.tensor(x, dtype=torch.bfloat16), 17).numpy(),
+                                  [0, 0, 1, 8, 16, 16])
+
+
+def test_model_space_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"0\.\.16.*from 0 to 17"):
+        to_model_space(np.array([0, 17]), 17)
+    with pytest.raises(TypeError, match="integer grey levels"):
+        to_model_space(torch.tensor([0.0, 1.0]), 17)
+    with pytest.raises(ValueError, match="num_levels: bad value 1"):
+        to_model_space(np.array([0]), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        from_model_space(np.array([0.0, np.nan]), 256)
+
+
+# --- prepared files -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def digits_dir(tmp_path: Path) -> Path:
+    out = tmp_path / "prepared"
+    write_prepared(out, prepare_dataset("digits", "unused", seed=0, test_size=300))
+    return out
+
+
+def test_write_load_round_trip(tmp_path: Path) -> None:
+    for name in ("digits", "swissroll"):
+        prepared = prepare_dataset(name, "unused", seed=1, test_size=30, num_train_vectors=100)
+        write_prepared(tmp_path / name, prepared)
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["meta.json", "test.npy", "train.npy"]
+        loaded = load_prepared(tmp_path / name)
+        assert loaded.meta == prepared.meta
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(getattr(loaded, split), getattr(prepared, split))
+            assert getattr(loaded, split).dtype == getattr(prepared, split).dtype
+
+
+def test_load_rejects_a_shape_mismatch(digits_dir: Path) -> None:
+    atomic_save_npy(digits_dir / "train.npy", np.zeros((1497, 1, 8, 7), dtype=np.uint8))
+    with pytest.raises(ValueError) as info:
+        load_prepared(digits_dir)
+    message = str(info.value)
+    assert "train.npy" in message and "meta.json" in message
+    assert "[1497, 1, 8, 8]" in message and "[1497, 1, 8, 7]" in message
+
+
+def test_load_rejects_a_size_mismatch(digits_dir: Path) -> None:
+    atomic_save_npy(digits_dir / "test.npy", np.zeros((299, 1, 8, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"test\.npy.*test_size=300.*\[299, 1, 8, 8\]"):
+        load_prepared(digits_dir)
+
+
+def test_load_rejects_out_of_range_grey_levels(digits_dir: Path) -> None:
+    train = np.load(digits_dir / "train.npy")
+    train[5, 0, 3, 3] = 17
+    atomic_save_npy(digits_dir / "train.npy", train)
+    with pytest.raises(ValueError) as info:
+        load_prepared(digits_dir)
+    message = str(info.value)
+    assert "train.npy" in message and "num_levels=17" in message
+    assert "0..16" in message and "to 17" in message
+
+
+def test_load_rejects_float_grey_levels(digits_dir: Path) -> None:
+    atomic_save_npy(digits_dir / "test.npy", np.zeros((300, 1, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"test\.npy.*integer grey levels.*float32"):
+        load_prepared(digits_dir)
+
+
+@pytest.mark.parametrize("missing", ["train.npy", "test.npy", "meta.json"])
+def test_load_names_a_missing_file_and_the_prepare_stage(digits_dir: Path, missing: str) -> None:
+    (digits_dir / missing).unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        load_prepared(digits_dir)
+    assert missing in str(info.value) and "dvc repro prepare" in str(info.value)
+
+
+def test_write_rejects_arrays_that_disagree_with_meta(tmp_path: Path) -> None:
+    prepared = prepare_dataset("digits", "unused", seed=0, test_size=300)
+    bad = Prepared(train=prepared.train[:10], test=prepared.test, meta=prepared.meta)
+    with pytest.raises(ValueError, match="train_size=1497"):
+        write_prepared(tmp_path / "out", bad)
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+# --- torchvision datasets on files in their real formats -------------------------------------
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes: magic 0x0000080D (D dims), big-endian sizes, data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(f">I{array.ndim}I", 0x0800 + array.ndim, *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist_like(root: Path, folder: str, n_train: int = 20, n_test: int = 10) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = {
+        "train": rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8),
+        "t10k": rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8),
+    }
+    images["train"][0] = 0
+    images["train"][1] = 255
+    for split, array in images.items():
+        write_idx(root / folder / "raw" / f"{split}-images-idx3-ubyte", array)
+        write_idx(root / folder / "raw" / f"{split}-labels-idx1-ubyte", np.arange(len(array)) % 10)
+    return images
+
+
+@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+@pytest.mark.parametrize("download", [False, True])
+def test_idx_datasets_read_exactly_what_was_written(
+    tmp_path: Path, no_network: None, name: str, folder: str, download: bool
+) -> None:
+    images = write_mnist_like(tmp_path, folder)
+    prepared = prepare_dataset(name, tmp_path, seed=0, test_size=0, download=download)
+    assert prepared.train.dtype == np.uint8 and prepared.train.shape == (20, 1, 28, 28)
+    np.testing.assert_array_equal(prepared.train[:, 0], images["train"])
+    np.testing.assert_array_equal(prepared.test[:, 0], images["t10k"])
+    assert prepared.meta["num_levels"] == 256 and prepared.meta["shape"] == [1, 28, 28]
+    assert (prepared.meta["train_size"], prepared.meta["test_size"]) == (20, 10)
+
+
+def test_official_test_split_subset_is_seeded_and_bounded(tmp_path: Path) -> None:
+    images = write_mnist_like(tmp_path, "MNIST")
+    subset = prepare_dataset("mnist", tmp_path, seed=5, test_size=4, download=False)
+    again = prepare_dataset("mnist", tmp_path, seed=5, test_size=4, download=False)
+    np.testing.assert_array_equal(subset.test, again.test)
+    assert subset.meta["test_size"] == 4 and "subset of 4 of the 10" in subset.meta["source"]
+    matches = [int(np.flatnonzero((images["t10k"] == image).all(axis=(1, 2)))[0]) for image in subset.test[:, 0]]
+    assert matches == sorted(set(matches))
+    with pytest.raises(ValueError, match=r"test_size: bad value 11.*1\.\.10"):
+        prepare_dataset("mnist", tmp_path, seed=5, test_size=11, download=False)
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_missing_idx_files_name_the_files_folder_and_url(tmp_path: Path, no_network: None, download: bool) -> None:
+    raw = tmp_path / "data" / "raw"
+    with pytest.raises(DatasetNotFoundError) as info:
+        prepare_dataset("mnist", raw, seed=0, test_size=0, download=download)
+    message = str(info.value)
+    for name in IDX_FILES:
+        assert str(raw / "MNIST" / "raw" / name) in message
+    assert "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz" in message
+    assert ("download failed" in message) == download
+    assert socket.getdefaulttimeout() is None
+
+
+def test_idx_wrong_magic_number_is_reported(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path, "MNIST")
+    path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    data = bytearray(path.read_bytes())
+    data[0:4] = struct.pack(">I", 0x00000801)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: wrong magic number 0x00000801; expected 0x00000803"):
+        prepare_dataset("mnist", tmp_path, seed=0, test_size=0, download=False)
+
+
+def test_idx_truncated_file_is_reported(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path, "MNIST")
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError) as info:
+        prepare_dataset("mnist", tmp_path, seed=0, test_size=0, download=False)
+    message = str(info.value)
+    assert "train-images-idx3-ubyte: truncated" in message and "20 x 28 x 28 = 15680" in message
+
+
+def test_idx_wrong_image_size_is_reported(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path, "MNIST")
+    write_idx(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte", np.zeros((20, 32, 32)))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: holds items of shape \[32, 32\], expected \[28, 28\]"):
+        prepare_dataset("mnist", tmp_path, seed=0, test_size=0, download=False)
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 ``str`` (SHORT_BINSTRING/BINSTRING), as the official CIFAR-10
+    batches were pickled by Python 2's cPickle; torchvision loads them with latin1 decoding."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def write_cifar_pickle(path: Path, obj: dict) -> None:
+    buffer = io.BytesIO()
+    Py2Pickler(buffer, protocol=2).dump(obj)
+    # Name NumPy's reconstructor as the official files (NumPy 1.x era) do.
+    path.write_bytes(buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
+
+
+def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6) -> dict[str, np.ndarray]:
+    """CIFAR-10 python batches: dicts with b"data" uint8 [N, 3072] (1024 red, 1024 green, 1024
+    blue values, each plane row-major), b"labels", b"batch_label", b"filenames"."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rows = {"train": rng.integers(0, 256, size=(5 * per_batch, 3072), dtype=np.uint8),
+            "test": rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)}
+    rows["train"][0] = np.repeat(np.array([10, 20, 30], dtype=np.uint8), 1024)  # a flat (R, G, B) image
+    batches = [(f"data_batch_{i + 1}", rows["train"][i * per_batch:(i + 1) * per_batch]) for i in range(5)]
+    for name, data in batches + [("test_batch", rows["test"])]:
+        write_cifar_pickle(folder / name, {
+            b"batch_label": f"{name} (test data)".encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, size=len(data))],
+            b"data": data,
+            b"filenames": [f"image_{j}.png".encode() for j in range(len(data))],
+        })
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    write_cifar_pickle(folder / "batches.meta", {b"num_cases_per_batch": per_batch, b"label_names": names,
+                                                 b"num_vis": 3072})
+    return rows
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_cifar10_reads_exactly_what_was_written_in_rgb_planes(tmp_path: Path, no_network: None, download: bool) -> None:
+    rows = write_cifar10(tmp_path)
+    prepared = prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=download)
+    assert prepared.train.dtype == np.uint8
+    assert prepared.train.shape == (20, 3, 32, 32) and prepared.test.shape == (6, 3, 32, 32)
+    np.testing.assert_array_equal(prepared.train[0, :, 5, 7], [10, 20, 30])
+    for split in ("train", "test"):
+        planes = rows[split].reshape(-1, 3, 1024)
+        np.testing.assert_array_equal(getattr(prepared, split).reshape(-1, 3, 1024), planes)
+    assert prepared.meta["shape"] == [3, 32, 32] and prepared.meta["num_levels"] == 256
+
+
+def test_missing_cifar10_files_fail_fast_with_their_names(tmp_path: Path, no_network: None) -> None:
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=True)
+    message = str(info.value)
+    assert "1 of 7 files missing" in message and "download failed" in message
+    for name in CIFAR_FILES:
+        assert str(tmp_path / "cifar-10-batches-py" / name) in message
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
+
+
+def test_cifar10_truncated_batch_is_named(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=r"data_batch_3: truncated or not a pickle"):
+        prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=False)
+
+
+class _Touch:
+    """Unpickles by calling Path(path).touch(): a stand-in for a pickle that runs code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path(self.path),))
+
+
+def test_cifar10_pickle_importing_other_code_is_refused_unexecuted(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    marker = tmp_path / "executed"
+    payload = pickle.dumps(_Touch(str(marker)), protocol=2)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(payload)
+    with pytest.raises(ValueError, match=r"data_batch_2: the pickle imports .*never do"):
+        prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=False)
+    assert not marker.exists()
+
+
+def test_cifar10_wrong_row_length_is_reported(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    write_cifar_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": [0] * 6,
+        b"data": np.zeros((6, 3000), dtype=np.uint8),
+        b"filenames": [b"x.png"] * 6,
+    })
+    with pytest.raises(ValueError, match=r"cifar-10-batches-py.*test_batch.*3072"):
+        prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=False)

@@ -1,0 +1,356 @@
+"""GaussianDiffusion against independent computations: Monte Carlo composition of the
+one-step kernels, brute-force Bayes on a grid, and analytic optimal denoisers on data whose
+distribution is known exactly."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.schedules import SCHEDULES, get_beta_schedule
+
+F64 = torch.float64
+
+
+def make(T=100, schedule="linear", **kw):
+    return GaussianDiffusion(get_beta_schedule(schedule, T), **kw)
+
+
+# ---------------------------------------------------------------- forward process
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+def test_q_sample_moments_equal_composed_one_step_transitions(schedule):
+    T, N = 50, 200_000
+    d = make(T, schedule)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([0.8, -0.3, 0.0], dtype=F64)
+    betas = d.betas.numpy()
+    t_check = {4, 24, 49}
+    # Chain x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) z one step at a time (Ho et al. eq. 2).
+    x = x0.expand(N, 3).clone()
+    for t in range(T):
+        x = math.sqrt(1 - betas[t]) * x + math.sqrt(betas[t]) * torch.randn(N, 3, generator=g, dtype=F64)
+        if t in t_check:
+            direct = d.q_sample(x0.expand(N, 3), torch.full((N,), t), generator=g)
+            for a, b in ((x, direct),):
+                se_mean = torch.sqrt(a.var(0) / N + b.var(0) / N)
+                assert (a.mean(0) - b.mean(0)).abs().max() < 5 * se_mean.max()
+                var_a, var_b = a.var(0), b.var(0)
+                se_var = torch.sqrt(2 * var_a**2 / (N - 1) + 2 * var_b**2 / (N - 1))
+                assert ((var_a - var_b).abs() < 5 * se_var).all()
+
+
+def test_q_mean_variance_closed_form():
+    d = make(1000)
+    abar = np.cumprod(1 - d.betas.numpy())
+    x0 = torch.linspace(-1, 1, 5, dtype=F64)
+    t = torch.tensor([0, 10, 100, 500, 999])
+    mean, var, logvar = d.q_mean_variance(x0, t)
+    np.testing.assert_allclose(mean.numpy(), np.sqrt(abar[t]) * x0.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(var.numpy(), 1 - abar[t], rtol=1e-12)
+    np.testing.assert_allclose(logvar.numpy(), np.log1p(-abar[t]), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- posterior
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "quadratic"])
+@pytest.mark.parametrize("t", [1, 2, 37, 99])
+def test_posterior_equals_brute_force_bayes(schedule, t):
+    """q(x_{t-1} | x_t, x0) is proportional to q(x_t | x_{t-1}) q(x_{t-1} | x0); integrate it on a grid."""
+    d = make(100, schedule)
+    betas = d.betas.numpy()
+    abar = np.cumprod(1 - betas)
+    x0, xt = 0.6, -0.4
+    # The density of x_{t-1} given x0 (eq. 4, one step earlier) times the one-step kernel (eq. 2).
+    mean_prev, var_prev = math.sqrt(abar[t - 1]) * x0, 1 - abar[t - 1]
+    # A grid fine enough for the narrowest posterior here (std ~ 7e-3) and wide enough to
+    # hold it wherever the two factors put it.
+    grid = np.linspace(-15.0, 15.0, 6_000_001)
+    log_w = (-(grid - mean_prev) ** 2 / (2 * var_prev)
+             - (xt - math.sqrt(1 - betas[t]) * grid) ** 2 / (2 * betas[t]))
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    bf_mean = (w * grid).sum()
+    bf_var = (w * (grid - bf_mean) ** 2).sum()
+    mean, var, logvar = d.q_posterior_mean_variance(
+        torch.tensor([x0], dtype=F64), torch.tensor([xt], dtype=F64), torch.tensor([t]))
+    assert mean.item() == pytest.approx(bf_mean, rel=1e-7, abs=1e-10)
+    assert var.item() == pytest.approx(bf_var, rel=1e-6)
+    assert logvar.item() == pytest.approx(math.log(bf_var), abs=1e-6)
+
+
+def test_posterior_at_first_step_is_x0_with_clipped_log_variance():
+    d = make(100)
+    x0, xt = torch.tensor([0.3], dtype=F64), torch.tensor([1.7], dtype=F64)
+    mean, var, logvar = d.q_posterior_mean_variance(x0, xt, torch.tensor([0]))
+    assert mean.item() == pytest.approx(0.3, abs=1e-13)
+    assert var.item() == 0.0
+    assert logvar.item() == pytest.approx(math.log(d.posterior_variance[1].item()))
+
+
+# ---------------------------------------------------------------- parameterisations
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_eps_x0_v_round_trips(schedule):
+    d = make(1000, schedule)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(64, 3, generator=g, dtype=F64) * 2 - 1
+    eps = torch.randn(64, 3, generator=g, dtype=F64)
+    t = torch.randint(0, 1000, (64,), generator=g)
+    xt = d.q_sample(x0, t, noise=eps)
+    torch.testing.assert_close(d.predict_x0_from_eps(xt, t, eps), x0, rtol=0, atol=1e-9)
+    torch.testing.assert_close(d.predict_eps_from_x0(xt, t, x0), eps, rtol=0, atol=1e-9)
+    v = d.predict_v(x0, t, eps)
+    torch.testing.assert_close(d.predict_x0_from_v(xt, t, v), x0, rtol=0, atol=1e-12)
+    # v written independently: v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022).
+    abar = torch.cumprod(1 - d.betas, 0)[t][:, None]
+    torch.testing.assert_close(v, abar.sqrt() * eps - (1 - abar).sqrt() * x0)
+
+
+@pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])
+def test_p_mean_variance_is_posterior_at_true_prediction(mean_type):
+    """Fed the true eps / x0 / v, the reverse mean equals the true posterior mean."""
+    d = make(200, mean_type=mean_type)
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand(32, 4, generator=g, dtype=F64) * 2 - 1
+    eps = torch.randn(32, 4, generator=g, dtype=F64)
+    t = torch.randint(0, 200, (32,), generator=g)
+    xt = d.q_sample(x0, t, noise=eps)
+    out = d.p_mean_variance(None, xt, t, clip_denoised=False, model_output=d.training_target(x0, t, eps))
+    true_mean, true_var, true_logvar = d.q_posterior_mean_variance(x0, xt, t)
+    torch.testing.assert_close(out["mean"], true_mean, rtol=0, atol=1e-9)
+    torch.testing.assert_close(out["pred_x0"], x0, rtol=0, atol=1e-9)
+    torch.testing.assert_close(out["log_variance"], true_logvar)
+
+
+def test_variance_types():
+    T = 50
+    betas = get_beta_schedule("linear", T)
+    abar = torch.cumprod(1 - betas, 0)
+    abar_prev = torch.cat([torch.ones(1, dtype=F64), abar[:-1]])
+    beta_tilde = betas * (1 - abar_prev) / (1 - abar)
+    t = torch.arange(T)
+    x = torch.zeros(T, 2, dtype=F64)
+    small = GaussianDiffusion(betas, var_type="fixed_small").p_mean_variance(lambda x, t: x, x, t)
+    large = GaussianDiffusion(betas, var_type="fixed_large").p_mean_variance(lambda x, t: x, x, t)
+    torch.testing.assert_close(small["variance"][:, 0], beta_tilde)
+    torch.testing.assert_close(large["variance"][1:, 0], betas[1:])
+    # DDPM uses beta_tilde_1 (of paper step 2) at the first step for both.
+    assert large["variance"][0, 0].item() == pytest.approx(beta_tilde[1].item())
+    assert small["log_variance"][0, 0].item() == pytest.approx(math.log(beta_tilde[1].item()))
+    learned = GaussianDiffusion(betas, var_type="learned_range", loss_type="hybrid")
+    for v, expect in ((1.0, torch.log(betas)), (-1.0, small["log_variance"][:, 0])):
+        out = learned.p_mean_variance(None, x, t, model_output=torch.cat([x, torch.full_like(x, v)], 1))
+        torch.testing.assert_close(out["log_variance"][:, 0], expect)
+    mid = learned.p_mean_variance(None, x, t, model_output=torch.cat([x, torch.zeros_like(x)], 1))
+    torch.testing.assert_close(mid["log_variance"][:, 0], 0.5 * (torch.log(betas) + small["log_variance"][:, 0]))
+
+
+# ---------------------------------------------------------------- analytic oracles
+def gaussian_oracle(betas: torch.Tensor, m: float, s: float, mean_type: str, scale: float = 1.0):
+    """Optimal predictor for x0 ~ N(m, s^2) per dimension, written from the Gaussian
+    conditional E[x0 | x_t] = m + a s^2 / (a^2 s^2 + sigma^2) (x_t - a m)."""
+    abar_all = np.cumprod(1 - betas.numpy())
+
+    def model(x_t, t):
+        abar = torch.as_tensor(abar_all, dtype=x_t.dtype)[t].reshape(-1, *([1] * (x_t.ndim - 1)))
+        a, sig2 = abar.sqrt(), 1 - abar
+        ex0 = m + a * s**2 / (a**2 * s**2 + sig2) * (x_t - a * m)
+        eps = (x_t - a * ex0) / sig2.sqrt()
+        out = {"eps": eps, "x0": ex0, "v": a * eps - sig2.sqrt() * ex0}[mean_type]
+        return scale * out
+
+    return model
+
+
+def discrete_oracle(betas: torch.Tensor, levels: torch.Tensor, pmf: torch.Tensor):
+    """Optimal eps predictor for independent pixels with a known pmf over grid levels:
+    E[x0 | x_t] by exact Bayes over the K values."""
+    abar_all = torch.cumprod(1 - betas, 0)
+
+    def model(x_t, t):
+        abar = abar_all[t].to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
+        a, sig2 = abar.sqrt(), 1 - abar
+        logits = torch.log(pmf) - (x_t.unsqueeze(-1) - a.unsqueeze(-1) * levels) ** 2 / (2 * sig2.unsqueeze(-1))
+        ex0 = (torch.softmax(logits, -1) * levels).sum(-1)
+        return (x_t - a * ex0) / sig2.sqrt()
+
+    return model
+
+
+def expected_gaussian_bound(betas: np.ndarray, m: float, s: float, var_type: str) -> float:
+    """E[bound] in nats/dim for x0 ~ N(m, s^2) under the optimal mean predictor, in closed
+    form: each term is 0.5 (log(sp2/sq2) - 1 + sq2/sp2 + c1^2 Var(x0 | x_t) / sp2)."""
+    T = len(betas)
+    abar = np.cumprod(1 - betas)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    beta_tilde = betas * (1 - abar_prev) / (1 - abar)
+    c1 = betas * np.sqrt(abar_prev) / (1 - abar)
+    post_var_x0 = s**2 * (1 - abar) / (abar * s**2 + 1 - abar)  # Var(x0 | x_t), Gaussian conditioning
+    model_var = beta_tilde.copy() if var_type == "fixed_small" else betas.copy()
+    model_var[0] = beta_tilde[1]
+    sq2, sp2 = beta_tilde[1:], model_var[1:]
+    kl = 0.5 * (np.log(sp2 / sq2) - 1 + sq2 / sp2 + c1[1:] ** 2 * post_var_x0[1:] / sp2)
+    decoder = 0.5 * np.log(2 * np.pi * model_var[0]) + 0.5 * post_var_x0[0] / model_var[0]
+    prior = 0.5 * (-1 - np.log(1 - abar[-1]) + (1 - abar[-1]) + abar[-1] * (m**2 + s**2))
+    return float(prior + decoder + kl.sum())
+
+
+@pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])
+@pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large"])
+def test_gaussian_oracle_bound_equals_closed_form(mean_type, var_type):
+    T, B, D = 1000, 400, 8
+    m, s = 0.3, 0.5
+    betas = get_beta_schedule("linear", T)
+    d = GaussianDiffusion(betas, mean_type=mean_type, var_type=var_type)
+    g = torch.Generator().manual_seed(11)
+    x0 = m + s * torch.randn(B, D, generator=g, dtype=F64)
+    out = d.nll(gaussian_oracle(betas, m, s, mean_type), x0, generator=g, max_batch=4000)
+    total = out["total"]
+    se = total.std().item() / math.sqrt(B)
+    expected = expected_gaussian_bound(betas.numpy(), m, s, var_type)
+    assert abs(total.mean().item() - expected) < 4 * se
+    # Cross-entropy >= entropy. With fixed reverse variances the bound on continuous data
+    # stays well above it (the first steps' variance mismatch), as the closed form shows.
+    entropy = 0.5 * math.log(2 * math.pi * math.e * s**2)
+    assert expected > entropy and total.mean().item() > entropy
+    torch.testing.assert_close(out["prior"] + out["terms"].sum(1), out["total"])
+    torch.testing.assert_close(out["decoder"], out["terms"][:, 0])
+    # The optimal predictor for another distribution, N(-0.3, 0.25^2), is a wrong model.
+    wrong = d.nll(gaussian_oracle(betas, -m, s / 2, mean_type), x0, generator=g, max_batch=4000)
+    assert wrong["total"].mean().item() > total.mean().item() + 0.1
+
+
+def test_discrete_oracle_bpd_approaches_the_true_entropy():
+    """Independent pixels with a known pmf on K = 17 levels: with the exact Bayes denoiser the
+    bound is >= the entropy, and the gap (the Gaussian reverse steps' discretisation error)
+    shrinks towards 0 as T grows with the betas scaled as 1/T."""
+    B, D, K = 100, 16, 17
+    levels = 2 * torch.arange(K, dtype=F64) / (K - 1) - 1
+    pmf = torch.exp(-((levels - 0.2) ** 2) / (2 * 0.4**2))
+    pmf = pmf / pmf.sum()
+    g = torch.Generator().manual_seed(12)
+    x0 = levels[torch.multinomial(pmf, B * D, replacement=True, generator=g).reshape(B, D)]
+    entropy_bits = -(pmf * torch.log2(pmf)).sum().item()
+    gaps = []
+    for T in (1000, 4000):
+        betas = get_beta_schedule("linear", T, beta_start=0.1 / T, beta_end=20 / T)
+        d = GaussianDiffusion(betas)
+        out = d.bpd(discrete_oracle(betas, levels, pmf), x0, num_levels=K, generator=g, max_batch=20000)
+        total = out["total"]
+        se = total.std().item() / math.sqrt(B)
+        assert total.mean().item() >= entropy_bits - 3 * se
+        torch.testing.assert_close(out["prior"] + out["terms"].sum(1), total)
+        assert torch.isfinite(out["terms"]).all()
+        gaps.append(total.mean().item() - entropy_bits)
+    # Measured: 0.27 bits/dim at T = 1000 and 0.02 at T = 4000 (standard errors ~0.03).
+    assert gaps[1] < 0.1 and gaps[1] < gaps[0] / 2
+    # The exact denoiser for uniform pixels is a wrong model: it pays about KL(p || uniform).
+    uniform = torch.full_like(pmf, 1.0 / K)
+    wrong = d.bpd(discrete_oracle(betas, levels, uniform), x0, num_levels=K, generator=g, max_batch=20000)
+    assert wrong["total"].mean().item() > total.mean().item() + 0.1
+
+
+def test_bound_does_not_depend_on_timestep_batching():
+    T = 60
+    betas = get_beta_schedule("cosine", T)
+    d = GaussianDiffusion(betas)
+    model = gaussian_oracle(betas, 0.0, 0.5, "eps", scale=0.95)
+    x0 = torch.linspace(-1, 1, 17, dtype=F64).repeat(5, 1)
+    from ddpm.samplers import sample_generators
+    a = d.bpd(model, x0, num_levels=17, generator=sample_generators(0, range(5)), max_batch=5)
+    b = d.bpd(model, x0, num_levels=17, generator=sample_generators(0, range(5)), max_batch=300)
+    torch.testing.assert_close(a["terms"], b["terms"], rtol=1e-12, atol=1e-12)
+
+
+def test_prior_term_closed_form():
+    d = make(1000)
+    x0 = torch.tensor([[0.5, -1.0]], dtype=F64)
+    abar = torch.cumprod(1 - d.betas, 0)[-1].item()
+    # KL(N(sqrt(abar) x0, 1 - abar) || N(0, 1)) per dimension.
+    ref = np.mean([0.5 * (-1 - math.log(1 - abar) + (1 - abar) + abar * v**2) for v in (0.5, -1.0)])
+    assert d.prior_kl(x0).item() == pytest.approx(ref, rel=1e-10)
+
+
+# ---------------------------------------------------------------- losses
+@pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])
+def test_simple_loss_is_zero_for_the_true_target_and_l1_option(mean_type):
+    d = make(100, mean_type=mean_type)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(16, 2, generator=g) * 2 - 1
+    noise = torch.randn(16, 2, generator=g)
+    t = torch.randint(0, 100, (16,), generator=g)
+    truth = lambda x_t, tt: d.training_target(x0, tt, noise)
+    assert d.training_losses(truth, x0, t=t, noise=noise)["loss"].abs().max() < 1e-6
+    off = lambda x_t, tt: d.training_target(x0, tt, noise) + 0.5
+    l2 = d.training_losses(off, x0, t=t, noise=noise)["loss"]
+    torch.testing.assert_close(l2, torch.full((16,), 0.25))
+    l1 = make(100, mean_type=mean_type, loss_norm="l1").training_losses(off, x0, t=t, noise=noise)["loss"]
+    torch.testing.assert_close(l1, torch.full((16,), 0.5))
+
+
+def test_hybrid_vlb_part_does_not_train_the_mean():
+    d = make(100, var_type="learned_range", loss_type="hybrid")
+    x0 = torch.rand(8, 3) * 2 - 1
+    t = torch.arange(8) * 12
+    noise = torch.randn(8, 3)
+    head = torch.zeros(8, 6, requires_grad=True)
+    losses = d.training_losses(lambda x, tt: head + 0.0, x0, t=t, noise=noise, num_levels=17)
+    assert set(losses) == {"loss", "mse", "vb"}
+    grad_vb, = torch.autograd.grad(losses["vb"].sum(), head)
+    assert grad_vb[:, :3].abs().max() == 0  # mean part frozen (Nichol & Dhariwal Sec. 3.1)
+    assert grad_vb[:, 3:].abs().max() > 0   # variance part trained
+    full = GaussianDiffusion(d.betas, var_type="learned_range", loss_type="vlb")
+    grad_full, = torch.autograd.grad(full.training_losses(lambda x, tt: head + 0.0, x0, t=t, noise=noise)["loss"].sum(), head)
+    assert grad_full[:, :3].abs().max() > 0
+
+
+def test_vlb_loss_term_equals_bound_term():
+    """T * (sampled term) from training_losses equals the bound's term at that t."""
+    T = 40
+    betas = get_beta_schedule("linear", T)
+    d = GaussianDiffusion(betas, loss_type="vlb")
+    model = gaussian_oracle(betas, 0.0, 0.5, "eps", scale=0.9)
+    x0 = (2 * torch.randint(0, 17, (1, 6)) / 16 - 1).to(F64)
+    from ddpm.samplers import sample_generators
+    bound = d.bpd(model, x0, num_levels=17, clip_denoised=False, generator=sample_generators(1, [0]), max_batch=1)
+    g = sample_generators(1, [0])
+    for t in range(T):
+        noise = torch.randn(1, 6, generator=g[0], dtype=F64)
+        vb = d.training_losses(model, x0, t=torch.tensor([t]), noise=noise, num_levels=17)["vb"]
+        assert vb.item() / T == pytest.approx(bound["terms"][0, t].item(), rel=1e-9)
+
+
+# ---------------------------------------------------------------- validation
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"mean_type": "epsilon"}, "mean_type='epsilon'"),
+    ({"var_type": "learned"}, "var_type='learned'"),
+    ({"loss_type": "mse"}, "loss_type='mse'"),
+    ({"loss_norm": "l3"}, "loss_norm='l3'"),
+    ({"var_type": "learned_range"}, "needs loss_type 'hybrid' or 'vlb'"),
+])
+def test_bad_choices_are_named(kwargs, fragment):
+    with pytest.raises(ValueError) as err:
+        GaussianDiffusion(get_beta_schedule("linear", 10), **kwargs)
+    assert fragment in str(err.value)
+    assert "accepted" in str(err.value) or "needs" in str(err.value)
+
+
+def test_bad_betas_are_rejected():
+    with pytest.raises(ValueError, match="every beta must lie in"):
+        GaussianDiffusion(torch.tensor([0.1, 0.0, 0.2]))
+    with pytest.raises(ValueError, match="only the last beta"):
+        GaussianDiffusion(torch.tensor([0.1, 1.0, 0.2]), mean_type="x0")
+    with pytest.raises(ValueError, match="jsd"):
+        GaussianDiffusion(get_beta_schedule("jsd", 10), mean_type="eps")
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_every_schedule_gives_a_finite_bound(schedule):
+    T = 50
+    mean_type = "v" if schedule == "jsd" else "eps"
+    betas = get_beta_schedule(schedule, T)
+    d = GaussianDiffusion(betas, mean_type=mean_type)
+    x0 = (2 * torch.randint(0, 17, (4, 5)) / 16 - 1).to(F64)
+    out = d.bpd(gaussian_oracle(betas, 0.0, 0.5, mean_type), x0, num_levels=17,
+                generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v).all() for v in out.values())
