@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Literal, TypeVar
 import numpy as np
 import torch
 
+from ddpm.errors import DatasetNotFoundError
 from ddpm.io import atomic_save_npy, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,6 @@ _PREPARE_HINT = "`dvc repro prepare` (re)writes it"
 # torchvision downloads without a socket timeout; on a firewalled machine every attempt
 # would then hang for the OS connect timeout (minutes, several URLs in turn).
 _DOWNLOAD_TIMEOUT_S = 30.0
-
-
-class DatasetNotFoundError(RuntimeError):
-    """A dataset's raw files are missing from ``raw_dir`` and could not be downloaded."""
 
 
 @dataclass(frozen=True)

@@ -175,3 +175,54 @@ def respace(diffusion: GaussianDiffusion, use_timesteps: Sequence[int], model: M
                                loss_type=diffusion.loss_type, loss_norm=diffusion.loss_norm,
                                hybrid_lambda=diffusion.hybrid_lambda)
     return spaced, _RespacedModel(model, torch.tensor(keep, dtype=torch.long))
+
+
+def _even_picks(states: list[int], count: int) -> list[int]:
+    """``count`` entries spread evenly over ``states`` (descending), first and last kept."""
+    idx = torch.linspace(0, len(states) - 1, min(count, len(states))).round().long().tolist()
+    return [states[i] for i in sorted(set(idx))]
+
+
+@torch.no_grad()
+def draw_samples(diffusion: GaussianDiffusion, model: Model, shape: Sequence[int], seed: int,
+                 batch_size: int = 256, sampler: str = "ancestral", steps: int = 0, eta: float = 0.0,
+                 clip_denoised: bool = True, trajectory_frames: int = 10,
+                 device: torch.device | str = "cpu", progress: bool = False
+                 ) -> tuple[torch.Tensor, dict]:
+    """Draw ``shape[0]`` samples in batches, sample i from its own generator (seed, i), so
+    the result does not depend on ``batch_size``.
+
+    ``sampler``: ``ancestral`` (respaced to ``steps`` when 0 < steps < T) or ``ddim``
+    (``steps`` evenly spaced steps, 0 = all). Returns the samples [shape] on the CPU and
+    the trajectory: ``steps`` (paper indices of the kept states, from T to 0) and ``x``
+    [frames, N, ...].
+    """
+    if sampler not in ("ancestral", "ddim"):
+        raise ValueError(f"sample.sampler={sampler!r} is not accepted; accepted: ancestral, ddim")
+    T = diffusion.num_timesteps
+    n = int(shape[0])
+    if sampler == "ancestral":
+        keep = space_timesteps(T, steps) if 0 < steps < T else list(range(T))
+        loop_diffusion, loop_model = respace(diffusion, keep, model) if len(keep) < T else (diffusion, model)
+        # State s of the loop is x_{keep[s-1]+1} of the original process.
+        to_original = {0: 0, **{s: keep[s - 1] + 1 for s in range(1, len(keep) + 1)}}
+        record = _even_picks(list(range(len(keep), -1, -1)), trajectory_frames)
+    else:
+        keep = space_timesteps(T, steps) if steps else list(range(T))
+        to_original = {s: s for s in [0] + [k + 1 for k in keep]}
+        record = _even_picks(sorted(to_original, reverse=True), trajectory_frames)
+    samples, frames = [], []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        gens = sample_generators(seed, range(start, stop), device)
+        batch_shape = (stop - start, *shape[1:])
+        if sampler == "ancestral":
+            x, traj = p_sample_loop(loop_diffusion, loop_model, batch_shape, generator=gens, device=device,
+                                    return_trajectory=record, clip_denoised=clip_denoised, progress=progress)
+        else:
+            x, traj = ddim_sample_loop(diffusion, model, batch_shape, steps=keep, eta=eta, generator=gens,
+                                       device=device, return_trajectory=record, clip_denoised=clip_denoised,
+                                       progress=progress)
+        samples.append(x.float().cpu())
+        frames.append(traj["x"].float().cpu())
+    return torch.cat(samples), {"steps": [to_original[s] for s in traj["steps"]], "x": torch.cat(frames, dim=1)}

@@ -1,0 +1,365 @@
+"""params.yaml -> typed, validated, frozen dataclasses.
+
+The diffusion keys live at the top level of params.yaml (``dvc exp run -S
+beta_schedule=sigmoid``); the rest sit in sections ``data``, ``model``, ``train``,
+``sample``, ``evaluate``, ``mlflow``. Every key is checked when the file is loaded: an
+unknown key (with the closest known key suggested), a wrong type or an out-of-range value
+raises ``ConfigError`` naming the key, the value and what is accepted, before any
+expensive work starts.
+
+Fields whose value is ``auto`` take a per-dataset default (``DATASET_DEFAULTS``: DDPM's
+settings for CIFAR-10, fast ones for digits); ``load_params`` resolves them, so the
+config stored in checkpoints and logged to MLflow holds concrete values only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ddpm.data import DATASETS
+from ddpm.errors import ConfigError
+from ddpm.schedules import SCHEDULES
+
+AUTO = "auto"
+Auto = Literal["auto"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    test_size: int = 300              # digits: held-out images; mnist/cifar: 0 = the official test split
+    swissroll_train_size: int = 10000  # points drawn for the Swiss roll's training set
+    swissroll_noise: float = 0.5       # sklearn make_swiss_roll noise
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["auto", "mlp", "unet"] = "auto"          # auto: MLP for vectors, U-Net for images
+    base_channels: int | Auto = AUTO
+    channel_mult: tuple[int, ...] | Auto = AUTO
+    num_res_blocks: int | Auto = AUTO
+    attn_resolutions: tuple[int, ...] | Auto = AUTO
+    dropout: float | Auto = AUTO
+    num_heads: int = 1
+    mlp_hidden: int = 128
+    mlp_layers: int = 3
+    time_embedding: Literal["learned", "sinusoidal"] = "learned"  # MLP only
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int | Auto = AUTO            # optimizer steps
+    batch_size: int | Auto = AUTO       # global batch (split over ranks under torchrun)
+    lr: float | Auto = AUTO             # Adam learning rate after warmup
+    warmup_steps: int | Auto = AUTO     # linear warmup from 0 to lr
+    grad_clip: float = 1.0              # max global gradient norm; 0 disables clipping
+    ema_decay: float | Auto = AUTO      # EMA of the weights, evaluated and sampled by default
+    loss_norm: Literal["l2", "l1"] = "l2"
+    hybrid_lambda: float = 0.001        # weight of the vlb part in loss_type=hybrid
+    hflip: bool | Auto = AUTO           # random horizontal flips (CIFAR-10 only by default)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = AUTO  # auto: bf16 autocast on CUDA, fp32 on CPU
+    device: str = AUTO                  # auto | cpu | cuda | cuda:N
+    log_every: int = 50                 # steps between logged training metrics
+    checkpoint_every: int = 1000        # steps between resumable checkpoints
+    num_threads: int = 0                # torch CPU threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    num_samples: int = 64
+    batch_size: int = 256
+    sampler: Literal["ancestral", "ddim"] = "ancestral"
+    steps: int = 0                      # 0 = all T steps; fewer respaces the process
+    eta: float = 0.0                    # DDIM noise (1 = ancestral variance)
+    clip_denoised: bool = True
+    trajectory_frames: int = 10         # states of the reverse process kept for the strip
+    use_ema: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    num_images: int = 0                 # test images in the bound; 0 = the whole test split
+    batch_size: int = 512               # examples per network call (timesteps are batched)
+    clip_denoised: bool = True          # images only; recorded with every reported number
+    use_ema: bool = True
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = "ddpm"
+    tracking_uri: str = ""              # empty: sqlite:///mlflow.db at the repository root
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    beta_schedule: str = "linear"
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    mean_type: Literal["eps", "x0", "v"] = "eps"
+    var_type: Literal["fixed_small", "fixed_large", "learned_range"] = "fixed_small"
+    loss_type: Literal["simple", "vlb", "hybrid"] = "simple"
+
+
+@dataclass(frozen=True)
+class Params:
+    dataset: str = "digits"
+    seed: int = 0
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], resolve: bool = True) -> "Params":
+        """Build and validate from the params.yaml mapping (top-level diffusion keys flat)."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"params must be a mapping of keys to values, got {type(raw).__name__}")
+        top = {f.name for f in fields(DiffusionConfig)} | {"dataset", "seed"}
+        sections = {f.name: f.type for f in fields(cls) if f.name not in ("dataset", "seed", "diffusion")}
+        _reject_unknown(raw, top | set(sections), prefix="")
+        diffusion = _build(DiffusionConfig, {k: v for k, v in raw.items() if k in top and k not in ("dataset", "seed")}, "")
+        kwargs: dict[str, Any] = {"diffusion": diffusion}
+        for key in ("dataset", "seed"):
+            if key in raw:
+                kwargs[key] = _coerce(key, raw[key], get_type_hints(cls)[key])
+        hints = get_type_hints(cls)
+        for name in sections:
+            section = raw.get(name, {})
+            if section is None:
+                section = {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"{name}: expected a section of keys, got {section!r}")
+            kwargs[name] = _build(hints[name], section, f"{name}.")
+        params = cls(**kwargs)
+        params.validate()
+        return params.resolved() if resolve else params
+
+    def to_dict(self) -> dict[str, Any]:
+        """The params.yaml layout (top-level diffusion keys), lists for tuples."""
+        out: dict[str, Any] = {"dataset": self.dataset, "seed": self.seed}
+        out.update(_plain(dataclasses.asdict(self.diffusion)))
+        for f in fields(self):
+            if f.name not in ("dataset", "seed", "diffusion"):
+                out[f.name] = _plain(dataclasses.asdict(getattr(self, f.name)))
+        return out
+
+    def flatten(self) -> dict[str, Any]:
+        """Dotted keys as in ``dvc exp run -S`` (``train.lr``), for MLflow params."""
+        flat: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Range checks that need more than a type (raised before any expensive work)."""
+        _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {', '.join(DATASETS)}")
+        d = self.diffusion
+        _check(d.beta_schedule in SCHEDULES, "beta_schedule", d.beta_schedule, f"one of {', '.join(SCHEDULES)}")
+        _check(d.timesteps >= 1, "timesteps", d.timesteps, "an integer >= 1")
+        for key in ("beta_start", "beta_end"):
+            _check(0 < getattr(d, key) < 1, key, getattr(d, key), "a number in the open interval (0, 1)")
+        if d.var_type == "learned_range":
+            _check(d.loss_type in ("hybrid", "vlb"), "loss_type", d.loss_type,
+                   "'hybrid' or 'vlb' with var_type=learned_range (the simple loss does not train the variance)")
+        if d.beta_schedule == "jsd":
+            _check(d.mean_type != "eps", "mean_type", d.mean_type,
+                   "'x0' or 'v' with beta_schedule=jsd (its last beta is 1, so eps cannot recover x0)")
+        _check(self.data.test_size >= 0, "data.test_size", self.data.test_size, "an integer >= 0")
+        _check(self.data.swissroll_train_size >= 1, "data.swissroll_train_size", self.data.swissroll_train_size, "an integer >= 1")
+        _check(self.data.swissroll_noise >= 0, "data.swissroll_noise", self.data.swissroll_noise, "a number >= 0")
+        m = self.model
+        _positive_or_auto("model.base_channels", m.base_channels)
+        _positive_or_auto("model.num_res_blocks", m.num_res_blocks)
+        for key in ("channel_mult", "attn_resolutions"):
+            value = getattr(m, key)
+            if value != AUTO and key == "channel_mult":
+                _check(len(value) >= 1 and all(v >= 1 for v in value), f"model.{key}", list(value), "a non-empty list of integers >= 1")
+            if value != AUTO and key == "attn_resolutions":
+                _check(all(v >= 1 for v in value), f"model.{key}", list(value), "a list of resolutions >= 1 (may be empty)")
+        if m.dropout != AUTO:
+            _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
+        for key in ("num_heads", "mlp_hidden", "mlp_layers"):
+            _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "an integer >= 1")
+        t = self.train
+        for key in ("steps", "batch_size", "warmup_steps"):
+            value = getattr(t, key)
+            if value != AUTO:
+                low = 0 if key == "warmup_steps" else 1
+                _check(value >= low, f"train.{key}", value, f"an integer >= {low}")
+        if t.lr != AUTO:
+            _check(0 < t.lr < 1, "train.lr", t.lr, "a number in (0, 1)")
+        if t.ema_decay != AUTO:
+            _check(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in [0, 1)")
+        _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "a number >= 0 (0 disables clipping)")
+        _check(t.hybrid_lambda >= 0, "train.hybrid_lambda", t.hybrid_lambda, "a number >= 0")
+        _check(t.device == AUTO or t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device,
+               "auto, cpu, cuda or cuda:N")
+        for key in ("log_every", "checkpoint_every"):
+            _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "an integer >= 1")
+        _check(t.num_threads >= 0, "train.num_threads", t.num_threads, "an integer >= 0 (0 = torch's default)")
+        s = self.sample
+        _check(s.num_samples >= 1, "sample.num_samples", s.num_samples, "an integer >= 1")
+        _check(s.batch_size >= 1, "sample.batch_size", s.batch_size, "an integer >= 1")
+        _check(0 <= s.steps <= d.timesteps, "sample.steps", s.steps, f"an integer in 0..timesteps={d.timesteps} (0 = all)")
+        _check(s.eta >= 0, "sample.eta", s.eta, "a number >= 0")
+        _check(s.trajectory_frames >= 2, "sample.trajectory_frames", s.trajectory_frames, "an integer >= 2")
+        e = self.evaluate
+        _check(e.num_images >= 0, "evaluate.num_images", e.num_images, "an integer >= 0 (0 = the whole test split)")
+        _check(e.batch_size >= 1, "evaluate.batch_size", e.batch_size, "an integer >= 1")
+        _check(bool(self.mlflow.experiment.strip()), "mlflow.experiment", self.mlflow.experiment, "a non-empty name")
+
+    def resolved(self) -> "Params":
+        """Replace every ``auto`` with the dataset's default."""
+        defaults = DATASET_DEFAULTS[self.dataset]
+        sections = {}
+        for name in ("model", "train"):
+            section = getattr(self, name)
+            updates = {f.name: defaults[f"{name}.{f.name}"] for f in fields(section)
+                       if getattr(section, f.name) == AUTO and f"{name}.{f.name}" in defaults}
+            sections[name] = dataclasses.replace(section, **updates)
+        return dataclasses.replace(self, **sections)
+
+
+# Per-dataset defaults for the ``auto`` fields. CIFAR-10 follows Ho et al. 2020 (App. B):
+# 35.7M-parameter U-Net, ch 128, mult (1,2,2,2), 2 res blocks, attention at 16x16,
+# dropout 0.1, Adam 2e-4, batch 128, 5000 warmup steps, EMA 0.9999, 800k steps, flips.
+# Digits and the Swiss roll are tuned to train in minutes on a laptop CPU.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": {
+        "model.base_channels": 32, "model.channel_mult": (1, 2), "model.num_res_blocks": 1,
+        "model.attn_resolutions": (4,), "model.dropout": 0.0,
+        "train.steps": 3000, "train.batch_size": 128, "train.lr": 1e-3, "train.warmup_steps": 100,
+        "train.ema_decay": 0.995, "train.hflip": False,
+    },
+    "swissroll": {
+        "model.base_channels": 32, "model.channel_mult": (1,), "model.num_res_blocks": 1,
+        "model.attn_resolutions": (), "model.dropout": 0.0,
+        "train.steps": 5000, "train.batch_size": 256, "train.lr": 1e-3, "train.warmup_steps": 100,
+        "train.ema_decay": 0.995, "train.hflip": False,
+    },
+    "mnist": {
+        "model.base_channels": 64, "model.channel_mult": (1, 2, 2), "model.num_res_blocks": 2,
+        "model.attn_resolutions": (14,), "model.dropout": 0.1,
+        "train.steps": 50000, "train.batch_size": 128, "train.lr": 2e-4, "train.warmup_steps": 1000,
+        "train.ema_decay": 0.9999, "train.hflip": False,
+    },
+    "cifar10": {
+        "model.base_channels": 128, "model.channel_mult": (1, 2, 2, 2), "model.num_res_blocks": 2,
+        "model.attn_resolutions": (16,), "model.dropout": 0.1,
+        "train.steps": 800000, "train.batch_size": 128, "train.lr": 2e-4, "train.warmup_steps": 5000,
+        "train.ema_decay": 0.9999, "train.hflip": True,
+    },
+}
+DATASET_DEFAULTS["fashion_mnist"] = dict(DATASET_DEFAULTS["mnist"])
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read, validate and resolve params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"params file {str(path)!r} not found (run from the repository root)") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params file {str(path)!r} is not valid YAML: {err}") from None
+    return Params.from_dict(raw or {})
+
+
+# ---------------------------------------------------------------------- helpers
+def _check(ok: bool, key: str, value: Any, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not accepted; expected {accepted}")
+
+
+def _positive_or_auto(key: str, value: Any) -> None:
+    if value != AUTO:
+        _check(value >= 1, key, value, "an integer >= 1 or auto")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return list(obj)
+    return obj
+
+
+def _reject_unknown(raw: dict[str, Any], known: set[str], prefix: str) -> None:
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else "."
+            raise ConfigError(
+                f"unknown key '{prefix}{key}'{hint} Known keys: {', '.join(prefix + k for k in sorted(known))}"
+            )
+
+
+def _build(cls: type, section: dict[str, Any], prefix: str) -> Any:
+    _reject_unknown(section, {f.name for f in fields(cls)}, prefix)
+    hints = get_type_hints(cls)
+    return cls(**{k: _coerce(prefix + k, v, hints[k]) for k, v in section.items()})
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        return str(choices[0]) if len(choices) == 1 else "one of " + ", ".join(str(a) for a in choices)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(hint))
+    if origin is tuple:
+        return "a list of integers"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the type ``hint``; return it in the field's type."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in get_args(hint):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in get_args(hint):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}={value!r} is not accepted; expected {_describe(hint)}")
+
+
+__all__ = [
+    "AUTO", "ConfigError", "DataConfig", "DiffusionConfig", "EvaluateConfig", "MlflowConfig",
+    "ModelConfig", "Params", "SampleConfig", "TrainConfig", "DATASET_DEFAULTS", "load_params",
+]
+_ = typing  # typing is imported for get_type_hints' evaluation of postponed annotations

@@ -1,0 +1,216 @@
+"""The training loop: Adam with linear warmup, gradient clipping, EMA weights, autocast,
+DDP under torchrun, periodic resumable checkpoints, and a callback for logging.
+
+One flat loop (EDM's training_loop shape). It writes nothing but the resumable
+checkpoint; the train stage writes the final model and the reports. Everything that
+makes a run reproducible (data order, diffusion noise, dropout) comes from generators
+whose states are saved, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddpm.checkpoint import load_checkpoint, save_checkpoint
+from ddpm.config import Params
+from ddpm.data import to_model_space
+from ddpm.errors import TrainingDiverged
+from ddpm.factory import build_diffusion, build_network
+from ddpm.runtime import DistInfo, autocast, print0, resolve_precision
+
+LogCallback = Callable[[int, dict[str, float]], None]
+# Sections whose values change what training computes; a saved training state is only
+# resumed when they are all unchanged.
+_TRAINING_SECTIONS = ("dataset", "seed", "beta_schedule", "timesteps", "beta_start", "beta_end",
+                      "mean_type", "var_type", "loss_type", "data.", "model.", "train.")
+_NOT_TRAINING = ("train.log_every", "train.checkpoint_every", "train.device", "train.num_threads")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module                 # the raw (unwrapped) network
+    ema: nn.Module                   # its exponential moving average
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per log interval
+
+
+def training_fingerprint(params: Params) -> dict[str, Any]:
+    """The flattened params that determine the training trajectory."""
+    return {k: v for k, v in params.flatten().items()
+            if k.startswith(_TRAINING_SECTIONS) and k not in _NOT_TRAINING}
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def _batches_for_rank(perm: torch.Tensor, batch_size: int, dist: DistInfo) -> list[torch.Tensor]:
+    """Split one epoch's permutation into global batches and keep this rank's share.
+
+    Rank r takes examples r, r + W, r + 2W, ... of every global batch, so the ranks
+    together see exactly the global batch a single process would.
+    """
+    n_full = perm.shape[0] // batch_size
+    batches = perm[: n_full * batch_size].reshape(n_full, batch_size)
+    return [b[dist.rank :: dist.world_size] for b in batches]
+
+
+def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device: torch.device,
+          dist: DistInfo = DistInfo(), state_path: str | Path | None = None,
+          on_log: LogCallback | None = None, progress: bool = True) -> TrainResult:
+    """Train the network of ``params`` on ``train_levels`` (grey levels or vectors).
+
+    ``state_path``: where the resumable training state is saved every
+    ``train.checkpoint_every`` steps; if it already holds a state from the same training
+    config, training resumes from it.
+    """
+    tc = params.train
+    if tc.batch_size % dist.world_size:
+        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the number of processes "
+                         f"({dist.world_size})")
+    if tc.batch_size > len(train_levels):
+        raise ValueError(f"train.batch_size={tc.batch_size} is larger than the training set "
+                         f"({len(train_levels)} examples); accepted: 1..{len(train_levels)}")
+    diffusion = build_diffusion(params)
+    num_levels = meta["num_levels"] if meta["kind"] == "image" else None
+    amp_dtype = resolve_precision(tc.precision, device)
+
+    # Data lives on the device; images as their grey levels, scaled per batch.
+    data = torch.as_tensor(train_levels).to(device)
+    if num_levels is not None:
+        lut = torch.as_tensor(to_model_space(np.arange(num_levels), num_levels), device=device)
+        to_x = lambda v: lut[v.long()]
+    else:
+        to_x = lambda v: v.float()
+
+    model = build_network(params, meta).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=fused)
+    warmup = max(tc.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    # One generator for the data order (identical on every rank) and one for the diffusion
+    # noise, timesteps and flips (distinct per rank, derived from the global seed).
+    data_gen = torch.Generator().manual_seed(params.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(params.seed * 1_000_003 + 7919 * (dist.rank + 1))
+    torch.manual_seed(params.seed + dist.rank)  # dropout
+    step, history, epoch_batches = 0, [], []
+    fingerprint = training_fingerprint(params)
+
+    if state_path is not None and Path(state_path).exists():
+        state = load_checkpoint(state_path, map_location=device)
+        if state.get("fingerprint") == fingerprint and state.get("world_size") == dist.world_size:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            data_gen.set_state(state["data_gen"])
+            noise_gen.set_state(state["noise_gen"].to(noise_gen.get_state().device))
+            torch.set_rng_state(state["cpu_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            step, history = state["step"], state["history"]
+            epoch_batches = [b for b in state["epoch_batches"]]
+            print0(f"resuming training from step {step} ({state_path})")
+        else:
+            print0(f"ignoring the saved training state in {state_path}: it belongs to another config")
+
+    net: nn.Module = model
+    if dist.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save_state() -> None:
+        if state_path is None or not dist.is_main:
+            return
+        state = {
+            "fingerprint": fingerprint, "world_size": dist.world_size, "step": step, "history": history,
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state().cpu(),
+            "cpu_rng": torch.get_rng_state(), "epoch_batches": epoch_batches,
+        }
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(state_path, state)
+
+    model.train()
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses, count
+    grad_norm_last = torch.zeros((), device=device)
+    t_last, step_last = time.perf_counter(), step
+    bar = None
+    if progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    while step < tc.steps:
+        if not epoch_batches:
+            perm = torch.randperm(len(data), generator=data_gen)
+            epoch_batches = _batches_for_rank(perm, tc.batch_size, dist)
+        idx = epoch_batches.pop(0).to(device)
+        x0 = to_x(data[idx])
+        if tc.hflip and x0.ndim == 4:
+            flip = torch.rand(x0.shape[0], device=device, generator=noise_gen) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+
+        with autocast(device, amp_dtype):
+            losses = diffusion.training_losses(net, x0, generator=noise_gen, num_levels=num_levels)
+        loss = losses["loss"].mean()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if tc.grad_clip > 0:
+            grad_norm_last = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        update_ema(ema, model, tc.ema_decay)
+        step += 1
+        loss_sum += torch.stack([losses["loss"].detach().sum().double(),
+                                 torch.tensor(float(x0.shape[0]), dtype=torch.float64, device=device)])
+        if bar is not None:
+            bar.update(1)
+
+        if step % tc.log_every == 0 or step == tc.steps:
+            totals = loss_sum.clone()
+            if dist.distributed:
+                torch.distributed.all_reduce(totals)  # sums and counts, not means of means
+            mean_loss = (totals[0] / totals[1]).item()
+            if not math.isfinite(mean_loss):
+                if bar is not None:
+                    bar.close()
+                raise TrainingDiverged(
+                    f"training loss became {mean_loss} in the steps up to {step}; nothing was logged "
+                    f"for them and the last good checkpoint ({state_path}) was kept"
+                )
+            elapsed = time.perf_counter() - t_last
+            row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm_last), "images_per_s": (step - step_last) * tc.batch_size / elapsed}
+            history.append(row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+            if on_log is not None and dist.is_main:
+                on_log(step, {k: v for k, v in row.items() if k != "step"})
+            loss_sum.zero_()
+            t_last, step_last = time.perf_counter(), step
+        if step % tc.checkpoint_every == 0 and step < tc.steps:
+            save_state()
+    if bar is not None:
+        bar.close()
+    save_state()
+    return TrainResult(model=model, ema=ema, step=step, history=history)

@@ -1,0 +1,60 @@
+"""DVC stage `plot`: report files -> reports/figures/*.png (training loss, bound per
+timestep, samples, reverse and forward processes, beta schedule), logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ddpm.cli import run_stage, stage_parser
+from ddpm.config import load_params
+from ddpm.data import load_prepared, to_model_space
+from ddpm.plotting import (plot_bound_terms, plot_forward_process, plot_loss, plot_reverse_process,
+                           plot_samples, plot_schedule)
+from ddpm.schedules import get_beta_schedule
+from ddpm.tracking import Tracker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--data", default="data/prepared")
+    parser.add_argument("--reports", default="reports")
+    parser.add_argument("--run", default="models/run.json", help="the train stage's MLflow run id")
+    parser.add_argument("--out", default="reports/figures")
+
+    def body(args) -> None:
+        params = load_params(args.params)
+        d = params.diffusion
+        reports, out = Path(args.reports), Path(args.out)
+        prepared = load_prepared(args.data)
+        meta = prepared.meta
+        metrics = json.loads((reports / "metrics.json").read_text())
+        samples = np.load(reports / "samples" / "samples.npz")
+        test = prepared.test[:2000]
+        x0 = to_model_space(test, meta["num_levels"]) if meta["kind"] == "image" else test
+        betas = get_beta_schedule(d.beta_schedule, d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end).numpy()
+        figures = [
+            plot_loss(reports / "train" / "loss.csv", out / "loss.png"),
+            plot_bound_terms(reports / "eval" / "terms.csv", out / "bound_terms.png", metrics["unit"]),
+            plot_samples(samples["samples"], meta, out / "samples.png",
+                         reference=None if meta["kind"] == "image" else x0),
+            plot_reverse_process(samples["trajectory"], samples["steps"], meta, out / "reverse_process.png",
+                                 reference=None if meta["kind"] == "image" else x0),
+            plot_forward_process(x0, np.cumprod(1 - betas), meta, out / "forward_process.png", seed=params.seed),
+            plot_schedule(betas, out / "schedule.png"),
+        ]
+        run_id = json.loads(Path(args.run).read_text())["mlflow_run_id"]
+        tracker = Tracker.resume(run_id, params.mlflow.experiment, params.mlflow.tracking_uri)
+        if tracker is not None:
+            for fig in figures:
+                tracker.log_artifact(fig, "figures")
+            tracker.finish()
+
+    return run_stage("plot", body, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""DVC stage `sample`: models/model.pt -> reports/samples/ (samples.npz with the samples
+and the reverse-process trajectory, grid.png, reverse_process.png)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpm.cli import run_stage, stage_parser
+from ddpm.config import load_params
+from ddpm.factory import load_trained
+from ddpm.io import atomic_save_npz
+from ddpm.plotting import plot_reverse_process, plot_samples
+from ddpm.runtime import resolve_device, set_threads
+from ddpm.samplers import draw_samples
+from ddpm.tracking import Tracker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--model", default="models/model.pt")
+    parser.add_argument("--out", default="reports/samples")
+
+    def body(args) -> None:
+        params = load_params(args.params)
+        sc = params.sample
+        set_threads(params.train.num_threads)
+        device = resolve_device(params.train.device)
+        trained = load_trained(args.model, params, device, use_ema=sc.use_ema)
+        shape = (sc.num_samples, *trained.meta["shape"])
+        samples, trajectory = draw_samples(
+            trained.diffusion, trained.network, shape, seed=params.seed, batch_size=sc.batch_size,
+            sampler=sc.sampler, steps=sc.steps, eta=sc.eta, clip_denoised=sc.clip_denoised,
+            trajectory_frames=sc.trajectory_frames, device=device, progress=True)
+        out = Path(args.out)
+        atomic_save_npz(out / "samples.npz", samples=samples.numpy(), trajectory=trajectory["x"].numpy(),
+                        steps=np.asarray(trajectory["steps"]))
+        plot_samples(samples.numpy(), trained.meta, out / "grid.png")
+        plot_reverse_process(trajectory["x"].numpy(), np.asarray(trajectory["steps"]), trained.meta,
+                             out / "reverse_process.png")
+        tracker = Tracker.resume(trained.mlflow_run_id, params.mlflow.experiment, params.mlflow.tracking_uri)
+        if tracker is not None:
+            for name in ("grid.png", "reverse_process.png"):
+                tracker.log_artifact(out / name, "samples")
+
+    return run_stage("sample", body, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

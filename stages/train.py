@@ -1,0 +1,80 @@
+"""DVC stage `train`: prepared data + params -> models/model.pt (EMA and raw weights, the
+resolved config, the data meta, the MLflow run id), models/run.json and
+reports/train/loss.csv. Runs unchanged under `python -m` and `torchrun -m`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from ddpm.checkpoint import save_checkpoint
+from ddpm.cli import run_stage, stage_parser
+from ddpm.config import load_params
+from ddpm.data import load_prepared
+from ddpm.factory import build_diffusion, build_network
+from ddpm.io import atomic_write_csv, atomic_write_json
+from ddpm.nn import count_parameters
+from ddpm.runtime import dist_info, print0, resolve_device, set_threads
+from ddpm.tracking import Tracker
+from ddpm.training import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--data", default="data/prepared")
+    parser.add_argument("--out", default="models")
+    parser.add_argument("--state", default="checkpoints/train_state.pt", help="resumable training state")
+    parser.add_argument("--reports", default="reports/train")
+
+    def body(args) -> None:
+        params = load_params(args.params)
+        dist = dist_info()
+        prepared = load_prepared(args.data)
+        # Everything that can be wrong with the config fails here, before the tracking
+        # store is touched and before any training step.
+        build_diffusion(params)
+        num_params = count_parameters(build_network(params, prepared.meta))
+        device = resolve_device(params.train.device)
+        if dist.distributed:
+            if device.type == "cuda":
+                device = torch.device("cuda", dist.local_rank)
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        set_threads(params.train.num_threads)
+        tracker = None
+        if dist.is_main:
+            tracker = Tracker.open(params.mlflow.experiment, None, params.flatten(), params.mlflow.tracking_uri,
+                                   tags={"num_parameters": str(num_params), "device": str(device),
+                                         "world_size": str(dist.world_size)})
+            print0(f"training {num_params:,} parameters on {device} x{dist.world_size}; "
+                   f"mlflow run {tracker.run_id} in {tracker.uri}")
+        try:
+            result = train(params, prepared.train, prepared.meta, device, dist, state_path=args.state,
+                           on_log=tracker.log_metrics if tracker else None)
+        except BaseException:
+            if tracker is not None:
+                tracker.finish("FAILED")
+            raise
+        finally:
+            if dist.distributed:
+                torch.distributed.destroy_process_group()
+        if not dist.is_main:
+            return
+        model_path = Path(args.out) / "model.pt"
+        save_checkpoint(model_path, {
+            "params": params.to_dict(), "meta": prepared.meta, "step": result.step,
+            "model": result.model.state_dict(), "ema": result.ema.state_dict(),
+            "mlflow_run_id": tracker.run_id,
+        })
+        atomic_write_json(Path(args.out) / "run.json", {"mlflow_run_id": tracker.run_id})
+        header = ["step", "loss", "lr", "grad_norm", "images_per_s"]
+        atomic_write_csv(Path(args.reports) / "loss.csv", header, [[row[k] for k in header] for row in result.history])
+        tracker.log_artifact(model_path, "model")
+
+    return run_stage("train", body, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
