@@ -157,7 +157,7 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
     if progress and dist.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
     while step < tc.steps:
         if not epoch_batches:
             perm = torch.randperm(len(data), generator=data_gen)

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"mlflow run {tracker.run_id} in {tracker.uri}")
         try:
             result = train(params, prepared.train, prepared.meta, device, dist, state_path=args.state,
-                           on_log=tracker.log_metrics if tracker else None)
+                           on_log=(lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None)
         except BaseException:
             if tracker is not None:
                 tracker.finish("FAILED")
