@@ -50,7 +50,7 @@ class ModelConfig:
     num_heads: int = 1
     mlp_hidden: int = 128
     mlp_layers: int = 3
-    time_embedding: Literal["learned", "sinusoidal"] = "learned"  # MLP only
+    time_embedding: Literal["learned", "sinusoidal"] = "sinusoidal"  # MLP only
 
 
 @dataclass(frozen=True)

@@ -390,7 +390,7 @@ class GaussianDiffusion:
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="bound", unit="call", leave=False)
+            starts = tqdm(starts, desc="bound", unit="call", leave=False, mininterval=2.0)
         for start in starts:
             ts = torch.arange(start, min(start + steps_per_call, T), device=x0.device)
             k = ts.shape[0]

@@ -41,20 +41,16 @@ def evaluate_bound(diffusion: GaussianDiffusion, model: Model, test: np.ndarray,
     else:
         x_all = torch.as_tensor(np.asarray(test[:n], dtype=np.float32))
     parts: dict[str, list[torch.Tensor]] = {"total": [], "prior": [], "decoder": [], "terms": []}
-    chunks = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc="bound", unit="chunk", leave=False)
-    for start in chunks:
+    for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         x0 = x_all[start:stop].to(device)
         gens = sample_generators(seed + _BOUND_SEED_OFFSET, range(start, stop), device)
         if images:
             out = diffusion.bpd(model, x0, num_levels=meta["num_levels"], clip_denoised=clip_denoised,
-                                generator=gens, max_batch=batch_size)
+                                generator=gens, max_batch=batch_size, progress=progress)
         else:
-            out = diffusion.nll(model, x0, clip_denoised=False, generator=gens, max_batch=batch_size)
+            out = diffusion.nll(model, x0, clip_denoised=False, generator=gens, max_batch=batch_size,
+                                progress=progress)
         for key in parts:
             parts[key].append(out[key].cpu())
     cat = {k: torch.cat(v) for k, v in parts.items()}

@@ -46,7 +46,7 @@ def _progress(iterable, enabled: bool, desc: str):
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, unit="step", leave=False)
+    return tqdm(iterable, desc=desc, unit="step", leave=False, mininterval=2.0)
 
 
 @torch.no_grad()

@@ -68,6 +68,17 @@ def _batches_for_rank(perm: torch.Tensor, batch_size: int, dist: DistInfo) -> li
     return [b[dist.rank :: dist.world_size] for b in batches]
 
 
+def check_batch_size(params: Params, num_train: int, dist: DistInfo = DistInfo()) -> None:
+    """The global batch must fit the training set and split evenly over the ranks."""
+    batch = params.train.batch_size
+    if batch > num_train:
+        raise ValueError(f"train.batch_size={batch} is larger than the training set "
+                         f"({num_train} examples); accepted: 1..{num_train}")
+    if batch % dist.world_size:
+        raise ValueError(f"train.batch_size={batch} must be divisible by the number of processes "
+                         f"({dist.world_size})")
+
+
 def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device: torch.device,
           dist: DistInfo = DistInfo(), state_path: str | Path | None = None,
           on_log: LogCallback | None = None, progress: bool = True) -> TrainResult:
@@ -78,12 +89,7 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
     config, training resumes from it.
     """
     tc = params.train
-    if tc.batch_size % dist.world_size:
-        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the number of processes "
-                         f"({dist.world_size})")
-    if tc.batch_size > len(train_levels):
-        raise ValueError(f"train.batch_size={tc.batch_size} is larger than the training set "
-                         f"({len(train_levels)} examples); accepted: 1..{len(train_levels)}")
+    check_batch_size(params, len(train_levels), dist)
     diffusion = build_diffusion(params)
     num_levels = meta["num_levels"] if meta["kind"] == "image" else None
     amp_dtype = resolve_precision(tc.precision, device)
@@ -96,6 +102,8 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
     else:
         to_x = lambda v: v.float()
 
+    # The initial weights come from the seed (identical on every rank; DDP also broadcasts them).
+    torch.manual_seed(params.seed)
     model = build_network(params, meta).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     fused = device.type == "cuda"
@@ -108,7 +116,7 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
     # noise, timesteps and flips (distinct per rank, derived from the global seed).
     data_gen = torch.Generator().manual_seed(params.seed)
     noise_gen = torch.Generator(device=device).manual_seed(params.seed * 1_000_003 + 7919 * (dist.rank + 1))
-    torch.manual_seed(params.seed + dist.rank)  # dropout
+    torch.manual_seed(params.seed + 1 + dist.rank)  # dropout
     step, history, epoch_batches = 0, [], []
     fingerprint = training_fingerprint(params)
 

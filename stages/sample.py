@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         shape = (sc.num_samples, *trained.meta["shape"])
         samples, trajectory = draw_samples(
             trained.diffusion, trained.network, shape, seed=params.seed, batch_size=sc.batch_size,
-            sampler=sc.sampler, steps=sc.steps, eta=sc.eta, clip_denoised=sc.clip_denoised,
+            sampler=sc.sampler, steps=sc.steps, eta=sc.eta,
+            # Clipping to [-1, 1] is for images; continuous data (the Swiss roll) is not bounded there.
+            clip_denoised=sc.clip_denoised and trained.meta["kind"] == "image",
             trajectory_frames=sc.trajectory_frames, device=device, progress=True)
         out = Path(args.out)
         atomic_save_npz(out / "samples.npz", samples=samples.numpy(), trajectory=trajectory["x"].numpy(),

@@ -18,7 +18,7 @@ from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.nn import count_parameters
 from ddpm.runtime import dist_info, print0, resolve_device, set_threads
 from ddpm.tracking import Tracker
-from ddpm.training import train
+from ddpm.training import check_batch_size, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         # Everything that can be wrong with the config fails here, before the tracking
         # store is touched and before any training step.
         build_diffusion(params)
+        check_batch_size(params, len(prepared.train), dist)
         num_params = count_parameters(build_network(params, prepared.meta))
         device = resolve_device(params.train.device)
         if dist.distributed:
