@@ -49,6 +49,7 @@ from torch import nn
 
 from ddpm.config import Params
 from ddpm.data import to_model_space
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluation import evaluate_bound
 from ddpm.factory import build_diffusion, build_network
 from ddpm.io import atomic_write_json
@@ -146,7 +147,12 @@ def bench_bound_vs_forward(net: nn.Module, diffusion, device: torch.device, reps
             for b, t in zip(batches, ts):
                 net(xs[:b], t)
 
-        forward()  # warm-up: every call shape once
+        # Warm-up: every forward shape once, and the bound's code path once (one network call
+        # of the full batch, through a copy of the diffusion cut to that call's timesteps).
+        forward()
+        short = GaussianDiffusion(diffusion.betas[:max_batch // n], mean_type=diffusion.mean_type,
+                                  var_type=diffusion.var_type)
+        short.bpd(net, x0, num_levels=17, generator=sample_generators(seed, range(n), device), max_batch=max_batch)
         a_times, b_times = [], []
         for _ in range(reps):
             a_times.append(timed(bound, device))
@@ -271,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
           + (f", load average {load:.2f}" if load is not None else "")
           + (f", cuDNN TF32={'on' if env['cudnn_tf32'] else 'off'}" if device.type == "cuda" else "")
           + (", quick" if args.quick else ""))
+    if device.type == "cpu" and load is not None and load > 0.5 * (os.cpu_count() or 1):
+        print(f"WARNING: the machine is busy before the benchmark starts (load average {load:.2f} on "
+              f"{os.cpu_count()} CPUs): CPU timings will be slow and noisy, with {env['threads']} torch "
+              "threads competing for cores; compare only figures from the same run.")
     print(f"digits U-Net: {count_parameters(net):,} parameters, T={T}, {params.diffusion.beta_schedule} betas, "
           f"mean_type={params.diffusion.mean_type}, var_type={params.diffusion.var_type}, K=17, clip_denoised=True")
     print("Times are wall seconds, median [min-max] over the repeats.\n")

@@ -69,6 +69,10 @@ class TrainConfig:
     log_every: int = 50                 # steps between logged training metrics
     checkpoint_every: int = 1000        # steps between resumable checkpoints
     num_threads: int = 0                # torch CPU threads; 0 = torch's default
+    nproc: int = 1                      # processes the train stage launches through torchrun (DDP)
+    tf32: bool = True                   # TF32 matmuls/convs on CUDA while training (never in evaluate)
+    channels_last: bool | Auto = AUTO   # auto: on for images on CUDA
+    compile: bool = False               # torch.compile the network for training
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,7 @@ class Params:
         for key in ("log_every", "checkpoint_every"):
             _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "an integer >= 1")
         _check(t.num_threads >= 0, "train.num_threads", t.num_threads, "an integer >= 0 (0 = torch's default)")
+        _check(t.nproc >= 1, "train.nproc", t.nproc, "an integer >= 1 (processes on this machine)")
         s = self.sample
         _check(s.num_samples >= 1, "sample.num_samples", s.num_samples, "an integer >= 1")
         _check(s.batch_size >= 1, "sample.batch_size", s.batch_size, "an integer >= 1")

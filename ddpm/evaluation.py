@@ -1,10 +1,16 @@
 """The evaluate stage's computation: the full variational bound over a test split,
-averaged with its standard error, in bits/dim for images and nats/dim for vectors."""
+averaged with its standard error, in bits/dim for images and nats/dim for vectors.
+
+``bound_per_example`` works on any subset of example indices (a torchrun rank's share);
+each example's noise comes from its own generator keyed by its index, so the per-example
+values do not depend on the batch size or on how the examples are split over ranks.
+``summarize_bound`` turns the gathered values into the report.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -15,61 +21,81 @@ from ddpm.samplers import sample_generators
 
 # Offset that keeps the bound's noise streams apart from the sampler's (same seed).
 _BOUND_SEED_OFFSET = 1_000_000_007
+PARTS = ("total", "prior", "decoder", "terms")
 
 
-def _mean_se(x: torch.Tensor) -> tuple[float, float]:
-    n = x.shape[0]
-    se = x.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
-    return x.mean().item(), se
+def test_inputs(test: np.ndarray, meta: dict[str, Any], num_images: int = 0) -> torch.Tensor:
+    """The first ``num_images`` test examples (0 = all) in model space, float32."""
+    n = len(test) if num_images == 0 else min(num_images, len(test))
+    if meta["kind"] == "image":
+        return torch.as_tensor(to_model_space(test[:n], meta["num_levels"]))
+    return torch.as_tensor(np.asarray(test[:n], dtype=np.float32))
 
 
 @torch.no_grad()
-def evaluate_bound(diffusion: GaussianDiffusion, model: Model, test: np.ndarray, meta: dict[str, Any],
-                   num_images: int = 0, batch_size: int = 512, clip_denoised: bool = True, seed: int = 0,
-                   device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """All T terms of the bound for the first ``num_images`` test examples (0 = all).
+def bound_per_example(diffusion: GaussianDiffusion, model: Model, x_all: torch.Tensor, meta: dict[str, Any],
+                      indices: Sequence[int] | None = None, batch_size: int = 512, clip_denoised: bool = True,
+                      seed: int = 0, device: torch.device | str = "cpu", progress: bool = True
+                      ) -> dict[str, torch.Tensor]:
+    """All T bound terms for the examples ``indices`` of ``x_all`` (default: all), on the CPU.
 
-    Each example's noise comes from its own generator, so the result does not depend on
-    ``batch_size``. Returns the report written to metrics.json plus ``terms_rows``
-    ([t, mean term, stderr] for the paper's t = 1..T; t = 1 is the decoder L_0).
-    Refuses (ValueError) to report a bound with NaN or infinite values.
+    Returns ``index`` [n] and the parts of ``GaussianDiffusion.bpd`` (images, bits/dim) or
+    ``nll`` (vectors, nats/dim): ``total``, ``prior``, ``decoder`` [n], ``terms`` [n, T].
     """
-    images = meta["kind"] == "image"
-    n = len(test) if num_images == 0 else min(num_images, len(test))
-    if images:
-        x_all = torch.as_tensor(to_model_space(test[:n], meta["num_levels"]))
-    else:
-        x_all = torch.as_tensor(np.asarray(test[:n], dtype=np.float32))
-    parts: dict[str, list[torch.Tensor]] = {"total": [], "prior": [], "decoder": [], "terms": []}
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        x0 = x_all[start:stop].to(device)
-        gens = sample_generators(seed + _BOUND_SEED_OFFSET, range(start, stop), device)
-        if images:
+    indices = list(range(len(x_all))) if indices is None else list(indices)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in PARTS}
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        x0 = x_all[chunk].to(device)
+        gens = sample_generators(seed + _BOUND_SEED_OFFSET, chunk, device)
+        if meta["kind"] == "image":
             out = diffusion.bpd(model, x0, num_levels=meta["num_levels"], clip_denoised=clip_denoised,
                                 generator=gens, max_batch=batch_size, progress=progress)
         else:
             out = diffusion.nll(model, x0, clip_denoised=False, generator=gens, max_batch=batch_size,
                                 progress=progress)
-        for key in parts:
+        for key in PARTS:
             parts[key].append(out[key].cpu())
-    cat = {k: torch.cat(v) for k, v in parts.items()}
-    bad = {k for k, v in cat.items() if not torch.isfinite(v).all()}
+    T = diffusion.num_timesteps
+    result = {k: torch.cat(v) if v else torch.empty((0, T) if k == "terms" else (0,), dtype=torch.float64)
+              for k, v in parts.items()}
+    result["index"] = torch.as_tensor(indices, dtype=torch.long)
+    return result
+
+
+def merge_parts(shares: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate ranks' ``bound_per_example`` results in example order."""
+    index = torch.cat([s["index"] for s in shares])
+    order = torch.argsort(index)
+    return {k: torch.cat([s[k] for s in shares])[order] for k in (*PARTS, "index")}
+
+
+def summarize_bound(parts: dict[str, torch.Tensor], meta: dict[str, Any], clip_denoised: bool) -> dict[str, Any]:
+    """The metrics.json report (means, standard error, n) and ``terms_rows`` for the CSV
+    ([t, mean term, stderr] for the paper's t = 1..T; t = 1 is the decoder L_0).
+    Refuses (ValueError) to report a bound with NaN or infinite values."""
+    bad = sorted(k for k in PARTS if not torch.isfinite(parts[k]).all())
     if bad:
-        raise ValueError(f"the bound has NaN or infinite values in {sorted(bad)}; refusing to report it "
+        raise ValueError(f"the bound has NaN or infinite values in {bad}; refusing to report it "
                          "(the model's outputs or variances are not finite)")
+    images = meta["kind"] == "image"
     metric, unit = ("bpd", "bits/dim") if images else ("nll", "nats/dim")
-    total, se = _mean_se(cat["total"])
-    kl_terms = cat["terms"][:, 1:].sum(1)
-    term_means = cat["terms"].mean(0)
-    term_se = cat["terms"].std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.full_like(term_means, float("nan"))
+    n, T = parts["terms"].shape
+    if n == 0:
+        raise ValueError("no test examples to evaluate (evaluate.num_images and data.test_size give 0)")
+    scale = 1.0 / math.sqrt(n)
+    total = parts["total"]
+    term_mean = parts["terms"].mean(0)
+    term_se = parts["terms"].std(0) * scale if n > 1 else torch.full_like(term_mean, float("nan"))
     return {
         "metric": metric,
         "unit": unit,
-        metric: {"total": total, "stderr": se, "prior": cat["prior"].mean().item(),
-                 "decoder": cat["decoder"].mean().item(), "kl_terms": kl_terms.mean().item()},
+        metric: {"total": total.mean().item(),
+                 "stderr": total.std().item() * scale if n > 1 else float("nan"),
+                 "prior": parts["prior"].mean().item(), "decoder": parts["decoder"].mean().item(),
+                 "kl_terms": parts["terms"][:, 1:].sum(1).mean().item()},
         "num_images": n,
-        "timesteps": diffusion.num_timesteps,
+        "timesteps": T,
         "clip_denoised": bool(clip_denoised) if images else False,
-        "terms_rows": [[t + 1, term_means[t].item(), term_se[t].item()] for t in range(diffusion.num_timesteps)],
+        "terms_rows": [[t + 1, term_mean[t].item(), term_se[t].item()] for t in range(T)],
     }

@@ -73,6 +73,47 @@ def print0(*args, **kwargs) -> None:
         print(*args, file=sys.stderr, flush=True, **kwargs)
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor-core math for matmuls and convolutions on CUDA (no effect on the CPU)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def shard(n: int, dist: DistInfo) -> range:
+    """This rank's share of items 0..n-1 (every world_size-th, starting at its rank)."""
+    return range(dist.rank, n, dist.world_size)
+
+
+def gather_to_main(obj, dist: DistInfo) -> list | None:
+    """Every rank's ``obj`` in rank order on rank 0 (None elsewhere); [obj] without DDP."""
+    if not dist.distributed:
+        return [obj]
+    out = [None] * dist.world_size if dist.is_main else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
+
+
+def init_distributed(device: torch.device, dist: DistInfo) -> torch.device:
+    """Join torchrun's process group (NCCL on CUDA, gloo on the CPU); the rank's device."""
+    if not dist.distributed:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def launch_torchrun(nproc: int, argv: list[str] | None, module: str = "stages.train") -> None:
+    """Run ``python -m module argv`` as ``nproc`` processes on this machine through torchrun
+    (``torch.distributed.run``); raises when a process fails. Multi-node jobs call torchrun
+    directly with its rendezvous flags."""
+    from torch.distributed.run import main as torchrun
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", module, *args])
+
+
 def set_threads(num_threads: int) -> None:
     if num_threads > 0:
         torch.set_num_threads(num_threads)

@@ -187,10 +187,11 @@ def _even_picks(states: list[int], count: int) -> list[int]:
 def draw_samples(diffusion: GaussianDiffusion, model: Model, shape: Sequence[int], seed: int,
                  batch_size: int = 256, sampler: str = "ancestral", steps: int = 0, eta: float = 0.0,
                  clip_denoised: bool = True, trajectory_frames: int = 10,
-                 device: torch.device | str = "cpu", progress: bool = False
-                 ) -> tuple[torch.Tensor, dict]:
-    """Draw ``shape[0]`` samples in batches, sample i from its own generator (seed, i), so
-    the result does not depend on ``batch_size``.
+                 device: torch.device | str = "cpu", progress: bool = False,
+                 indices: Sequence[int] | None = None) -> tuple[torch.Tensor, dict]:
+    """Draw the samples ``indices`` (default: 0..shape[0]-1) in batches, sample i from its
+    own generator (seed, i), so the result depends neither on ``batch_size`` nor on how the
+    indices are split over torchrun ranks.
 
     ``sampler``: ``ancestral`` (respaced to ``steps`` when 0 < steps < T) or ``ddim``
     (``steps`` evenly spaced steps, 0 = all). Returns the samples [shape] on the CPU and
@@ -211,11 +212,12 @@ def draw_samples(diffusion: GaussianDiffusion, model: Model, shape: Sequence[int
         keep = space_timesteps(T, steps) if steps else list(range(T))
         to_original = {s: s for s in [0] + [k + 1 for k in keep]}
         record = _even_picks(sorted(to_original, reverse=True), trajectory_frames)
+    indices = list(range(n)) if indices is None else list(indices)
     samples, frames = [], []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        gens = sample_generators(seed, range(start, stop), device)
-        batch_shape = (stop - start, *shape[1:])
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        gens = sample_generators(seed, chunk, device)
+        batch_shape = (len(chunk), *shape[1:])
         if sampler == "ancestral":
             x, traj = p_sample_loop(loop_diffusion, loop_model, batch_shape, generator=gens, device=device,
                                     return_trajectory=record, clip_denoised=clip_denoised, progress=progress)
@@ -225,4 +227,7 @@ def draw_samples(diffusion: GaussianDiffusion, model: Model, shape: Sequence[int
                                        progress=progress)
         samples.append(x.float().cpu())
         frames.append(traj["x"].float().cpu())
-    return torch.cat(samples), {"steps": [to_original[s] for s in traj["steps"]], "x": torch.cat(frames, dim=1)}
+    steps_out = [to_original[s] for s in record]
+    if not samples:  # a torchrun rank with no share
+        return torch.empty((0, *shape[1:])), {"steps": steps_out, "x": torch.empty((len(record), 0, *shape[1:]))}
+    return torch.cat(samples), {"steps": steps_out, "x": torch.cat(frames, dim=1)}

@@ -25,14 +25,17 @@ from ddpm.config import Params
 from ddpm.data import to_model_space
 from ddpm.errors import TrainingDiverged
 from ddpm.factory import build_diffusion, build_network
-from ddpm.runtime import DistInfo, autocast, print0, resolve_precision
+from ddpm.runtime import DistInfo, autocast, print0, resolve_precision, set_tf32
 
 LogCallback = Callable[[int, dict[str, float]], None]
 # Sections whose values change what training computes; a saved training state is only
 # resumed when they are all unchanged.
 _TRAINING_SECTIONS = ("dataset", "seed", "beta_schedule", "timesteps", "beta_start", "beta_end",
                       "mean_type", "var_type", "loss_type", "data.", "model.", "train.")
-_NOT_TRAINING = ("train.log_every", "train.checkpoint_every", "train.device", "train.num_threads")
+# Keys that change how fast, not what, training computes (on the same device), and
+# train.steps, since the schedule does not depend on it: a longer run continues a shorter one.
+_NOT_TRAINING = ("train.steps", "train.log_every", "train.checkpoint_every", "train.device", "train.num_threads",
+                 "train.compile", "train.nproc")
 
 
 @dataclass
@@ -112,17 +115,20 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    # One generator for the data order (identical on every rank) and one for the diffusion
-    # noise, timesteps and flips (distinct per rank, derived from the global seed).
+    # The data order, timesteps, noise and flips are drawn for the whole global batch from
+    # generators seeded identically on every rank, and each rank keeps its share: so N
+    # processes compute exactly what one process computes on the same global batch.
+    # Dropout, the only per-rank randomness, is seeded per rank from the global seed.
     data_gen = torch.Generator().manual_seed(params.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(params.seed * 1_000_003 + 7919 * (dist.rank + 1))
+    noise_gen = torch.Generator(device=device).manual_seed(params.seed * 1_000_003 + 7919)
     torch.manual_seed(params.seed + 1 + dist.rank)  # dropout
     step, history, epoch_batches = 0, [], []
     fingerprint = training_fingerprint(params)
 
     if state_path is not None and Path(state_path).exists():
         state = load_checkpoint(state_path, map_location=device)
-        if state.get("fingerprint") == fingerprint and state.get("world_size") == dist.world_size:
+        if (state.get("fingerprint") == fingerprint and state.get("world_size") == dist.world_size
+                and state["step"] <= tc.steps):
             model.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
@@ -139,9 +145,17 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
         else:
             print0(f"ignoring the saved training state in {state_path}: it belongs to another config")
 
+    images = num_levels is not None
+    channels_last = (device.type == "cuda" and images) if tc.channels_last == "auto" else bool(tc.channels_last and images)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    set_tf32(tc.tf32)  # training only (nanoGPT); evaluation keeps full float32 (EDM)
     net: nn.Module = model
     if dist.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
 
     def save_state() -> None:
         if state_path is None or not dist.is_main:
@@ -157,11 +171,24 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
         save_checkpoint(state_path, state)
 
+    def diverged(what: str) -> None:
+        if bar is not None:
+            bar.close()
+        raise TrainingDiverged(f"{what} in the steps up to {step}; nothing from them was logged or saved, "
+                               f"and the last good checkpoint ({state_path}) was kept")
+
+    def check_finite() -> None:
+        """Before a checkpoint: the losses since the last log and the weights are finite."""
+        if not bool(torch.isfinite(loss_sum).all()):
+            diverged("training loss became non-finite (nan or inf)")
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            diverged("the weights became non-finite (nan or inf)")
+
     model.train()
+    bar = None
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses, count
     grad_norm_last = torch.zeros((), device=device)
     t_last, step_last = time.perf_counter(), step
-    bar = None
     if progress and dist.is_main:
         from tqdm.auto import tqdm
 
@@ -172,12 +199,18 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
             epoch_batches = _batches_for_rank(perm, tc.batch_size, dist)
         idx = epoch_batches.pop(0).to(device)
         x0 = to_x(data[idx])
+        global_shape = (tc.batch_size, *x0.shape[1:])
+        mine = slice(dist.rank, None, dist.world_size)
+        t = torch.randint(0, diffusion.num_timesteps, (tc.batch_size,), device=device, generator=noise_gen)[mine]
+        noise = torch.randn(global_shape, device=device, generator=noise_gen)[mine]
+        if channels_last:
+            x0 = x0.contiguous(memory_format=memory_format)
         if tc.hflip and x0.ndim == 4:
-            flip = torch.rand(x0.shape[0], device=device, generator=noise_gen) < 0.5
+            flip = (torch.rand(tc.batch_size, device=device, generator=noise_gen) < 0.5)[mine]
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
 
         with autocast(device, amp_dtype):
-            losses = diffusion.training_losses(net, x0, generator=noise_gen, num_levels=num_levels)
+            losses = diffusion.training_losses(net, x0, t=t, noise=noise, num_levels=num_levels)
         loss = losses["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -200,12 +233,7 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
                 torch.distributed.all_reduce(totals)  # sums and counts, not means of means
             mean_loss = (totals[0] / totals[1]).item()
             if not math.isfinite(mean_loss):
-                if bar is not None:
-                    bar.close()
-                raise TrainingDiverged(
-                    f"training loss became {mean_loss} in the steps up to {step}; nothing was logged "
-                    f"for them and the last good checkpoint ({state_path}) was kept"
-                )
+                diverged(f"training loss became {mean_loss}")
             elapsed = time.perf_counter() - t_last
             row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm_last), "images_per_s": (step - step_last) * tc.batch_size / elapsed}
@@ -217,8 +245,10 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
             loss_sum.zero_()
             t_last, step_last = time.perf_counter(), step
         if step % tc.checkpoint_every == 0 and step < tc.steps:
+            check_finite()
             save_state()
     if bar is not None:
         bar.close()
+    check_finite()
     save_state()
     return TrainResult(model=model, ema=ema, step=step, history=history)

@@ -1,19 +1,21 @@
 """DVC stage `evaluate`: the full variational bound (all T terms) of the test split under
 the trained model -> reports/metrics.json (bits/dim for images, nats/dim for vectors:
-total, prior, decoder, standard error, number of examples) and reports/eval/terms.csv."""
+total, prior, decoder, standard error, number of examples) and reports/eval/terms.csv.
+Under torchrun the test images are spread over the ranks and gathered on rank 0."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+
+import torch
 
 from ddpm.cli import run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import load_prepared
-from ddpm.evaluation import evaluate_bound
+from ddpm.evaluation import bound_per_example, merge_parts, summarize_bound, test_inputs
 from ddpm.factory import load_trained
 from ddpm.io import atomic_write_csv, atomic_write_json
-from ddpm.runtime import resolve_device, set_threads
+from ddpm.runtime import dist_info, gather_to_main, init_distributed, resolve_device, set_tf32, set_threads, shard
 from ddpm.tracking import Tracker
 
 
@@ -27,19 +29,28 @@ def main(argv: list[str] | None = None) -> int:
     def body(args) -> None:
         params = load_params(args.params)
         ec = params.evaluate
+        dist = dist_info()
         set_threads(params.train.num_threads)
-        device = resolve_device(params.train.device)
+        set_tf32(False)  # the reported number is computed in full float32 (and float64 math)
+        device = init_distributed(resolve_device(params.train.device), dist)
         trained = load_trained(args.model, params, device, use_ema=ec.use_ema)
-        prepared = load_prepared(args.data)
-        report = evaluate_bound(trained.diffusion, trained.network, prepared.test, trained.meta,
-                                num_images=ec.num_images, batch_size=ec.batch_size,
-                                clip_denoised=ec.clip_denoised, seed=params.seed, device=device)
+        x_all = test_inputs(load_prepared(args.data).test, trained.meta, ec.num_images)
+        share = bound_per_example(trained.diffusion, trained.network, x_all, trained.meta,
+                                  indices=shard(len(x_all), dist), batch_size=ec.batch_size,
+                                  clip_denoised=ec.clip_denoised, seed=params.seed, device=device,
+                                  progress=dist.is_main)
+        shares = gather_to_main(share, dist)
+        if dist.distributed:
+            torch.distributed.destroy_process_group()
+        if not dist.is_main:
+            return
+        report = summarize_bound(merge_parts(shares), trained.meta, ec.clip_denoised)
         atomic_write_csv(args.terms, ["t", "term", "stderr"], report.pop("terms_rows"))
         atomic_write_json(args.metrics, report)
         tracker = Tracker.resume(trained.mlflow_run_id, params.mlflow.experiment, params.mlflow.tracking_uri)
         if tracker is not None:
-            tracker.log_metrics({f"{report['metric']}_{k}" if k != "total" else report["metric"]: v
-                                 for k, v in report[report["metric"]].items()})
+            metric = report["metric"]
+            tracker.log_metrics({metric if k == "total" else f"{metric}_{k}": v for k, v in report[metric].items()})
             tracker.log_artifact(args.metrics, "metrics")
             tracker.log_artifact(args.terms, "metrics")
 

@@ -1,5 +1,7 @@
 """DVC stage `sample`: models/model.pt -> reports/samples/ (samples.npz with the samples
-and the reverse-process trajectory, grid.png, reverse_process.png)."""
+and the reverse-process trajectory, grid.png, reverse_process.png). Under torchrun the
+samples are spread over the ranks and gathered on rank 0; sample i comes from its own
+seeded generator, so the result is the same however it is split."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from ddpm.config import load_params
 from ddpm.factory import load_trained
 from ddpm.io import atomic_save_npz
 from ddpm.plotting import plot_reverse_process, plot_samples
-from ddpm.runtime import resolve_device, set_threads
+from ddpm.runtime import dist_info, gather_to_main, init_distributed, resolve_device, set_threads, shard
 from ddpm.samplers import draw_samples
 from ddpm.tracking import Tracker
 
@@ -27,22 +29,31 @@ def main(argv: list[str] | None = None) -> int:
     def body(args) -> None:
         params = load_params(args.params)
         sc = params.sample
+        dist = dist_info()
         set_threads(params.train.num_threads)
-        device = resolve_device(params.train.device)
+        device = init_distributed(resolve_device(params.train.device), dist)
         trained = load_trained(args.model, params, device, use_ema=sc.use_ema)
         shape = (sc.num_samples, *trained.meta["shape"])
+        indices = shard(sc.num_samples, dist)
         samples, trajectory = draw_samples(
             trained.diffusion, trained.network, shape, seed=params.seed, batch_size=sc.batch_size,
             sampler=sc.sampler, steps=sc.steps, eta=sc.eta,
             # Clipping to [-1, 1] is for images; continuous data (the Swiss roll) is not bounded there.
             clip_denoised=sc.clip_denoised and trained.meta["kind"] == "image",
-            trajectory_frames=sc.trajectory_frames, device=device, progress=True)
+            trajectory_frames=sc.trajectory_frames, device=device, progress=dist.is_main, indices=indices)
+        shares = gather_to_main((list(indices), samples, trajectory["x"]), dist)
+        if dist.distributed:
+            torch.distributed.destroy_process_group()
+        if not dist.is_main:
+            return
+        order = np.argsort(np.concatenate([s[0] for s in shares]))
+        samples = torch.cat([s[1] for s in shares])[order].numpy()
+        frames = torch.cat([s[2] for s in shares], dim=1)[:, order].numpy()
+        steps = np.asarray(trajectory["steps"])
         out = Path(args.out)
-        atomic_save_npz(out / "samples.npz", samples=samples.numpy(), trajectory=trajectory["x"].numpy(),
-                        steps=np.asarray(trajectory["steps"]))
-        plot_samples(samples.numpy(), trained.meta, out / "grid.png")
-        plot_reverse_process(trajectory["x"].numpy(), np.asarray(trajectory["steps"]), trained.meta,
-                             out / "reverse_process.png")
+        atomic_save_npz(out / "samples.npz", samples=samples, trajectory=frames, steps=steps)
+        plot_samples(samples, trained.meta, out / "grid.png")
+        plot_reverse_process(frames, steps, trained.meta, out / "reverse_process.png")
         tracker = Tracker.resume(trained.mlflow_run_id, params.mlflow.experiment, params.mlflow.tracking_uri)
         if tracker is not None:
             for name in ("grid.png", "reverse_process.png"):

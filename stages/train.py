@@ -16,7 +16,7 @@ from ddpm.data import load_prepared
 from ddpm.factory import build_diffusion, build_network
 from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import dist_info, print0, resolve_device, set_threads
+from ddpm.runtime import dist_info, init_distributed, launch_torchrun, print0, resolve_device, set_threads
 from ddpm.tracking import Tracker
 from ddpm.training import check_batch_size, train
 
@@ -37,12 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         build_diffusion(params)
         check_batch_size(params, len(prepared.train), dist)
         num_params = count_parameters(build_network(params, prepared.meta))
-        device = resolve_device(params.train.device)
-        if dist.distributed:
-            if device.type == "cuda":
-                device = torch.device("cuda", dist.local_rank)
-                torch.cuda.set_device(device)
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if params.train.nproc > 1 and not dist.distributed:
+            # Hand over to PyTorch's own launcher, which starts train.nproc copies of this stage.
+            launch_torchrun(params.train.nproc, argv)
+            return
+        device = init_distributed(resolve_device(params.train.device), dist)
         set_threads(params.train.num_threads)
         tracker = None
         if dist.is_main:

@@ -1,0 +1,166 @@
+"""The training loop: resuming equals not stopping, DDP equals one process on the same
+global batch, divergence stops with the step, EMA and warmup do what they say."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.config import Params
+from ddpm.errors import TrainingDiverged
+from ddpm.training import train, update_ema
+
+SMALL = {
+    "timesteps": 50,
+    "model": {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [4],
+              "dropout": 0.0},
+    "train": {"steps": 12, "batch_size": 16, "warmup_steps": 3, "log_every": 4, "checkpoint_every": 4,
+              "ema_decay": 0.9},
+}
+
+
+def digits_meta() -> dict:
+    return {"dataset": "digits", "kind": "image", "shape": [1, 8, 8], "num_levels": 17}
+
+
+def levels(n=64, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 17, size=(n, 1, 8, 8), dtype=np.uint8)
+
+
+def params(**train) -> Params:
+    raw = {**SMALL, "train": {**SMALL["train"], **train}}
+    return Params.from_dict(raw)
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    data = levels()
+    full = train(params(), data, digits_meta(), torch.device("cpu"), progress=False)
+
+    state = tmp_path / "state.pt"
+
+    def interrupt(step, metrics):
+        if step == 8:  # after the checkpoint at step 8 ... and before the run ends
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(params(log_every=2), data, digits_meta(), torch.device("cpu"), state_path=state, on_log=interrupt,
+              progress=False)
+    assert state.exists()
+    resumed = train(params(log_every=2), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
+    assert resumed.step == 12
+    assert_same_weights(resumed.model.state_dict(), full.model.state_dict())
+    assert_same_weights(resumed.ema.state_dict(), full.ema.state_dict())
+
+
+def test_a_longer_run_continues_a_shorter_one(tmp_path):
+    data = levels()
+    full = train(params(), data, digits_meta(), torch.device("cpu"), progress=False)
+    state = tmp_path / "state.pt"
+    short = train(params(steps=6), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
+    assert short.step == 6
+    longer = train(params(), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
+    assert_same_weights(longer.model.state_dict(), full.model.state_dict())
+    # The short run logged its last, partial interval at step 6; the history continues from it.
+    assert [r["step"] for r in longer.history] == [4, 6, 8, 12]
+
+
+def test_state_from_another_config_is_not_resumed(tmp_path, capsys):
+    data = levels()
+    state = tmp_path / "state.pt"
+    train(params(), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
+    other = train(params(lr=5e-4), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
+    assert "belongs to another config" in capsys.readouterr().err
+    fresh = train(params(lr=5e-4), data, digits_meta(), torch.device("cpu"), progress=False)
+    assert_same_weights(other.model.state_dict(), fresh.model.state_dict())
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    data = levels()
+    a = train(params(steps=4), data, digits_meta(), torch.device("cpu"), progress=False)
+    b = train(params(steps=4), data, digits_meta(), torch.device("cpu"), progress=False)
+    assert_same_weights(a.model.state_dict(), b.model.state_dict())
+    c = train(Params.from_dict({**SMALL, "seed": 1, "train": {**SMALL["train"], "steps": 4}}), data, digits_meta(),
+              torch.device("cpu"), progress=False)
+    assert not torch.equal(a.model.state_dict()["out.2.weight"], c.model.state_dict()["out.2.weight"])
+
+
+def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+    data = levels()
+    np.save(tmp_path / "levels.npy", data)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(Path(__file__).parent / "_ddp_worker.py"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert_same_weights(rank0["model"], rank1["model"])
+    single = train(Params.from_dict(SMALL), data, digits_meta(), torch.device("cpu"), progress=False)
+    assert_same_weights(rank0["model"], single.model.state_dict(), atol=1e-5)
+    # Logged losses are reduced as sums and counts over ranks: the single process's values.
+    np.testing.assert_allclose([r["loss"] for r in rank0["history"]], [r["loss"] for r in single.history], rtol=1e-5)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    points = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    points[5] = np.nan
+    meta = {"dataset": "swissroll", "kind": "vector", "shape": [2], "num_levels": None}
+    p = Params.from_dict({"dataset": "swissroll", "timesteps": 20,
+                          "train": {"steps": 40, "batch_size": 64, "log_every": 4, "checkpoint_every": 2}})
+    state = tmp_path / "state.pt"
+    logged = []
+    with pytest.raises(TrainingDiverged) as err:
+        train(p, points, meta, torch.device("cpu"), state_path=state, on_log=lambda s, m: logged.append(m),
+              progress=False)
+    # The NaN in the first batch is caught at the first checkpoint (step 2), before saving.
+    assert "steps up to 2" in str(err.value) and "nan" in str(err.value)
+    assert logged == []  # nothing non-finite reached the tracker
+    assert not state.exists()
+
+
+def test_divergence_after_good_checkpoints_keeps_the_last_good_one(tmp_path):
+    """One NaN point among 64, batches of 8: the first batches are finite and checkpointed
+    every step; the batch holding the NaN stops training without saving."""
+    points = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    points[37] = np.nan
+    meta = {"dataset": "swissroll", "kind": "vector", "shape": [2], "num_levels": None}
+    p = Params.from_dict({"dataset": "swissroll", "timesteps": 20,
+                          "train": {"steps": 40, "batch_size": 8, "log_every": 100, "checkpoint_every": 1}})
+    state = tmp_path / "state.pt"
+    with pytest.raises(TrainingDiverged) as err:
+        train(p, points, meta, torch.device("cpu"), state_path=state, progress=False)
+    failed_at = int(str(err.value).split("steps up to ")[1].split(";")[0])
+    saved = torch.load(state, weights_only=True)
+    assert 1 <= saved["step"] == failed_at - 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_ema_update_is_the_exponential_moving_average():
+    model = torch.nn.Linear(3, 2)
+    ema = torch.nn.Linear(3, 2)
+    ema.load_state_dict(model.state_dict())
+    before = ema.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    update_ema(ema, model, 0.9)
+    torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight)
