@@ -79,7 +79,9 @@ class Tracker:
                     # temporary copies write them to the original repository.
                     db = Path(uri[len("sqlite:///"):])
                     artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
-                exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
+                # The tag makes the MLflow 3 UI open the experiment as model training, not GenAI.
+                exp_id = client.create_experiment(experiment, artifact_location=artifact_location,
+                                                  tags={"mlflow.experimentKind": "custom_model_development"})
             else:
                 exp_id = exp.experiment_id
         except Exception as err:  # mlflow raises many types: connection, SQL, malformed URI
@@ -96,7 +98,8 @@ class Tracker:
         """Check the store, create a run, and log the flattened params and standard tags."""
         uri = resolve_tracking_uri(configured_uri)
         client, exp_id = cls._client(uri, experiment)
-        all_tags = {"git_revision": git_revision() or "unknown"}
+        all_tags = {"git_revision": git_revision() or "unknown", "mlflow.source.name": "dvc repro (stages/train.py)",
+                    "mlflow.source.type": "LOCAL"}
         if os.environ.get("DVC_EXP_NAME"):
             all_tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
         if os.environ.get("DVC_EXP_BASELINE_REV"):
@@ -158,5 +161,8 @@ class Tracker:
         for k, v in tags.items():
             self._safely("setting tags", self.client.set_tag, self.run_id, k, v)
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        """Close the run; a failed run records why (tag ``error``), so the UI says it."""
+        if error is not None:
+            self.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
         self._safely("closing the run", self.client.set_terminated, self.run_id, status)

@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = train(params, prepared.train, prepared.meta, device, dist, state_path=args.state,
                            on_log=(lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None)
-        except BaseException:
+        except BaseException as err:
             if tracker is not None:
-                tracker.finish("FAILED")
+                tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", error=err)
             raise
         finally:
             if dist.distributed:
