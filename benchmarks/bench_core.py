@@ -14,14 +14,16 @@ What it measures (on ``--device``, default ``auto``: CUDA when available, else t
    row reproduces that network batch with fewer images and more timesteps per call
    (e.g. 12 images x 25 timesteps = 300 per call), which runs the same code per call,
    so a repeat takes seconds rather than a minute.
-2. **The evaluate stage's bound.** The wall time of ``ddpm.evaluation.evaluate_bound``
-   itself (the evaluate stage's code path) over 300 random 8x8 images on the 17-level
-   grid, T = 1000, ``batch_size=512``, timed once.
+2. **The evaluate stage's bound.** The wall time of the evaluate stage's own code path,
+   ``ddpm.evaluation.evaluation_inputs`` + ``bound_per_example`` + ``summarize_bound`` (one
+   process, no torchrun), over 300 random 8x8 images on the 17-level grid, T = 1000,
+   ``batch_size=512``, timed once.
 3. **U-Net size and speed.** Parameter count and forward time (batch 64, eval, no_grad,
    median of several runs) of the default U-Nets for digits (1x8x8), mnist (1x28x28) and
    cifar10 (3x32x32), from ``DATASET_DEFAULTS``.
 
-Weights are random (speed does not depend on them); the zero-initialised output conv gets
+TF32 is off on CUDA throughout, as in the evaluate stage. Weights are random (speed does
+not depend on them); the zero-initialised output conv gets
 PyTorch's default init so that the network's outputs are nonzero. Nothing is written
 unless ``--json PATH`` is given.
 
@@ -50,11 +52,11 @@ from torch import nn
 from ddpm.config import Params
 from ddpm.data import to_model_space
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.evaluation import evaluate_bound
+from ddpm.evaluation import bound_per_example, summarize_bound, evaluation_inputs
 from ddpm.factory import build_diffusion, build_network
 from ddpm.io import atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import resolve_device
+from ddpm.runtime import resolve_device, set_tf32
 from ddpm.samplers import sample_generators
 
 DIGITS_META = {"kind": "image", "shape": [1, 8, 8], "num_levels": 17}
@@ -177,9 +179,11 @@ def bench_evaluate(net: nn.Module, diffusion, device: torch.device, num_images: 
     test = random_images(num_images, (1, 8, 8), 17, seed + 1)
     report: dict[str, Any] = {}
 
-    def run() -> None:
-        report.update(evaluate_bound(diffusion, net, test, DIGITS_META, num_images=0, batch_size=batch_size,
-                                     clip_denoised=True, seed=seed, device=device, progress=False))
+    def run() -> None:  # what stages/evaluate.py does in one process
+        x_all = evaluation_inputs(test, DIGITS_META, num_images=0)
+        parts = bound_per_example(diffusion, net, x_all, DIGITS_META, batch_size=batch_size, clip_denoised=True,
+                                  seed=seed, device=device, progress=False)
+        report.update(summarize_bound(parts, DIGITS_META, clip_denoised=True))
 
     seconds = timed(run, device)
     img_t = num_images * diffusion.num_timesteps
@@ -254,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    set_tf32(False)  # as the evaluate stage does: full float32 on CUDA
     seed = 0
     reps = args.reps or (1 if args.quick else 5)
     unet_runs = 1 if args.quick else 5
@@ -307,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     fwd_300 = next(r for r in bound_rows if r["evaluate_batch_size"] == batch_size)
     net_only = ev["images"] * T / fwd_300["forward_img_per_s"] if ev["images"] == TEST_IMAGES else None
     ev["network_only_estimate_s"] = net_only
-    print(f"\n2. ddpm.evaluation.evaluate_bound: {ev['images']} random 8x8 images (K=17), T={T}, "
-          f"batch_size={batch_size} ({ev['network_batch']} images per network call), timed once")
+    print(f"\n2. The evaluate stage's bound (ddpm.evaluation evaluation_inputs + bound_per_example + summarize_bound),\n"
+          f"   {ev['images']} random 8x8 images (K=17), T={T}, batch_size={batch_size} "
+          f"({ev['network_batch']} images per network call), timed once")
     line = (f"   wall {ev['seconds']:.2f} s = {ev['img_t_per_s']:,.0f} image-timesteps/s "
             f"(bpd of the random net: {ev['bpd_total']:.3f})")
     if net_only is not None:
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_bound(net, diffusion, device, seed)
 
     if args.json:
-        atomic_write_json(args.json, {"env": env, "bound_vs_forward": bound_rows, "evaluate_bound": ev,
+        atomic_write_json(args.json, {"env": env, "bound_vs_forward": bound_rows, "evaluate_stage_bound": ev,
                                       "unets": unet_rows, "wall_s": total})
         print(f"wrote {args.json}")
     return 0

@@ -24,7 +24,7 @@ _BOUND_SEED_OFFSET = 1_000_000_007
 PARTS = ("total", "prior", "decoder", "terms")
 
 
-def test_inputs(test: np.ndarray, meta: dict[str, Any], num_images: int = 0) -> torch.Tensor:
+def evaluation_inputs(test: np.ndarray, meta: dict[str, Any], num_images: int = 0) -> torch.Tensor:
     """The first ``num_images`` test examples (0 = all) in model space, float32."""
     n = len(test) if num_images == 0 else min(num_images, len(test))
     if meta["kind"] == "image":

@@ -12,7 +12,7 @@ import torch
 from ddpm.cli import run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import load_prepared
-from ddpm.evaluation import bound_per_example, merge_parts, summarize_bound, test_inputs
+from ddpm.evaluation import bound_per_example, merge_parts, summarize_bound, evaluation_inputs
 from ddpm.factory import load_trained
 from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.runtime import dist_info, gather_to_main, init_distributed, resolve_device, set_tf32, set_threads, shard
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         set_tf32(False)  # the reported number is computed in full float32 (and float64 math)
         device = init_distributed(resolve_device(params.train.device), dist)
         trained = load_trained(args.model, params, device, use_ema=ec.use_ema)
-        x_all = test_inputs(load_prepared(args.data).test, trained.meta, ec.num_images)
+        x_all = evaluation_inputs(load_prepared(args.data).test, trained.meta, ec.num_images)
         share = bound_per_example(trained.diffusion, trained.network, x_all, trained.meta,
                                   indices=shard(len(x_all), dist), batch_size=ec.batch_size,
                                   clip_denoised=ec.clip_denoised, seed=params.seed, device=device,

@@ -1,0 +1,54 @@
+"""The evaluate stage's computation: batch- and split-independence, the report's parts, and
+its refusal to report a NaN."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.evaluation import bound_per_example, merge_parts, summarize_bound, evaluation_inputs
+from ddpm.schedules import get_beta_schedule
+from test_diffusion import discrete_oracle
+
+META = {"kind": "image", "shape": [1, 2, 2], "num_levels": 17}
+
+
+def setup():
+    betas = get_beta_schedule("linear", 100)
+    levels = 2 * torch.arange(17, dtype=torch.float64) / 16 - 1
+    pmf = torch.full((17,), 1 / 17, dtype=torch.float64)
+    oracle = discrete_oracle(betas, levels, pmf)
+    model = lambda x, t: oracle(x.double(), t).float()
+    test = np.random.default_rng(0).integers(0, 17, size=(10, 1, 2, 2), dtype=np.uint8)
+    return GaussianDiffusion(betas), model, evaluation_inputs(test, META)
+
+
+def test_split_over_ranks_and_batch_size_do_not_change_the_numbers():
+    d, model, x = setup()
+    whole = bound_per_example(d, model, x, META, batch_size=10, progress=False)
+    shares = [bound_per_example(d, model, x, META, indices=range(r, 10, 3), batch_size=2, progress=False)
+              for r in range(3)]
+    merged = merge_parts(shares)
+    for key in ("total", "prior", "decoder", "terms"):
+        torch.testing.assert_close(merged[key], whole[key], rtol=1e-6, atol=1e-9)
+
+
+def test_report_parts_add_up_and_stderr_is_the_standard_error():
+    d, model, x = setup()
+    parts = bound_per_example(d, model, x, META, progress=False)
+    report = summarize_bound(parts, META, clip_denoised=True)
+    b = report["bpd"]
+    assert report["unit"] == "bits/dim" and report["num_images"] == 10
+    assert b["total"] == pytest.approx(b["prior"] + b["decoder"] + b["kl_terms"], rel=1e-12)
+    assert b["stderr"] == pytest.approx(np.std(parts["total"].numpy(), ddof=1) / math.sqrt(10))
+    assert [row[0] for row in report["terms_rows"]] == list(range(1, 101))
+
+
+def test_a_nan_bound_is_refused():
+    d, model, x = setup()
+    nan_model = lambda x_t, t: torch.where(t[:, None, None, None] == 3, torch.nan, model(x_t, t))
+    parts = bound_per_example(d, nan_model, x, META, progress=False)
+    with pytest.raises(ValueError, match="NaN or infinite values.*refusing"):
+        summarize_bound(parts, META, clip_denoised=True)
