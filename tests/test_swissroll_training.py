@@ -17,8 +17,8 @@ a perfect sampler scores about that.
 Settings: T = 100 with a sigmoid schedule from 1e-4 to 0.2, so that alphas_cumprod[T-1] is
 1.7e-5 and x_T really is N(0, I) (the classic tutorial's sigmoid 1e-5..1e-2 at T = 100 leaves
 alphas_cumprod[T-1] = 0.6, although its samples are as good here); 3000 Adam steps of
-batch 256 at lr 1e-3; the MLP (3 x 128) with the sinusoidal time embedding. The default
-learned per-timestep embedding trains far more slowly: with these settings its samples are
+batch 256 at lr 1e-3; the MLP (3 x 128) with the sinusoidal time embedding (the default). The
+seed's learned per-timestep embedding (time_embedding: learned) trains far more slowly: with these settings its samples are
 6x the floor (and its bound 1.65 nats/dim), so this test fails with it; after 20000 steps
 (70 s) they were still 2.7x. pred_x0 is not clipped: the roll spans about [-1.1, 1.4] x
 [-1.25, 1.5], and clipping to [-1, 1] squashes samples onto the square's edges (2.8x the
