@@ -32,7 +32,7 @@ K = 256) and the default CIFAR-10-size U-Net (``dataset: cifar10``: 3x32x32, DDP
    allocated at the round's start (each round builds its own network, optimizer and EMA,
    so this is the whole training state plus activations). CPU: the peak resident set of
    the whole process during the round (``VmHWM`` reset through ``/proc/self/clear_refs``),
-   also shown above the round's starting RSS, and the process-wide ``ru_maxrss``.
+   also shown above the round's starting RSS, and the process's peak over the whole run.
 5. **FLOPs and MFU.** ``torch.utils.flop_counter.FlopCounterMode`` counts one training
    step (forward + backward) and one sampling forward per image; achieved FLOP/s = FLOPs
    per image x images/s. MFU divides by ``--peak-tflops`` (default 989, the H100/H200
@@ -49,21 +49,25 @@ reported, since a shared machine is noisy. Needs the ``bench`` extra
 
 Run from the repository root::
 
-    python benchmarks/bench_train.py                     # CPU: about 2-3 minutes idle, ~8 loaded
+    python benchmarks/bench_train.py                     # CPU: ~2 min on 2 idle cores (14 at load 6)
     python benchmarks/bench_train.py --quick             # smoke run: 1 round, tiny batches
     python benchmarks/bench_train.py --device cuda --json /tmp/bench_train.json   # batch 128, MFU
     python benchmarks/bench_train.py --models cifar10 --set train.channels_last=true --profile
 
 ``--set KEY=VALUE`` (repeatable) overrides a params.yaml key for our side (dotted, as in
-``dvc exp run -S``), e.g. to compare ``train.channels_last`` or ``train.compile`` on the
-CPU. ``--profile`` prints a ``torch.profiler`` table of one training step of each side.
+``dvc exp run -S``), e.g. ``train.channels_last``, ``train.compile``; ``train.precision``
+sets the training precision of both sides. ``--profile`` prints a ``torch.profiler`` table
+of one training step of each side. On a busy CPU, ``--threads 1`` gives steadier figures
+(two threads competing for loaded cores can run several times slower).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
+import dataclasses
 import gc
 import os
 import platform
@@ -71,8 +75,8 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +102,7 @@ EVAL_MAX_BATCH = 512               # the evaluate stage's default network batch
 H100_H200_BF16_TFLOPS = 989.0      # dense bf16 tensor-core peak (SXM)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Settings:
     batch: int            # training and sampling batch
     warmup: int           # unmeasured training steps per round
@@ -124,7 +128,8 @@ def settings_for(device: torch.device, quick: bool, batch: int, steps: int, roun
         if quick:
             s = Settings(batch=4, warmup=1, steps=1, rounds=1, sample_warmup=1, sample_steps=1,
                          bound_images=2, bound_timesteps=2, bound_rounds=1)
-    return Settings(**{**s.__dict__, **{k: v for k, v in (("batch", batch), ("steps", steps), ("rounds", rounds)) if v}})
+    given = {"batch": batch, "steps": steps, "rounds": rounds}
+    return dataclasses.replace(s, **{k: v for k, v in given.items() if v})
 
 
 # ---------------------------------------------------------------------- environment
@@ -183,6 +188,22 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+_RUN_PEAK_KIB = [0]  # the process's peak RSS over the whole run, read before each VmHWM reset
+
+
+def _note_hwm() -> None:
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        _RUN_PEAK_KIB[0] = max(_RUN_PEAK_KIB[0], hwm)
+
+
+def run_peak_rss_mib() -> float:
+    """Peak RSS of the whole process over the run. ``ru_maxrss`` alone is not it: resetting
+    VmHWM through clear_refs also lowers what getrusage reports for a live process."""
+    _note_hwm()
+    return max(_RUN_PEAK_KIB[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024  # KiB on Linux
+
+
 class MemoryMeter:
     """Peak memory of one round: CUDA allocated bytes, or the CPU process's peak RSS."""
 
@@ -191,7 +212,7 @@ class MemoryMeter:
         self.peak_mib: float | None = None      # above the round's start
         self.peak_abs_mib: float | None = None  # CPU: the process's peak RSS during the round
 
-    def __enter__(self) -> "MemoryMeter":
+    def __enter__(self) -> MemoryMeter:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -200,6 +221,7 @@ class MemoryMeter:
         else:
             _malloc_trim()
             self.start = _status_kib("VmRSS")
+            _note_hwm()
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
@@ -208,19 +230,16 @@ class MemoryMeter:
                 self.hwm_ok = False
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             sync(self.device)
             self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
         elif self.hwm_ok and self.start is not None:
+            _note_hwm()
             hwm = _status_kib("VmHWM")
             if hwm is not None:
                 self.peak_abs_mib = hwm / 1024
                 self.peak_mib = (hwm - self.start) / 1024
-
-
-def ru_maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # ---------------------------------------------------------------------- configs and models
@@ -361,7 +380,6 @@ def peer_train_round(peer: dict[str, Any], shape: tuple[int, int, int], s: Setti
             step(i)
         sync(device)
         seconds = time.perf_counter() - t0
-        del model, opt, ema, data
     return {"seconds": seconds, "img_per_s": s.steps * s.batch / seconds, "peak_mib": mem.peak_mib,
             "peak_abs_mib": mem.peak_abs_mib}
 
@@ -393,7 +411,6 @@ def ours_sample_round(params: Params, name: str, s: Settings, device: torch.devi
             step()
         sync(device)
         seconds = time.perf_counter() - t0
-        del net, x
     return {"seconds": seconds, "nfe_per_s": s.sample_steps * s.batch / seconds, "peak_mib": mem.peak_mib,
             "peak_abs_mib": mem.peak_abs_mib}
 
@@ -420,7 +437,6 @@ def peer_sample_round(peer: dict[str, Any], shape: tuple[int, int, int], s: Sett
             step()
         sync(device)
         seconds = time.perf_counter() - t0
-        del model, x
     return {"seconds": seconds, "nfe_per_s": s.sample_steps * s.batch / seconds, "peak_mib": mem.peak_mib,
             "peak_abs_mib": mem.peak_abs_mib}
 
@@ -459,7 +475,6 @@ def bench_bound(params: Params, name: str, s: Settings, device: torch.device, se
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     rate = n * k / med
-    del net
     return {"images": n, "timesteps_timed": k, "T": T, "full_T": k == T, "max_batch": max_batch,
             "network_batch": n * max(1, min(k, max_batch // n)), "seconds": median_range(times),
             "img_t_per_s": rate, "full_bound_s_per_image": T / rate}
@@ -525,8 +540,6 @@ def profile_steps(name: str, overrides: dict[str, Any], peer: dict[str, Any] | N
     channels_last = device.type == "cuda" if tc.channels_last == "auto" else bool(tc.channels_last)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    import copy
-
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     diffusion = build_diffusion(params)
@@ -699,10 +712,10 @@ def print_model(row: dict[str, Any], device: torch.device, peak_tflops: float | 
         print(f"  {label:<34} {ours:>28} {peer if has_peer else '':>28} {r if has_peer else '':>10}")
 
     tr, sa = row["train"], row["sample"]
-    line(f"train img/s (median [min-max])", fmt_rate(tr["ours"]["rate"]),
+    line("train img/s (median [min-max])", fmt_rate(tr["ours"]["rate"]),
          fmt_rate(tr["peer"]["rate"]) if has_peer else "",
          tr["ours"]["rate"]["median"] / tr["peer"]["rate"]["median"] if has_peer else None)
-    line(f"sample NFE/s (median [min-max])", fmt_rate(sa["ours"]["rate"]),
+    line("sample NFE/s (median [min-max])", fmt_rate(sa["ours"]["rate"]),
          fmt_rate(sa["peer"]["rate"]) if has_peer else "",
          sa["ours"]["rate"]["median"] / sa["peer"]["rate"]["median"] if has_peer else None)
     what = "peak CUDA alloc" if device.type == "cuda" else "peak RSS (+ over start)"
@@ -794,7 +807,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and load is not None and load > 0.5 * (os.cpu_count() or 1):
         print(f"WARNING: the machine is busy before the benchmark starts (load average {load:.2f} on "
               f"{os.cpu_count()} CPUs): absolute CPU figures will be slow and noisy; the ours/peer ratios, "
-              "measured alternately, are the figures to read.")
+              "measured alternately, are the figures to read"
+              + (f". With {env['threads']} torch threads competing for busy cores, --threads 1 gives "
+                 "steadier figures." if env["threads"] > 1 else "."))
     print("ours: training timed inside ddpm.training.train() itself (called once per round on random grey "
           "levels; timed between its log callbacks after the warmup steps, setup excluded)")
     if peer_missing is None:
@@ -816,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_model(name, overrides, s, device, peer_missing is None, peak, seed) for name in models]
     total = time.perf_counter() - t_start
     env["load_avg_end"] = load = load_average()
-    env["ru_maxrss_mib"] = ru_maxrss_mib()
+    env["run_peak_rss_mib"] = run_peak_rss_mib()
 
     print("\nSummary (ours/peer at matched parameter count, medians of alternating rounds):")
     for r in rows:
@@ -828,15 +843,14 @@ def main(argv: list[str] | None = None) -> int:
         sa = r["sample"]["ours"]["rate"]["median"] / r["sample"]["peer"]["rate"]["median"]
         r["ratio"] = {"train": tr, "sample": sa}
         print(f"  {r['model']:<8} params {r['ours']['parameters']:,} vs {r['peer']['parameters']:,}: "
-              f"train {tr:.2f}x ({'meets' if tr >= 1.3 else 'BELOW'} the 1.3x target), "
+              f"train {tr:.2f}x ({'meets' if tr >= 1.3 else 'BELOW'} the >= 1.3x target), "
               f"sample {sa:.2f}x ({'at least as fast' if sa >= 1.0 else 'SLOWER'})")
-    print(f"process-wide peak RSS (ru_maxrss, whole run): {env['ru_maxrss_mib']:,.0f} MiB")
+    print(f"process-wide peak RSS over the whole run (VmHWM / ru_maxrss): {env['run_peak_rss_mib']:,.0f} MiB")
     print(f"benchmark wall time: {total:.1f} s" + (f" (load average now {load:.2f})" if load is not None else ""))
 
     if args.profile:
         amp_dtype = resolve_precision(our_params(models[0], overrides).train.precision, device)
         for name in models:
-            shape, _ = MODELS[name]
             peer = None
             row = next(r for r in rows if r["model"] == name)
             if "peer" in row:

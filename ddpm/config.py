@@ -71,7 +71,7 @@ class TrainConfig:
     num_threads: int = 0                # torch CPU threads; 0 = torch's default
     nproc: int = 1                      # processes the train stage launches through torchrun (DDP)
     tf32: bool = True                   # TF32 matmuls/convs on CUDA while training (never in evaluate)
-    channels_last: bool | Auto = AUTO   # auto: on for images on CUDA
+    channels_last: bool | Auto = AUTO   # auto: off (measured slower for these U-Nets); true for images
     compile: bool = False               # torch.compile the network for training
 
 

@@ -180,7 +180,6 @@ def discrete_oracle(betas: torch.Tensor, levels: torch.Tensor, pmf: torch.Tensor
 def expected_gaussian_bound(betas: np.ndarray, m: float, s: float, var_type: str) -> float:
     """E[bound] in nats/dim for x0 ~ N(m, s^2) under the optimal mean predictor, in closed
     form: each term is 0.5 (log(sp2/sq2) - 1 + sq2/sp2 + c1^2 Var(x0 | x_t) / sp2)."""
-    T = len(betas)
     abar = np.cumprod(1 - betas)
     abar_prev = np.concatenate([[1.0], abar[:-1]])
     beta_tilde = betas * (1 - abar_prev) / (1 - abar)
