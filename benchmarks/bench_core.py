@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _common import cpu_name, load_average, median_range, sync
 from ddpm.config import Params
 from ddpm.data import to_model_space
 from ddpm.diffusion import GaussianDiffusion
@@ -71,28 +71,7 @@ BOUND_CASES = ((512, 12, 300), (1024, 9, 900), (2048, 9, 1800))
 TEST_IMAGES = 300
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
-
-def load_average() -> float | None:
-    """The 1-minute load average (None where the OS has none): a busy machine skews timings."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
@@ -103,9 +82,6 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     sync(device)
     return time.perf_counter() - start
 
-
-def median_range(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
 def make_network(params: Params, meta: dict[str, Any], device: torch.device) -> nn.Module:

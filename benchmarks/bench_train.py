@@ -70,7 +70,6 @@ import ctypes
 import dataclasses
 import gc
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -84,6 +83,7 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from _common import cpu_name, load_average, median_range, sync
 from ddpm.config import Params
 from ddpm.data import to_model_space
 from ddpm.diffusion import GaussianDiffusion, randn_like_batch
@@ -133,27 +133,7 @@ def settings_for(device: torch.device, quick: bool, batch: int, steps: int, roun
 
 
 # ---------------------------------------------------------------------- environment
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def set_tf32(matmul: bool, cudnn: bool) -> None:
@@ -165,9 +145,6 @@ def tf32_flags() -> str:
     return (f"matmul TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
             f"cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}")
 
-
-def median_range(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
 # ---------------------------------------------------------------------- memory
