@@ -380,16 +380,21 @@ def ours_sample_round(params: Params, name: str, s: Settings, device: torch.devi
             x = diffusion.p_sample(net, x, tt, generator=gens, clip_denoised=True)["sample"]
             t -= 1
 
-        for _ in range(s.sample_warmup):
-            step()
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(s.sample_steps):
-            step()
-        sync(device)
-        seconds = time.perf_counter() - t0
+        seconds = timed_steps(step, s.sample_warmup, s.sample_steps, device)
     return {"seconds": seconds, "nfe_per_s": s.sample_steps * s.batch / seconds, "peak_mib": mem.peak_mib,
             "peak_abs_mib": mem.peak_abs_mib}
+
+
+def timed_steps(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def peer_sample_round(peer: dict[str, Any], shape: tuple[int, int, int], s: Settings, device: torch.device,
@@ -406,14 +411,7 @@ def peer_sample_round(peer: dict[str, Any], shape: tuple[int, int, int], s: Sett
             x, _ = model.p_sample(x, t)  # one reverse step under its own inference_mode
             t -= 1
 
-        for _ in range(s.sample_warmup):
-            step()
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(s.sample_steps):
-            step()
-        sync(device)
-        seconds = time.perf_counter() - t0
+        seconds = timed_steps(step, s.sample_warmup, s.sample_steps, device)
     return {"seconds": seconds, "nfe_per_s": s.sample_steps * s.batch / seconds, "peak_mib": mem.peak_mib,
             "peak_abs_mib": mem.peak_abs_mib}
 
