@@ -15,8 +15,12 @@ K = 256) and the default CIFAR-10-size U-Net (``dataset: cifar10``: 3x32x32, DDP
    backward, ``clip_grad_norm_(1.0)``, ``Adam(betas=(0.9, 0.99))`` and
    ``ema_pytorch.EMA(beta=0.995, update_every=10)`` (its Trainer's settings; EMA in its
    steady state, ``update_after_step=0``). Same batch, image size, T = 1000, linear betas,
-   eps prediction, dropout and precision (``train.precision``: fp32 on the CPU, bf16
-   autocast on CUDA). Data come from a tensor already on the device for both.
+   eps prediction and dropout. Data come from a tensor already on the device for both.
+   Precision: ours trains under ``train.precision`` as resolved on this device (``auto``:
+   bf16 autocast on CUDA and on CPUs with bf16 units, i.e. AMX or AVX512-BF16; else fp32),
+   and the peer under the same autocast. Where that is not fp32, the peer is also measured
+   at its own default, fp32 (its Trainer's ``amp=False``), the figure a user running both
+   with their defaults sees; both ratios are printed.
 2. **Sampling, network evaluations/s.** One ancestral step (``p_sample``) on a batch is
    ``batch`` NFEs. Ours: ``GaussianDiffusion.p_sample`` with one generator per image, as
    ``ddpm.samplers.draw_samples`` (the sample stage) does; the peer's: its ``p_sample``
@@ -56,7 +60,8 @@ Run from the repository root::
 
 ``--set KEY=VALUE`` (repeatable) overrides a params.yaml key for our side (dotted, as in
 ``dvc exp run -S``), e.g. ``train.channels_last``, ``train.compile``; ``train.precision``
-sets the training precision of both sides. ``--profile`` prints a ``torch.profiler`` table
+sets the training precision of both sides (``--set train.precision=fp32`` compares fp32
+with fp32). ``--profile`` prints a ``torch.profiler`` table
 of one training step of each side. On a busy CPU, ``--threads 1`` gives steadier figures
 (two threads competing for loaded cores can run several times slower).
 """
@@ -90,7 +95,7 @@ from ddpm.diffusion import GaussianDiffusion, randn_like_batch
 from ddpm.factory import build_diffusion, build_network
 from ddpm.io import atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import autocast, resolve_device, resolve_precision
+from ddpm.runtime import autocast, precision_name, resolve_device, resolve_precision
 from ddpm.samplers import sample_generators
 from ddpm.training import train, update_ema
 
@@ -516,7 +521,7 @@ def profile_steps(name: str, overrides: dict[str, Any], peer: dict[str, Any] | N
     if channels_last:
         net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))  # as train()
     diffusion = build_diffusion(params)
     x0 = torch.rand(s.batch, *shape, device=device) * 2 - 1
     if channels_last:
@@ -580,7 +585,7 @@ def run_model(name: str, overrides: dict[str, Any], s: Settings, device: torch.d
         "ours": {"parameters": ours_params, "base_channels": m.base_channels, "channel_mult": list(m.channel_mult),
                  "num_res_blocks": m.num_res_blocks, "attn_resolutions": list(m.attn_resolutions),
                  "dropout": m.dropout},
-        "precision": str(amp_dtype).replace("torch.", ""), "settings": dict(s.__dict__),
+        "precision": precision_name(amp_dtype), "settings": dict(s.__dict__),
     }
     peer: dict[str, Any] | None = None
     if peer_ok:
@@ -602,20 +607,23 @@ def run_model(name: str, overrides: dict[str, Any], s: Settings, device: torch.d
     # 1. training, alternating
     if device.type == "cuda":
         set_tf32(tc.tf32, tc.tf32)  # what train() sets; the peer runs under the same flags
-    ours_rounds, peer_rounds = [], []
+    # The peer under our precision ("peer"), and at its own default fp32 ("peer_fp32") when
+    # ours is not fp32: ours, peer, peer_fp32, ours, ... in turn.
+    peer_sides = {} if peer is None else {"peer": amp_dtype}
+    if peer is not None and amp_dtype != torch.float32:
+        peer_sides["peer_fp32"] = torch.float32
+    rounds: dict[str, list[dict[str, Any]]] = {"ours": [], **{side: [] for side in peer_sides}}
     for r in range(s.rounds):
-        ours_rounds.append(ours_train_round(name, overrides, s, device, seed + r))
-        print(f"  train round {r + 1}/{s.rounds}: ours {ours_rounds[-1]['img_per_s']:.2f} img/s", end="", flush=True)
-        if peer is not None:
+        rounds["ours"].append(ours_train_round(name, overrides, s, device, seed + r))
+        print(f"  train round {r + 1}/{s.rounds}: ours {rounds['ours'][-1]['img_per_s']:.2f} img/s", end="", flush=True)
+        for side, dtype in peer_sides.items():
             if device.type == "cuda":
                 set_tf32(tc.tf32, tc.tf32)
-            peer_rounds.append(peer_train_round(peer, shape, s, device, amp_dtype, seed + r))
-            print(f", peer {peer_rounds[-1]['img_per_s']:.2f} img/s", end="")
+            rounds[side].append(peer_train_round(peer, shape, s, device, dtype, seed + r))
+            print(f", {side} ({precision_name(dtype)}) {rounds[side][-1]['img_per_s']:.2f} img/s", end="", flush=True)
         print(flush=True)
     row["train_tf32"] = tf32_flags() if device.type == "cuda" else None
-    row["train"] = {"ours": summarize(ours_rounds, "img_per_s")}
-    if peer is not None:
-        row["train"]["peer"] = summarize(peer_rounds, "img_per_s")
+    row["train"] = {side: summarize(rs, "img_per_s") for side, rs in rounds.items()}
 
     # 2. sampling, alternating; float32 as the sample stage runs (a fresh process: torch's TF32 defaults)
     if device.type == "cuda":
@@ -680,21 +688,26 @@ def fmt_mem(side: dict[str, Any], device: torch.device) -> str:
 def print_model(row: dict[str, Any], device: torch.device, peak_tflops: float | None) -> None:
     has_peer = "peer" in row["train"]
     s = row["settings"]
-    print(f"\n  {'':<34} {'ours':>28} {'peer':>28} {'ours/peer':>10}")
+    print(f"\n  {'':<44} {'ours':>28} {'peer':>28} {'ours/peer':>10}")
 
     def line(label: str, ours: str, peer: str = "", ratio: float | None = None) -> None:
         r = f"{ratio:.2f}x" if ratio is not None else ""
-        print(f"  {label:<34} {ours:>28} {peer if has_peer else '':>28} {r if has_peer else '':>10}")
+        print(f"  {label:<44} {ours:>28} {peer if has_peer else '':>28} {r if has_peer else '':>10}")
 
     tr, sa = row["train"], row["sample"]
-    line("train img/s (median [min-max])", fmt_rate(tr["ours"]["rate"]),
+    line(f"train img/s, both {row['precision']} (median [min-max])", fmt_rate(tr["ours"]["rate"]),
          fmt_rate(tr["peer"]["rate"]) if has_peer else "",
          tr["ours"]["rate"]["median"] / tr["peer"]["rate"]["median"] if has_peer else None)
+    if "peer_fp32" in tr:
+        line("train img/s, peer at its default fp32", "", fmt_rate(tr["peer_fp32"]["rate"]),
+             tr["ours"]["rate"]["median"] / tr["peer_fp32"]["rate"]["median"])
     line("sample NFE/s (median [min-max])", fmt_rate(sa["ours"]["rate"]),
          fmt_rate(sa["peer"]["rate"]) if has_peer else "",
          sa["ours"]["rate"]["median"] / sa["peer"]["rate"]["median"] if has_peer else None)
     what = "peak CUDA alloc" if device.type == "cuda" else "peak RSS (+ over start)"
     line(f"train {what}", fmt_mem(tr["ours"], device), fmt_mem(tr["peer"], device) if has_peer else "")
+    if "peer_fp32" in tr:
+        line(f"train {what}, peer fp32", "", fmt_mem(tr["peer_fp32"], device))
     line(f"sample {what}", fmt_mem(sa["ours"], device), fmt_mem(sa["peer"], device) if has_peer else "")
     fl = row["flops_per_image"]
     line("train GFLOP/image (fwd+bwd)", f"{fl['ours']['train'] / 1e9:,.2f}",
@@ -814,12 +827,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['model']}: train {r['train']['ours']['rate']['median']:,.2f} img/s, "
                   f"sample {r['sample']['ours']['rate']['median']:,.2f} NFE/s (no peer)")
             continue
-        tr = r["train"]["ours"]["rate"]["median"] / r["train"]["peer"]["rate"]["median"]
+        ours_rate = r["train"]["ours"]["rate"]["median"]
+        tr = ours_rate / r["train"]["peer"]["rate"]["median"]
         sa = r["sample"]["ours"]["rate"]["median"] / r["sample"]["peer"]["rate"]["median"]
         r["ratio"] = {"train": tr, "sample": sa}
+        both = f"both {r['precision']}"
+        if "peer_fp32" in r["train"]:
+            r["ratio"]["train_vs_peer_fp32"] = d = ours_rate / r["train"]["peer_fp32"]["rate"]["median"]
+            both += f"; {d:.2f}x ({'meets' if d >= 1.3 else 'BELOW'}) against the peer at its default fp32"
         print(f"  {r['model']:<8} params {r['ours']['parameters']:,} vs {r['peer']['parameters']:,}: "
-              f"train {tr:.2f}x ({'meets' if tr >= 1.3 else 'BELOW'} the >= 1.3x target), "
-              f"sample {sa:.2f}x ({'at least as fast' if sa >= 1.0 else 'SLOWER'})")
+              f"train {tr:.2f}x ({'meets' if tr >= 1.3 else 'BELOW'} the >= 1.3x target, {both}), "
+              f"sample {sa:.2f}x ({'at least as fast' if sa >= 1.0 else 'SLOWER'}, both fp32)")
     print(f"process-wide peak RSS over the whole run (VmHWM / ru_maxrss): {env['run_peak_rss_mib']:,.0f} MiB")
     print(f"benchmark wall time: {total:.1f} s" + (f" (load average now {load:.2f})" if load is not None else ""))
 

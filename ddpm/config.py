@@ -64,7 +64,7 @@ class TrainConfig:
     loss_norm: Literal["l2", "l1"] = "l2"
     hybrid_lambda: float = 0.001        # weight of the vlb part in loss_type=hybrid
     hflip: bool | Auto = AUTO           # random horizontal flips (CIFAR-10 only by default)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = AUTO  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = AUTO  # auto: see ddpm.runtime.resolve_precision
     device: str = AUTO                  # auto | cpu | cuda | cuda:N
     log_every: int = 50                 # steps between logged training metrics
     checkpoint_every: int = 1000        # steps between resumable checkpoints

@@ -25,7 +25,7 @@ from ddpm.config import Params
 from ddpm.data import to_model_space
 from ddpm.errors import TrainingDiverged
 from ddpm.factory import build_diffusion, build_network
-from ddpm.runtime import DistInfo, autocast, print0, resolve_precision, set_tf32
+from ddpm.runtime import DistInfo, autocast, flush_denormals, print0, resolve_precision, set_tf32
 
 LogCallback = Callable[[int, dict[str, float]], None]
 # Sections whose values change what training computes; a saved training state is only
@@ -82,6 +82,11 @@ def check_batch_size(params: Params, num_train: int, dist: DistInfo = DistInfo()
                          f"({dist.world_size})")
 
 
+def training_precision(params: Params, meta: dict[str, Any], device: torch.device) -> torch.dtype:
+    """The autocast dtype the network trains under (``train.precision``, ``auto`` resolved)."""
+    return resolve_precision(params.train.precision, device, "unet" if meta["kind"] == "image" else "mlp")
+
+
 def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device: torch.device,
           dist: DistInfo = DistInfo(), state_path: str | Path | None = None,
           on_log: LogCallback | None = None, progress: bool = True) -> TrainResult:
@@ -95,7 +100,7 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
     check_batch_size(params, len(train_levels), dist)
     diffusion = build_diffusion(params)
     num_levels = meta["num_levels"] if meta["kind"] == "image" else None
-    amp_dtype = resolve_precision(tc.precision, device)
+    amp_dtype = training_precision(params, meta, device)
 
     # Data lives on the device; images as their grey levels, scaled per batch.
     data = torch.as_tensor(train_levels).to(device)
@@ -186,71 +191,72 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             diverged("the weights became non-finite (nan or inf)")
 
-    model.train()
-    bar = None
-    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses, count
-    grad_norm_last = torch.zeros((), device=device)
-    t_last, step_last = time.perf_counter(), step
-    if progress and dist.is_main:
-        from tqdm.auto import tqdm
+    with flush_denormals(device):
+        model.train()
+        bar = None
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses, count
+        grad_norm_last = torch.zeros((), device=device)
+        t_last, step_last = time.perf_counter(), step
+        if progress and dist.is_main:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
-    while step < tc.steps:
-        if not epoch_batches:
-            perm = torch.randperm(len(data), generator=data_gen)
-            epoch_batches = _batches_for_rank(perm, tc.batch_size, dist)
-        idx = epoch_batches.pop(0).to(device)
-        x0 = to_x(data[idx])
-        global_shape = (tc.batch_size, *x0.shape[1:])
-        mine = slice(dist.rank, None, dist.world_size)
-        t = torch.randint(0, diffusion.num_timesteps, (tc.batch_size,), device=device, generator=noise_gen)[mine]
-        noise = torch.randn(global_shape, device=device, generator=noise_gen)[mine]
-        if channels_last:
-            x0 = x0.contiguous(memory_format=memory_format)
-        if tc.hflip and x0.ndim == 4:
-            flip = (torch.rand(tc.batch_size, device=device, generator=noise_gen) < 0.5)[mine]
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
+        while step < tc.steps:
+            if not epoch_batches:
+                perm = torch.randperm(len(data), generator=data_gen)
+                epoch_batches = _batches_for_rank(perm, tc.batch_size, dist)
+            idx = epoch_batches.pop(0).to(device)
+            x0 = to_x(data[idx])
+            global_shape = (tc.batch_size, *x0.shape[1:])
+            mine = slice(dist.rank, None, dist.world_size)
+            t = torch.randint(0, diffusion.num_timesteps, (tc.batch_size,), device=device, generator=noise_gen)[mine]
+            noise = torch.randn(global_shape, device=device, generator=noise_gen)[mine]
+            if channels_last:
+                x0 = x0.contiguous(memory_format=memory_format)
+            if tc.hflip and x0.ndim == 4:
+                flip = (torch.rand(tc.batch_size, device=device, generator=noise_gen) < 0.5)[mine]
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
 
-        with autocast(device, amp_dtype):
-            losses = diffusion.training_losses(net, x0, t=t, noise=noise, num_levels=num_levels)
-        loss = losses["loss"].mean()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        if tc.grad_clip > 0:
-            grad_norm_last = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        update_ema(ema, model, tc.ema_decay)
-        step += 1
-        loss_sum += torch.stack([losses["loss"].detach().sum().double(),
-                                 torch.tensor(float(x0.shape[0]), dtype=torch.float64, device=device)])
-        if bar is not None:
-            bar.update(1)
-
-        if step % tc.log_every == 0 or step == tc.steps:
-            totals = loss_sum.clone()
-            if dist.distributed:
-                torch.distributed.all_reduce(totals)  # sums and counts, not means of means
-            mean_loss = (totals[0] / totals[1]).item()
-            if not math.isfinite(mean_loss):
-                diverged(f"training loss became {mean_loss}")
-            elapsed = time.perf_counter() - t_last
-            row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm_last), "images_per_s": (step - step_last) * tc.batch_size / elapsed}
-            history.append(row)
+            with autocast(device, amp_dtype):
+                losses = diffusion.training_losses(net, x0, t=t, noise=noise, num_levels=num_levels)
+            loss = losses["loss"].mean()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if tc.grad_clip > 0:
+                grad_norm_last = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            update_ema(ema, model, tc.ema_decay)
+            step += 1
+            loss_sum += torch.stack([losses["loss"].detach().sum().double(),
+                                     torch.tensor(float(x0.shape[0]), dtype=torch.float64, device=device)])
             if bar is not None:
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-            if on_log is not None and dist.is_main:
-                on_log(step, {k: v for k, v in row.items() if k != "step"})
-            loss_sum.zero_()
-            t_last, step_last = time.perf_counter(), step
-        if step % tc.checkpoint_every == 0 and step < tc.steps:
-            check_finite()
-            save_state()
-    if bar is not None:
-        bar.close()
-    check_finite()
-    save_state()
+                bar.update(1)
+
+            if step % tc.log_every == 0 or step == tc.steps:
+                totals = loss_sum.clone()
+                if dist.distributed:
+                    torch.distributed.all_reduce(totals)  # sums and counts, not means of means
+                mean_loss = (totals[0] / totals[1]).item()
+                if not math.isfinite(mean_loss):
+                    diverged(f"training loss became {mean_loss}")
+                elapsed = time.perf_counter() - t_last
+                row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm_last), "images_per_s": (step - step_last) * tc.batch_size / elapsed}
+                history.append(row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if on_log is not None and dist.is_main:
+                    on_log(step, {k: v for k, v in row.items() if k != "step"})
+                loss_sum.zero_()
+                t_last, step_last = time.perf_counter(), step
+            if step % tc.checkpoint_every == 0 and step < tc.steps:
+                check_finite()
+                save_state()
+        if bar is not None:
+            bar.close()
+        check_finite()
+        save_state()
     return TrainResult(model=model, ema=ema, step=step, history=history)

@@ -16,9 +16,10 @@ from ddpm.data import load_prepared
 from ddpm.factory import build_diffusion, build_network
 from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import dist_info, init_distributed, launch_torchrun, print0, resolve_device, set_threads
+from ddpm.runtime import (dist_info, init_distributed, launch_torchrun, precision_name, print0, resolve_device,
+                          set_threads)
 from ddpm.tracking import Tracker
-from ddpm.training import check_batch_size, train
+from ddpm.training import check_batch_size, train, training_precision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,12 +44,13 @@ def main(argv: list[str] | None = None) -> int:
             return
         device = init_distributed(resolve_device(params.train.device), dist)
         set_threads(params.train.num_threads)
+        precision = precision_name(training_precision(params, prepared.meta, device))
         tracker = None
         if dist.is_main:
             tracker = Tracker.open(params.mlflow.experiment, None, params.flatten(), params.mlflow.tracking_uri,
                                    tags={"num_parameters": str(num_params), "device": str(device),
-                                         "world_size": str(dist.world_size)})
-            print0(f"training {num_params:,} parameters on {device} x{dist.world_size}; "
+                                         "world_size": str(dist.world_size), "precision": precision})
+            print0(f"training {num_params:,} parameters on {device} x{dist.world_size} ({precision}); "
                    f"mlflow run {tracker.run_id} in {tracker.uri}")
         try:
             result = train(params, prepared.train, prepared.meta, device, dist, state_path=args.state,

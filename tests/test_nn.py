@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ddpm.nn import MLP, UNet, build_model, count_parameters, timestep_embedding
+from ddpm.nn.dropout import Dropout
 from ddpm.nn.unet import AttentionBlock, Upsample, norm_groups
 
 # Small U-Nets covering the three layouts the project uses (digits 8x8, MNIST 28x28,
@@ -361,3 +362,50 @@ def test_build_model_reports_data_shape_on_unet_error() -> None:
     cfg = ModelCfg(channel_mult=(1, 2, 2, 2), attn_resolutions=())
     with pytest.raises(ValueError, match=r"\(1, 28, 28\).*image_size=28 cannot be halved 3 times"):
         build_model(cfg, (1, 28, 28), timesteps=10, learn_sigma=False)
+
+
+# ---------------------------------------------------------------------------- dropout
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_cpu_dropout_drops_with_probability_p_in_every_lane_and_keeps_the_mean(p):
+    drop = Dropout(p).train()
+    n = 1 << 22
+    torch.manual_seed(0)
+    x = torch.ones(n // 64, 64, requires_grad=True)
+    y = drop(x)
+    p_q = round(p * 2**16) / 2**16  # the 16-bit mask's drop probability
+    assert abs(p_q - p) <= 2**-17
+    dropped = (y == 0).flatten()
+    se = math.sqrt(p_q * (1 - p_q) / n)
+    assert abs(dropped.double().mean().item() - p_q) < 5 * se
+    # Each of the four 16-bit lanes of a 64-bit draw (the top lane holds the sign bit).
+    lanes = dropped.view(-1, 4).double().mean(0)
+    assert torch.all((lanes - p_q).abs() < 5 * 2 * se), lanes
+    # Neighbours (same draw and adjacent draws) are independent.
+    pairs = (dropped[:-1] & dropped[1:]).double().mean().item()
+    assert abs(pairs - p_q**2) < 5 * math.sqrt(p_q**2 * (1 - p_q**2) / n)
+    # Kept elements are scaled so that E[y] = x exactly.
+    kept = y.flatten()[~dropped]
+    assert torch.all(kept == 1 / (1 - p_q))
+    assert abs(y.mean().item() - 1) < 5 * math.sqrt(p_q / (1 - p_q) / n)
+    # The gradient is the same mask and scale.
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())
+
+
+def test_cpu_dropout_is_repeatable_under_a_seed_and_keeps_the_dtype():
+    drop = Dropout(0.1).train()
+    x = torch.randn(3, 5, 7, 9, dtype=torch.bfloat16)  # numel not a multiple of 4
+    torch.manual_seed(1)
+    a = drop(x)
+    torch.manual_seed(1)
+    b = drop(x)
+    torch.manual_seed(2)
+    c = drop(x)
+    assert a.dtype == torch.bfloat16 and a.shape == x.shape
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_dropout_is_the_identity_in_eval_mode_and_for_p_zero():
+    x = torch.randn(4, 8)
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)

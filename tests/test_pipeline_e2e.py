@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ddpm.runtime import cpu_has_bf16_units
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "timesteps": 10,
@@ -111,6 +113,8 @@ def test_dvc_repro_end_to_end(workspace):
     assert "loss" in run_.data.metrics
     assert len(client.get_metric_history(run_.info.run_id, "loss")) == 3
     assert run_.data.tags.get("git_revision")
+    # train.precision is auto; the run records what it resolved to on this machine.
+    assert run_.data.tags.get("precision") == ("bf16" if cpu_has_bf16_units() else "fp32")
     assert run_.info.status == "FINISHED"
     artifacts = {f.path for f in client.list_artifacts(run_.info.run_id, "figures")}
     assert {f"figures/{name}" for name in figures} <= artifacts
