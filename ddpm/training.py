@@ -10,6 +10,8 @@ whose states are saved, so a resumed run continues exactly where it stopped.
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,8 @@ from ddpm.config import Params
 from ddpm.data import to_model_space
 from ddpm.errors import TrainingDiverged
 from ddpm.factory import build_diffusion, build_network
-from ddpm.runtime import DistInfo, autocast, flush_denormals, print0, resolve_precision, set_tf32
+from ddpm.runtime import (DistInfo, autocast, flush_denormals, precision_name, print0, resolve_precision,
+                          set_tf32)
 
 LogCallback = Callable[[int, dict[str, float]], None]
 # Sections whose values change what training computes; a saved training state is only
@@ -50,6 +53,37 @@ def training_fingerprint(params: Params) -> dict[str, Any]:
     """The flattened params that determine the training trajectory."""
     return {k: v for k, v in params.flatten().items()
             if k.startswith(_TRAINING_SECTIONS) and k not in _NOT_TRAINING}
+
+
+@functools.lru_cache(maxsize=4)
+def code_fingerprint(root: Path = Path(__file__).resolve().parent) -> str:
+    """SHA-256 of the ddpm package's source files (``root``: the package directory). A training
+    state saved by other code is not resumed: when the code changes, ``dvc repro`` reruns the
+    train stage, which must train anew rather than pick up the finished state of the old code's
+    run."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _why_not_resume(state: dict[str, Any], fingerprint: dict[str, Any], precision: str, dist: DistInfo,
+                    steps: int) -> str | None:
+    """Why a saved training state cannot be continued by this run, or None if it can."""
+    if state.get("fingerprint") != fingerprint:
+        saved = state.get("fingerprint") or {}
+        keys = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in keys[:5])
+        return f"it was saved with other params ({shown}{', ...' if len(keys) > 5 else ''})"
+    if state.get("code") != code_fingerprint():
+        return "it was saved by other ddpm code (the package's source has changed since)"
+    if state.get("precision") != precision:
+        return f"it was trained in {state.get('precision')}, and train.precision resolves to {precision} here"
+    if state.get("world_size") != dist.world_size:
+        return f"it was saved by {state.get('world_size')} processes, and this run has {dist.world_size}"
+    if state["step"] > steps:
+        return f"it is at step {state['step']}, beyond train.steps={steps}"
+    return None
 
 
 @torch.no_grad()
@@ -130,10 +164,11 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
     step, history, epoch_batches = 0, [], []
     fingerprint = training_fingerprint(params)
 
+    precision = precision_name(amp_dtype)
     if state_path is not None and Path(state_path).exists():
         state = load_checkpoint(state_path, map_location=device)
-        if (state.get("fingerprint") == fingerprint and state.get("world_size") == dist.world_size
-                and state["step"] <= tc.steps):
+        why_not = _why_not_resume(state, fingerprint, precision, dist, tc.steps)
+        if why_not is None:
             model.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
@@ -148,7 +183,7 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
             epoch_batches = [b for b in state["epoch_batches"]]
             print0(f"resuming training from step {step} ({state_path})")
         else:
-            print0(f"ignoring the saved training state in {state_path}: it belongs to another config")
+            print0(f"ignoring the saved training state in {state_path}: {why_not}; training starts at step 0")
 
     images = num_levels is not None
     # auto = off: measured on an H200, channels-last made the CIFAR-10 U-Net's bf16 step 23% slower
@@ -168,7 +203,8 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
         if state_path is None or not dist.is_main:
             return
         state = {
-            "fingerprint": fingerprint, "world_size": dist.world_size, "step": step, "history": history,
+            "fingerprint": fingerprint, "code": code_fingerprint(), "precision": precision,
+            "world_size": dist.world_size, "step": step, "history": history,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state().cpu(),

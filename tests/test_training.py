@@ -4,6 +4,7 @@ global batch, divergence stops with the step, EMA and warmup do what they say.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 
 from ddpm.config import Params
 from ddpm.errors import TrainingDiverged
+from ddpm import training
 from ddpm.training import train, update_ema
 
 SMALL = {
@@ -89,9 +91,36 @@ def test_state_from_another_config_is_not_resumed(tmp_path, capsys):
     state = tmp_path / "state.pt"
     train(params(), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
     other = train(params(lr=5e-4), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
-    assert "belongs to another config" in capsys.readouterr().err
+    assert "it was saved with other params (train.lr: 0.001 -> 0.0005)" in capsys.readouterr().err
     fresh = train(params(lr=5e-4), data, digits_meta(), torch.device("cpu"), progress=False)
     assert_same_weights(other.model.state_dict(), fresh.model.state_dict())
+
+
+def test_state_saved_by_other_code_is_not_resumed(tmp_path, capsys, monkeypatch):
+    # dvc repro reruns train when the ddpm code changes: the finished state of the old code's run
+    # must not be taken for the new run's result.
+    data = levels()
+    state = tmp_path / "state.pt"
+    train(params(), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
+    monkeypatch.setattr(training, "code_fingerprint", lambda: "0" * 64)
+    rerun = train(params(), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
+    assert "it was saved by other ddpm code" in capsys.readouterr().err
+    assert [r["step"] for r in rerun.history] == [4, 8, 12]  # trained from step 0, not resumed at 12
+
+
+def test_code_fingerprint_changes_with_any_source_file_of_the_package(tmp_path):
+    package = Path(training.__file__).resolve().parent
+    copy = tmp_path / "ddpm"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert training.code_fingerprint(copy) == training.code_fingerprint()
+    edited = tmp_path / "edited"
+    shutil.copytree(copy, edited)
+    (edited / "nn" / "unet.py").write_text((copy / "nn" / "unet.py").read_text() + "\n")
+    added = tmp_path / "added"
+    shutil.copytree(copy, added)
+    (added / "extra.py").write_text("")
+    fingerprints = {training.code_fingerprint(d) for d in (copy, edited, added)}
+    assert len(fingerprints) == 3
 
 
 def test_same_seed_same_weights_other_seed_differs():
