@@ -29,7 +29,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU runs bf16 matrix products natively (AMX or AVX512-BF16, e.g. Intel Xeon
     since Sapphire Rapids, AMD Zen 4): oneDNN's bf16 convolutions then beat fp32 (the MNIST- and
-    CIFAR-size U-Nets train 1.7-2.1x faster); elsewhere bf16 is emulated and slower."""
+    CIFAR-size U-Nets train 1.6x and 2.2x faster); elsewhere bf16 is emulated and slower."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, torch >= 2.3
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
