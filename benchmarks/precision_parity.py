@@ -2,7 +2,7 @@
 data and batches), and compare their bits/dim image by image on the same test images with the
 same bound noise; for scale, also the change from training with another seed.
 
-    python benchmarks/precision_parity.py                  # digits: 3 x 3000 steps + 3 bounds, ~25 min on 2 cores
+    python benchmarks/precision_parity.py                  # digits: 3 x 3000 steps + 3 bounds, ~18 min on 2 idle cores
     python benchmarks/precision_parity.py --steps 500      # a quicker, noisier look
     python benchmarks/precision_parity.py --device cuda --dataset mnist --raw data/raw
 
