@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import ContextManager
 
 import torch
@@ -72,11 +72,11 @@ def flush_denormals(device: torch.device) -> Iterator[None]:
     magnitude: measured 10% of a CIFAR-10 U-Net training step on the CPU. Flushing changes only
     values far below anything the training can resolve.
     """
+    previous = _flushing_denormals()
     # set_flush_denormal says whether the CPU supports it; asked with the current setting.
-    if device.type != "cpu" or not torch.set_flush_denormal(_flushing_denormals()):
+    if device.type != "cpu" or not torch.set_flush_denormal(previous):
         yield  # the CPU cannot flush (no DAZ/FTZ, e.g. not x86): nothing to change
         return
-    previous = _flushing_denormals()
     torch.set_flush_denormal(True)
     try:
         yield
