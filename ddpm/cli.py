@@ -1,5 +1,11 @@
 """What every stage entry point shares: one clear line for errors a user can cause,
-and the exit codes DVC sees."""
+the pipeline's advice on what to do about them, and the exit codes DVC sees.
+
+The library raises ``ddpm.errors.UserError`` subclasses that say what is wrong; only the
+stage edge knows the pipeline, so the advice ("`dvc repro train` writes it") is passed in
+here by each stage as ``hints``. Every other exception keeps its traceback: it is a bug,
+not a bad parameter.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,11 @@ import argparse
 import logging
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
-from ddpm.errors import CheckpointError, ConfigError, DatasetNotFoundError, TrackingError, TrainingDiverged
+from ddpm.errors import UserError
 
-# Errors with a message meant for the user: printed as one line, no traceback.
-USER_ERRORS = (ConfigError, DatasetNotFoundError, CheckpointError, TrackingError, TrainingDiverged,
-               FileNotFoundError, ValueError)
+Hints = Mapping[type[UserError], str]
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -22,9 +26,21 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def user_message(name: str, err: UserError, hints: Hints | None = None) -> str:
+    """The one line printed for a user error, with the first matching hint appended."""
+    message = f"{name}: error: {err}"
+    for kind, hint in (hints or {}).items():
+        if isinstance(err, kind):
+            return f"{message}\n{name}: hint: {hint}"
+    return message
+
+
 def run_stage(name: str, body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
-              argv: Sequence[str] | None) -> int:
-    """Parse ``argv``, run ``body``; map user errors to exit code 2 and Ctrl-C to 130."""
+              argv: Sequence[str] | None, hints: Hints | None = None) -> int:
+    """Parse ``argv``, run ``body``; map user errors to exit code 2 and Ctrl-C to 130.
+
+    ``hints``: for an error type, what to do about it in this pipeline (printed after the error).
+    """
     args = parser.parse_args(argv)
     # SIGTERM (a killed DVC run, a scheduler's preemption) unwinds like Ctrl-C, so every
     # atomic write in progress removes its temporary file and finished outputs stay intact.
@@ -32,8 +48,8 @@ def run_stage(name: str, body: Callable[[argparse.Namespace], None], parser: arg
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s", stream=sys.stderr)
     try:
         body(args)
-    except USER_ERRORS as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
+    except UserError as err:
+        print(user_message(name, err, hints), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -1,0 +1,78 @@
+"""Every random stream of a run, derived from the run's seed in one place (a leaf module:
+it imports nothing from ``ddpm``).
+
+A stream is named (``STREAMS``) and may be keyed (a torchrun rank); it holds items
+0, 1, 2, ... (sample ``i``, training step ``s``). Its base seed comes from NumPy's
+``SeedSequence`` with the stream's id and key as spawn key, so different seeds, streams and
+keys never share a base by construction (only by a 2**-63 hash accident); item ``i``'s seed
+is the base plus ``i``.
+
+Why "plus i" and not one hash per item: torch's CPU generator (mt19937) keeps only the low 32
+bits of a seed, so per-item hashes would collide by the birthday bound (about 40% for 60,000
+samples). Consecutive seeds never collide within a stream, and two streams overlap only when
+their 32-bit bases fall within the number of items of each other (about n / 2**32).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+import torch
+
+# Stream ids are part of every seed: append new streams, never reorder or reuse an id.
+STREAMS: dict[str, int] = {
+    "init": 0,          # the network's initial weights
+    "data_order": 1,    # item: epoch -> the permutation of the training set
+    "train_noise": 2,   # item: step -> timesteps, noise and flips of the global batch
+    "dropout": 3,       # key: rank; item: step
+    "sample": 4,        # item: sample index
+    "bound": 5,         # item: test example index (the bound's x_t draws)
+}
+
+_SEED_SPACE = 2**63  # torch.manual_seed accepts any non-negative int64
+
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+def stream_seed(seed: int, stream: str, item: int = 0, key: Sequence[int] = ()) -> int:
+    """The seed of ``item`` of ``stream`` (optionally keyed, e.g. by rank) for run ``seed``."""
+    if int(item) < 0:
+        raise ValueError(f"item must be >= 0, got {item}")
+    return (_stream_base(int(seed), stream, tuple(int(k) for k in key)) + int(item)) % _SEED_SPACE
+
+
+@functools.lru_cache(maxsize=256)
+def _stream_base(seed: int, stream: str, key: tuple[int, ...]) -> int:
+    if stream not in STREAMS:
+        raise ValueError(f"unknown random stream {stream!r}; known: {', '.join(STREAMS)}")
+    if seed < 0 or any(k < 0 for k in key):
+        raise ValueError(f"seed and key must be >= 0, got seed={seed}, key={key}")
+    sequence = np.random.SeedSequence(entropy=seed, spawn_key=(STREAMS[stream], *key))
+    return int(sequence.generate_state(1, np.uint64)[0]) % _SEED_SPACE
+
+
+def generator(seed: int, stream: str, item: int = 0, key: Sequence[int] = (),
+              device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator on ``device`` seeded for ``item`` of ``stream``."""
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, stream, item, key))
+
+
+def generators(seed: int, stream: str, items: Sequence[int] | range, device: torch.device | str = "cpu"
+               ) -> list[torch.Generator]:
+    """One generator per item (EDM's per-sample streams): sample ``i`` is the same whatever
+    batch it is drawn in, whatever the batch size and however the items are split over ranks."""
+    return [generator(seed, stream, i, device=device) for i in items]
+
+
+def randn(shape: Sequence[int], generator: Generator, device: torch.device | str,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise of ``shape`` drawn from ``generator``; a sequence of generators
+    draws example ``b`` of the batch from ``generator[b]`` (EDM's StackedRandomGenerator)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
