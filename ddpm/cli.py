@@ -13,7 +13,7 @@ import argparse
 import logging
 import signal
 import sys
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ddpm.errors import UserError
 

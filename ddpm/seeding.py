@@ -16,7 +16,7 @@ their 32-bit bases fall within the number of items of each other (about n / 2**3
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
