@@ -8,14 +8,24 @@ raises ``ConfigError`` naming the key, the value and what is accepted, before an
 expensive work starts.
 
 Fields whose value is ``auto`` take a per-dataset default (``DATASET_DEFAULTS``: DDPM's
-settings for CIFAR-10, fast ones for digits); ``load_params`` resolves them, so the
-config stored in checkpoints and logged to MLflow holds concrete values only.
+settings for CIFAR-10, fast ones for digits); ``load_params`` resolves them, except
+``train.precision``, ``train.device`` and ``train.channels_last`` (``RUNTIME_RESOLVED``),
+which depend on the machine: the train stage resolves those and stores what it used.
+
+Numbers: params files are read with ``ParamsLoader``, which adds YAML 1.2's float
+spellings (``1e-05``, ``1E-5``, ``.5``, ``5.``) to PyYAML's YAML 1.1 ones, because
+``dvc exp run -S beta_start=0.00001`` writes ``1e-05``, a string to YAML 1.1. Integer
+fields also take an integral float (``train.steps: 8e5`` is 800000; 1.5 is refused). A
+quoted value (``"1e-5"``) stays a string and is refused where a number is expected:
+quotes say the value is text.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -24,12 +34,15 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ddpm.data import DATASETS
+from ddpm.data.registry import DATASETS
 from ddpm.errors import ConfigError
 from ddpm.schedules import SCHEDULES
 
 AUTO = "auto"
 Auto = Literal["auto"]
+# Keys whose ``auto`` depends on the machine that trains; the train stage resolves them
+# (ddpm.training) and stores the values it used with the model.
+RUNTIME_RESOLVED = ("train.precision", "train.device", "train.channels_last")
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,7 @@ class TrainConfig:
     num_threads: int = 0                # torch CPU threads; 0 = torch's default
     nproc: int = 1                      # processes the train stage launches through torchrun (DDP)
     tf32: bool = True                   # TF32 matmuls/convs on CUDA while training (never in evaluate)
-    channels_last: bool | Auto = AUTO   # auto: off (measured slower for these U-Nets); true for images
+    channels_last: bool | Auto = AUTO   # auto: off (see ddpm.training.uses_channels_last); true for images
     compile: bool = False               # torch.compile the network for training
 
 
@@ -126,14 +139,15 @@ class Params:
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], resolve: bool = True) -> "Params":
+    def from_dict(cls, raw: dict[str, Any], resolve: bool = True) -> Params:
         """Build and validate from the params.yaml mapping (top-level diffusion keys flat)."""
         if not isinstance(raw, dict):
             raise ConfigError(f"params must be a mapping of keys to values, got {type(raw).__name__}")
         top = {f.name for f in fields(DiffusionConfig)} | {"dataset", "seed"}
         sections = {f.name: f.type for f in fields(cls) if f.name not in ("dataset", "seed", "diffusion")}
         _reject_unknown(raw, top | set(sections), prefix="")
-        diffusion = _build(DiffusionConfig, {k: v for k, v in raw.items() if k in top and k not in ("dataset", "seed")}, "")
+        top_level = {k: v for k, v in raw.items() if k in top and k not in ("dataset", "seed")}
+        diffusion = _build(DiffusionConfig, top_level, "")
         kwargs: dict[str, Any] = {"diffusion": diffusion}
         for key in ("dataset", "seed"):
             if key in raw:
@@ -173,6 +187,7 @@ class Params:
     def validate(self) -> None:
         """Range checks that need more than a type (raised before any expensive work)."""
         _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {', '.join(DATASETS)}")
+        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         d = self.diffusion
         _check(d.beta_schedule in SCHEDULES, "beta_schedule", d.beta_schedule, f"one of {', '.join(SCHEDULES)}")
         _check(d.timesteps >= 1, "timesteps", d.timesteps, "an integer >= 1")
@@ -181,21 +196,30 @@ class Params:
         if d.var_type == "learned_range":
             _check(d.loss_type in ("hybrid", "vlb"), "loss_type", d.loss_type,
                    "'hybrid' or 'vlb' with var_type=learned_range (the simple loss does not train the variance)")
+        else:
+            # The hybrid loss stops the vlb part's gradient on the mean (Nichol & Dhariwal
+            # 2021, sec. 3.1), so with a fixed variance it would silently train the simple loss.
+            _check(d.loss_type in ("simple", "vlb"), "loss_type", d.loss_type,
+                   f"'simple' or 'vlb' with var_type={d.var_type} (the hybrid loss's vlb part trains only "
+                   "a learned variance: use var_type=learned_range)")
         if d.beta_schedule == "jsd":
             _check(d.mean_type != "eps", "mean_type", d.mean_type,
                    "'x0' or 'v' with beta_schedule=jsd (its last beta is 1, so eps cannot recover x0)")
         _check(self.data.test_size >= 0, "data.test_size", self.data.test_size, "an integer >= 0")
-        _check(self.data.swissroll_train_size >= 1, "data.swissroll_train_size", self.data.swissroll_train_size, "an integer >= 1")
-        _check(self.data.swissroll_noise >= 0, "data.swissroll_noise", self.data.swissroll_noise, "a number >= 0")
+        _check(self.data.swissroll_train_size >= 1, "data.swissroll_train_size", self.data.swissroll_train_size,
+               "an integer >= 1")
+        _finite_at_least("data.swissroll_noise", self.data.swissroll_noise, 0)
         m = self.model
         _positive_or_auto("model.base_channels", m.base_channels)
         _positive_or_auto("model.num_res_blocks", m.num_res_blocks)
         for key in ("channel_mult", "attn_resolutions"):
             value = getattr(m, key)
             if value != AUTO and key == "channel_mult":
-                _check(len(value) >= 1 and all(v >= 1 for v in value), f"model.{key}", list(value), "a non-empty list of integers >= 1")
+                _check(len(value) >= 1 and all(v >= 1 for v in value), f"model.{key}", list(value),
+                       "a non-empty list of integers >= 1")
             if value != AUTO and key == "attn_resolutions":
-                _check(all(v >= 1 for v in value), f"model.{key}", list(value), "a list of resolutions >= 1 (may be empty)")
+                _check(all(v >= 1 for v in value), f"model.{key}", list(value),
+                       "a list of resolutions >= 1 (may be empty)")
         if m.dropout != AUTO:
             _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
         for key in ("num_heads", "mlp_hidden", "mlp_layers"):
@@ -210,8 +234,8 @@ class Params:
             _check(0 < t.lr < 1, "train.lr", t.lr, "a number in (0, 1)")
         if t.ema_decay != AUTO:
             _check(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in [0, 1)")
-        _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "a number >= 0 (0 disables clipping)")
-        _check(t.hybrid_lambda >= 0, "train.hybrid_lambda", t.hybrid_lambda, "a number >= 0")
+        _finite_at_least("train.grad_clip", t.grad_clip, 0, " (0 disables clipping)")
+        _finite_at_least("train.hybrid_lambda", t.hybrid_lambda, 0)
         _check(t.device == AUTO or t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device,
                "auto, cpu, cuda or cuda:N")
         for key in ("log_every", "checkpoint_every"):
@@ -221,16 +245,17 @@ class Params:
         s = self.sample
         _check(s.num_samples >= 1, "sample.num_samples", s.num_samples, "an integer >= 1")
         _check(s.batch_size >= 1, "sample.batch_size", s.batch_size, "an integer >= 1")
-        _check(0 <= s.steps <= d.timesteps, "sample.steps", s.steps, f"an integer in 0..timesteps={d.timesteps} (0 = all)")
-        _check(s.eta >= 0, "sample.eta", s.eta, "a number >= 0")
+        _check(0 <= s.steps <= d.timesteps, "sample.steps", s.steps,
+               f"an integer in 0..timesteps={d.timesteps} (0 = all)")
+        _finite_at_least("sample.eta", s.eta, 0)
         _check(s.trajectory_frames >= 2, "sample.trajectory_frames", s.trajectory_frames, "an integer >= 2")
         e = self.evaluate
         _check(e.num_images >= 0, "evaluate.num_images", e.num_images, "an integer >= 0 (0 = the whole test split)")
         _check(e.batch_size >= 1, "evaluate.batch_size", e.batch_size, "an integer >= 1")
         _check(bool(self.mlflow.experiment.strip()), "mlflow.experiment", self.mlflow.experiment, "a non-empty name")
 
-    def resolved(self) -> "Params":
-        """Replace every ``auto`` with the dataset's default."""
+    def resolved(self) -> Params:
+        """Replace every ``auto`` with the dataset's default, except ``RUNTIME_RESOLVED``."""
         defaults = DATASET_DEFAULTS[self.dataset]
         sections = {}
         for name in ("model", "train"):
@@ -244,28 +269,29 @@ class Params:
 # Per-dataset defaults for the ``auto`` fields. CIFAR-10 follows Ho et al. 2020 (App. B):
 # 35.7M-parameter U-Net, ch 128, mult (1,2,2,2), 2 res blocks, attention at 16x16,
 # dropout 0.1, Adam 2e-4, batch 128, 5000 warmup steps, EMA 0.9999, 800k steps, flips.
-# Digits and the Swiss roll are tuned to train in minutes on a laptop CPU.
+# Digits and the Swiss roll are tuned to train in minutes on a laptop CPU. model.name is the
+# network that fits the data: the MLP for vectors, the U-Net for images.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {
-        "model.base_channels": 32, "model.channel_mult": (1, 2), "model.num_res_blocks": 1,
+        "model.name": "unet", "model.base_channels": 32, "model.channel_mult": (1, 2), "model.num_res_blocks": 1,
         "model.attn_resolutions": (4,), "model.dropout": 0.0,
         "train.steps": 3000, "train.batch_size": 128, "train.lr": 1e-3, "train.warmup_steps": 100,
         "train.ema_decay": 0.995, "train.hflip": False,
     },
     "swissroll": {
-        "model.base_channels": 32, "model.channel_mult": (1,), "model.num_res_blocks": 1,
+        "model.name": "mlp", "model.base_channels": 32, "model.channel_mult": (1,), "model.num_res_blocks": 1,
         "model.attn_resolutions": (), "model.dropout": 0.0,
         "train.steps": 5000, "train.batch_size": 256, "train.lr": 1e-3, "train.warmup_steps": 100,
         "train.ema_decay": 0.995, "train.hflip": False,
     },
     "mnist": {
-        "model.base_channels": 64, "model.channel_mult": (1, 2, 2), "model.num_res_blocks": 2,
+        "model.name": "unet", "model.base_channels": 64, "model.channel_mult": (1, 2, 2), "model.num_res_blocks": 2,
         "model.attn_resolutions": (14,), "model.dropout": 0.1,
         "train.steps": 50000, "train.batch_size": 128, "train.lr": 2e-4, "train.warmup_steps": 1000,
         "train.ema_decay": 0.9999, "train.hflip": False,
     },
     "cifar10": {
-        "model.base_channels": 128, "model.channel_mult": (1, 2, 2, 2), "model.num_res_blocks": 2,
+        "model.name": "unet", "model.base_channels": 128, "model.channel_mult": (1, 2, 2, 2), "model.num_res_blocks": 2,
         "model.attn_resolutions": (16,), "model.dropout": 0.1,
         "train.steps": 800000, "train.batch_size": 128, "train.lr": 2e-4, "train.warmup_steps": 5000,
         "train.ema_decay": 0.9999, "train.hflip": True,
@@ -274,11 +300,27 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 DATASET_DEFAULTS["fashion_mnist"] = dict(DATASET_DEFAULTS["mnist"])
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads YAML 1.2's float spellings as floats.
+
+    PyYAML resolves plain scalars by the YAML 1.1 rules, whose floats need a dot and a
+    signed exponent: ``1e-05`` (what DVC writes for ``-S beta_start=0.00001``), ``1E-5``
+    and ``1e5`` stay strings. The YAML 1.2 core schema (spec 1.2.2, sec. 10.3.2) reads
+    them as floats; everything else resolves as before.
+    """
+
+
+# The YAML 1.2 core schema's finite floats less the plain integers, which PyYAML's int
+# resolver keeps as ints; .inf and .nan already resolve as floats under YAML 1.1.
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)$")
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+.0123456789"))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read, validate and resolve params.yaml."""
+    """Read, validate and resolve params.yaml (numbers as ``ParamsLoader`` reads them)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=ParamsLoader)
     except FileNotFoundError:
         raise ConfigError(f"params file {str(path)!r} not found (run from the repository root)") from None
     except yaml.YAMLError as err:
@@ -290,6 +332,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def _check(ok: bool, key: str, value: Any, accepted: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not accepted; expected {accepted}")
+
+
+def _finite_at_least(key: str, value: float, low: float, note: str = "") -> None:
+    _check(math.isfinite(value) and value >= low, key, value, f"a finite number >= {low}{note}")
 
 
 def _positive_or_auto(key: str, value: Any) -> None:
@@ -333,6 +379,13 @@ def _describe(hint: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
+def _integral(value: Any) -> bool:
+    """An int, or a float holding an integer (``8e5``, as YAML 1.2 reads it); never a bool."""
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against the type ``hint``; return it in the field's type."""
     origin = get_origin(hint)
@@ -346,14 +399,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value in get_args(hint):
             return value
     elif origin is tuple:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return tuple(value)
+        if isinstance(value, (list, tuple)) and all(_integral(v) for v in value):
+            return tuple(int(v) for v in value)
     elif hint is bool:
         if isinstance(value, bool):
             return value
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if _integral(value):
+            return int(value)
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -364,7 +417,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 __all__ = [
-    "AUTO", "ConfigError", "DataConfig", "DiffusionConfig", "EvaluateConfig", "MlflowConfig",
-    "ModelConfig", "Params", "SampleConfig", "TrainConfig", "DATASET_DEFAULTS", "load_params",
+    "AUTO", "RUNTIME_RESOLVED", "ConfigError", "DataConfig", "DiffusionConfig", "EvaluateConfig", "MlflowConfig",
+    "ModelConfig", "Params", "ParamsLoader", "SampleConfig", "TrainConfig", "DATASET_DEFAULTS", "load_params",
 ]
 _ = typing  # typing is imported for get_type_hints' evaluation of postponed annotations

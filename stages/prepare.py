@@ -7,6 +7,14 @@ import sys
 from ddpm.cli import run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import prepare_dataset, write_prepared
+from ddpm.errors import ConfigError, DataError, DatasetNotFoundError
+
+HINTS = {
+    DatasetNotFoundError: "once the files are in place (or the network is reachable), run `dvc repro prepare` again",
+    DataError: "replace the damaged raw file named above with the official one (or delete it to download it "
+               "again), then `dvc repro prepare`",
+    ConfigError: "fix the key in params.yaml, or set it for one run with `dvc exp run -S key=value`",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                                    noise=params.data.swissroll_noise)
         write_prepared(args.out, prepared)
 
-    return run_stage("prepare", body, parser, argv)
+    return run_stage("prepare", body, parser, argv, hints=HINTS)
 
 
 if __name__ == "__main__":

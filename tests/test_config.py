@@ -1,18 +1,59 @@
 """params.yaml -> typed config: every user error names the key, the value and what is accepted."""
 
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
+
 import pytest
 import yaml
 
-from ddpm.config import DATASET_DEFAULTS, ConfigError, Params, load_params
+from ddpm.config import DATASET_DEFAULTS, RUNTIME_RESOLVED, ConfigError, Params, ParamsLoader, load_params
+from ddpm.data import DATASETS
 
-REPO_PARAMS = "params.yaml"
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+# The train stage resolves these on the machine that trains and stores what it used with the
+# model (ddpm.training.resolved_params); every other `auto` is resolved when params load.
+RUNTIME_KEYS = {"train.precision", "train.device", "train.channels_last"}
 
 
-def test_repository_params_load_and_resolve_every_auto():
+def accepts_auto(hint) -> bool:
+    if get_origin(hint) is Literal:
+        return "auto" in get_args(hint)
+    return any(accepts_auto(arg) for arg in get_args(hint))
+
+
+def every_key_auto(dataset: str) -> dict:
+    """A params mapping with `auto` in every key that accepts it (by type, or by default for
+    the free-form train.device)."""
+    raw: dict = {"dataset": dataset}
+    for section, section_type in get_type_hints(Params).items():
+        if section not in ("dataset", "seed", "diffusion"):
+            hints = get_type_hints(section_type)
+            raw[section] = {f.name: "auto" for f in fields(section_type)
+                            if accepts_auto(hints[f.name]) or f.default == "auto"}
+    return raw
+
+
+def test_runtime_resolved_keys_are_the_machine_dependent_ones():
+    assert set(RUNTIME_RESOLVED) == RUNTIME_KEYS
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_resolved_leaves_auto_only_in_the_runtime_resolved_keys(dataset):
+    raw = every_key_auto(dataset)
+    assert {f"train.{k}" for k in raw["train"]} >= RUNTIME_KEYS  # the mapping really holds them as auto
+    flat = Params.from_dict(raw).flatten()
+    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS
+    for key, value in DATASET_DEFAULTS[dataset].items():
+        assert flat[key] == (list(value) if isinstance(value, tuple) else value)
+
+
+def test_repository_params_load_and_resolve_every_auto_but_the_runtime_keys():
     params = load_params(REPO_PARAMS)
     assert params.dataset == "digits"
-    assert "auto" not in [v for v in params.flatten().values() if isinstance(v, str) and v == "auto"
-                          and not isinstance(v, bool)] or params.train.precision == "auto"
+    flat = params.flatten()
+    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS
     for key, value in DATASET_DEFAULTS["digits"].items():
         section, name = key.split(".")
         assert getattr(getattr(params, section), name) == value
@@ -20,7 +61,7 @@ def test_repository_params_load_and_resolve_every_auto():
 
 def test_repository_params_file_lists_every_field():
     """params.yaml shows every key (so `dvc exp run -S key=...` has something to override)."""
-    raw = yaml.safe_load(open(REPO_PARAMS))
+    raw = yaml.load(REPO_PARAMS.read_text(), Loader=ParamsLoader)
     flat = Params.from_dict(raw, resolve=False).flatten()
     listed = {k for k, v in raw.items() if not isinstance(v, dict)}
     listed |= {f"{s}.{k}" for s, sec in raw.items() if isinstance(sec, dict) for k in sec}
@@ -51,6 +92,7 @@ def test_flatten_and_round_trip():
     ({"trian": {}}, ["unknown key 'trian'", "did you mean 'train'"]),
     ({"timesteps": "many"}, ["timesteps='many'", "an integer"]),
     ({"timesteps": 0}, ["timesteps=0", ">= 1"]),
+    ({"seed": -1}, ["seed=-1", "an integer >= 0"]),
     ({"beta_end": 1.5}, ["beta_end=1.5", "(0, 1)"]),
     ({"beta_start": 0}, ["beta_start=0", "(0, 1)"]),
     ({"beta_schedule": "cosinus"}, ["beta_schedule='cosinus'", "linear", "cosine", "sigmoid", "jsd"]),
@@ -81,3 +123,100 @@ def test_missing_or_broken_params_file(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+# --- numbers as DVC and people write them ---------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling, value", [
+    ("1e-05", 1e-5), ("1E-5", 1e-5), ("1.0e-5", 1e-5), ("1.e-5", 1e-5), ("+1e-5", 1e-5), ("1e-5", 1e-5),
+    (".1e-4", 1e-5), ("0.00001", 1e-5), ("1.0E-05", 1e-5), ("0.5", 0.5), (".5", 0.5), ("5e-1", 0.5),
+])
+def test_params_file_reads_yaml_12_float_spellings_as_numbers(tmp_path, spelling, value):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"beta_start: {spelling}\ntrain:\n  lr: {spelling}\n")
+    params = load_params(path)
+    assert params.diffusion.beta_start == value and params.train.lr == value
+
+
+@pytest.mark.parametrize("spelling, value", [("1e5", 1e5), ("5.", 5.0), ("+2E+1", 20.0), ("-0.5e1", -5.0),
+                                             ("1_000.5", 1000.5), (".inf", math.inf), ("-.Inf", -math.inf),
+                                             ("3", 3), ("0x10", 16)])
+def test_params_loader_numbers(spelling, value):
+    loaded = yaml.load(f"x: {spelling}", Loader=ParamsLoader)["x"]
+    assert loaded == value and type(loaded) is type(value)
+
+
+@pytest.mark.parametrize("text", ["1e", "e5", "1.2.3", "1e-5x", "'1e-5'", '"1e-05"', ".", "+.e5", "1:e5"])
+def test_params_loader_keeps_non_numbers_as_strings(text):
+    assert isinstance(yaml.load(f"x: {text}", Loader=ParamsLoader)["x"], str)
+
+
+def test_params_loader_reads_nan():
+    assert math.isnan(yaml.load("x: .nan", Loader=ParamsLoader)["x"])
+
+
+def test_quoted_number_is_text_and_refused_where_a_number_is_expected(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text('beta_start: "1e-5"\n')
+    with pytest.raises(ConfigError, match=r"beta_start='1e-5' is not accepted; expected a number"):
+        load_params(path)
+
+
+def test_integer_fields_take_integral_floats(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("timesteps: 1.0e3\nseed: 7.0\ntrain:\n  steps: 8e5\n  batch_size: 64.0\n"
+                    "model:\n  channel_mult: [1, 2.0]\n")
+    params = load_params(path)
+    values = (params.diffusion.timesteps, params.seed, params.train.steps, params.train.batch_size,
+              *params.model.channel_mult)
+    assert values == (1000, 7, 800000, 64, 1, 2)
+    assert all(type(v) is int for v in values)
+
+
+@pytest.mark.parametrize("raw, fragments", [
+    ({"train": {"steps": 1.5}}, ["train.steps=1.5", "an integer or auto"]),
+    ({"timesteps": 1e3 + 0.5}, ["timesteps=1000.5", "an integer"]),
+    ({"seed": math.inf}, ["seed=inf", "an integer"]),
+    ({"model": {"channel_mult": [1, 2.5]}}, ["model.channel_mult=[1, 2.5]", "list of integers"]),
+])
+def test_integer_fields_refuse_fractional_and_infinite_floats(raw, fragments):
+    with pytest.raises(ConfigError) as err:
+        Params.from_dict(raw)
+    assert all(fragment in str(err.value) for fragment in fragments)
+
+
+@pytest.mark.parametrize("raw, fragments", [
+    ({"train": {"lr": math.inf}}, ["train.lr=inf", "(0, 1)"]),
+    ({"train": {"lr": math.nan}}, ["train.lr=nan", "(0, 1)"]),
+    ({"beta_start": math.nan}, ["beta_start=nan", "(0, 1)"]),
+    ({"model": {"dropout": math.inf}}, ["model.dropout=inf", "[0, 1)"]),
+    ({"train": {"ema_decay": math.nan}}, ["train.ema_decay=nan", "[0, 1)"]),
+    ({"train": {"grad_clip": math.inf}}, ["train.grad_clip=inf", "a finite number >= 0", "0 disables"]),
+    ({"train": {"hybrid_lambda": math.inf}}, ["train.hybrid_lambda=inf", "a finite number >= 0"]),
+    ({"sample": {"eta": math.nan}}, ["sample.eta=nan", "a finite number >= 0"]),
+    ({"data": {"swissroll_noise": math.inf}}, ["data.swissroll_noise=inf", "a finite number >= 0"]),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(raw, fragments):
+    with pytest.raises(ConfigError) as err:
+        Params.from_dict(raw)
+    assert all(fragment in str(err.value) for fragment in fragments)
+
+
+# --- combinations that would train something else than asked ---------------------------------
+
+
+@pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large"])
+def test_hybrid_loss_with_a_fixed_variance_is_refused(var_type):
+    with pytest.raises(ConfigError) as err:
+        Params.from_dict({"var_type": var_type, "loss_type": "hybrid"})
+    message = str(err.value)
+    assert "loss_type='hybrid'" in message and f"var_type={var_type}" in message
+    assert "'simple' or 'vlb'" in message and "learned_range" in message
+
+
+@pytest.mark.parametrize("var_type, loss_type", [("fixed_small", "simple"), ("fixed_large", "vlb"),
+                                                 ("learned_range", "hybrid"), ("learned_range", "vlb")])
+def test_variance_and_loss_combinations_that_train_what_they_say_are_accepted(var_type, loss_type):
+    d = Params.from_dict({"var_type": var_type, "loss_type": loss_type}).diffusion
+    assert (d.var_type, d.loss_type) == (var_type, loss_type)

@@ -1,5 +1,9 @@
 """Tests for ddpm.data: the sklearn datasets, K-level scaling, prepared-data files, and the
-torchvision readers on small files written here in the real on-disk formats (no network)."""
+torchvision readers on small files written here in the real on-disk formats (no network).
+
+User-caused problems raise ddpm.errors types (bad files: DataError; missing ones:
+DatasetNotFoundError; a test_size the data cannot honour: ConfigError) whose messages never
+name the pipeline; a caller's bug (an unknown name, float levels) stays a plain ValueError."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import io
 import pickle
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,7 @@ from sklearn.datasets import load_digits
 from ddpm.data import (
     DATASET_INFO,
     DATASETS,
+    DataError,
     DatasetInfo,
     DatasetNotFoundError,
     Prepared,
@@ -27,7 +34,10 @@ from ddpm.data import (
     to_model_space,
     write_prepared,
 )
+from ddpm.errors import ConfigError, UserError
 from ddpm.io import atomic_save_npy
+
+REPO = Path(__file__).resolve().parents[1]
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
@@ -56,9 +66,28 @@ def test_registry_lists_every_dataset_with_its_info() -> None:
     assert dataset_info("cifar10") == DatasetInfo("image", (3, 32, 32), 256)
 
 
+def test_package_exports_every_public_name() -> None:
+    import ddpm.data
+
+    for name in ddpm.data.__all__:
+        assert getattr(ddpm.data, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ddpm.data.nope  # noqa: B018
+
+
+def test_config_loads_only_the_registry_which_needs_no_third_party_modules() -> None:
+    code = "import sys, ddpm.config; print(*sorted(m for m in sys.modules if m.startswith('ddpm.data')))"
+    config = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert config.stdout.split() == ["ddpm.data", "ddpm.data.registry"]
+    code = "import sys, ddpm.data.registry; print(any(m in sys.modules for m in ('numpy', 'torch')))"
+    registry = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert registry.stdout.strip() == "False"
+
+
 def test_unknown_dataset_names_key_value_and_accepted_names() -> None:
     with pytest.raises(ValueError) as info:
         prepare_dataset("minst", "unused", seed=0, test_size=10)
+    assert not isinstance(info.value, UserError)  # params are validated before; here it is a caller's bug
     message = str(info.value)
     assert "dataset" in message and "'minst'" in message
     assert all(name in message for name in DATASETS)
@@ -105,8 +134,13 @@ def test_digits_split_is_a_seeded_partition_of_the_bundled_images() -> None:
 
 @pytest.mark.parametrize("test_size", [0, 1797, 5000])
 def test_digits_rejects_a_test_size_that_leaves_no_split(test_size: int) -> None:
-    with pytest.raises(ValueError, match=rf"test_size: bad value {test_size}.*1\.\.1796"):
+    with pytest.raises(ConfigError, match=rf"data\.test_size={test_size} is not accepted for digits.*1\.\.1796"):
         prepare_dataset("digits", "unused", seed=0, test_size=test_size)
+
+
+def test_swissroll_rejects_an_empty_test_set() -> None:
+    with pytest.raises(ConfigError, match=r"data\.test_size=0 is not accepted for swissroll.*>= 1"):
+        prepare_dataset("swissroll", "unused", seed=0, test_size=0, num_train_vectors=10)
 
 
 def test_swissroll_shapes_and_determinism() -> None:
@@ -163,8 +197,9 @@ def test_from_model_space_rounds_to_the_nearest_level_and_clips() -> None:
 
 
 def test_model_space_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"0\.\.16.*from 0 to 17"):
+    with pytest.raises(ValueError, match=r"0\.\.16.*from 0 to 17") as info:
         to_model_space(np.array([0, 17]), 17)
+    assert not isinstance(info.value, UserError)  # levels come from code, not from a user
     with pytest.raises(TypeError, match="integer grey levels"):
         to_model_space(torch.tensor([0.0, 1.0]), 17)
     with pytest.raises(ValueError, match="num_levels: bad value 1"):
@@ -195,51 +230,55 @@ def test_write_load_round_trip(tmp_path: Path) -> None:
             assert getattr(loaded, split).dtype == getattr(prepared, split).dtype
 
 
-def test_load_rejects_a_shape_mismatch(digits_dir: Path) -> None:
-    atomic_save_npy(digits_dir / "train.npy", np.zeros((1497, 1, 8, 7), dtype=np.uint8))
-    with pytest.raises(ValueError) as info:
-        load_prepared(digits_dir)
-    message = str(info.value)
-    assert "train.npy" in message and "meta.json" in message
-    assert "[1497, 1, 8, 8]" in message and "[1497, 1, 8, 7]" in message
-
-
-def test_load_rejects_a_size_mismatch(digits_dir: Path) -> None:
-    atomic_save_npy(digits_dir / "test.npy", np.zeros((299, 1, 8, 8), dtype=np.uint8))
-    with pytest.raises(ValueError, match=r"test\.npy.*test_size=300.*\[299, 1, 8, 8\]"):
-        load_prepared(digits_dir)
-
-
-def test_load_rejects_out_of_range_grey_levels(digits_dir: Path) -> None:
-    train = np.load(digits_dir / "train.npy")
+def _train_with_a_level_above_16(prepared: Path) -> np.ndarray:
+    train = np.load(prepared / "train.npy")
     train[5, 0, 3, 3] = 17
-    atomic_save_npy(digits_dir / "train.npy", train)
-    with pytest.raises(ValueError) as info:
-        load_prepared(digits_dir)
-    message = str(info.value)
-    assert "train.npy" in message and "num_levels=17" in message
-    assert "0..16" in message and "to 17" in message
+    return train
 
 
-def test_load_rejects_float_grey_levels(digits_dir: Path) -> None:
-    atomic_save_npy(digits_dir / "test.npy", np.zeros((300, 1, 8, 8), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"test\.npy.*integer grey levels.*float32"):
+@pytest.mark.parametrize(("file", "make", "pattern"), [
+    ("train.npy", lambda _: np.zeros((1497, 1, 8, 7), dtype=np.uint8),
+     r"train\.npy.*meta\.json.*\[1497, 1, 8, 8\].*\[1497, 1, 8, 7\]"),
+    ("test.npy", lambda _: np.zeros((299, 1, 8, 8), dtype=np.uint8), r"test\.npy.*test_size=300.*\[299, 1, 8, 8\]"),
+    ("train.npy", _train_with_a_level_above_16, r"train\.npy.*num_levels=17.*0\.\.16.*to 17"),
+    ("test.npy", lambda _: np.zeros((300, 1, 8, 8), dtype=np.float32), r"test\.npy.*integer grey levels.*float32"),
+], ids=["shape", "size", "grey-level-range", "float-levels"])
+def test_load_rejects_an_array_that_disagrees_with_meta(digits_dir: Path, file: str, make, pattern: str) -> None:
+    atomic_save_npy(digits_dir / file, make(digits_dir))
+    with pytest.raises(DataError, match=pattern) as info:
         load_prepared(digits_dir)
+    assert "dvc" not in str(info.value)
+
+
+@pytest.mark.parametrize(("file", "content", "pattern"), [
+    ("meta.json", b"{not json", r"meta\.json: not valid JSON"),
+    ("meta.json", b"[1, 2]", r"meta\.json: expected a JSON object, found list"),
+    ("meta.json", b'{"dataset": "digits"}', r"meta\.json: missing keys \['kind'"),
+    ("train.npy", b"not an array", r"train\.npy: not a readable \.npy array"),
+])
+def test_load_rejects_unreadable_files_as_data_errors(digits_dir: Path, file: str, content: bytes,
+                                                      pattern: str) -> None:
+    (digits_dir / file).write_bytes(content)
+    with pytest.raises(DataError, match=pattern) as info:
+        load_prepared(digits_dir)
+    assert "dvc" not in str(info.value)
 
 
 @pytest.mark.parametrize("missing", ["train.npy", "test.npy", "meta.json"])
-def test_load_names_a_missing_file_and_the_prepare_stage(digits_dir: Path, missing: str) -> None:
+def test_load_names_a_missing_file_without_naming_the_pipeline(digits_dir: Path, missing: str) -> None:
     (digits_dir / missing).unlink()
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(DatasetNotFoundError) as info:
         load_prepared(digits_dir)
-    assert missing in str(info.value) and "dvc repro prepare" in str(info.value)
+    assert missing in str(info.value) and str(digits_dir) in str(info.value)
+    assert "dvc" not in str(info.value)
 
 
 def test_write_rejects_arrays_that_disagree_with_meta(tmp_path: Path) -> None:
     prepared = prepare_dataset("digits", "unused", seed=0, test_size=300)
     bad = Prepared(train=prepared.train[:10], test=prepared.test, meta=prepared.meta)
-    with pytest.raises(ValueError, match="train_size=1497"):
+    with pytest.raises(ValueError, match="train_size=1497") as info:
         write_prepared(tmp_path / "out", bad)
+    assert not isinstance(info.value, UserError)  # arrays built by code: a caller's bug
     assert not (tmp_path / "out" / "meta.json").exists()
 
 
@@ -289,7 +328,7 @@ def test_official_test_split_subset_is_seeded_and_bounded(tmp_path: Path) -> Non
     assert subset.meta["test_size"] == 4 and "subset of 4 of the 10" in subset.meta["source"]
     matches = [int(np.flatnonzero((images["t10k"] == image).all(axis=(1, 2)))[0]) for image in subset.test[:, 0]]
     assert matches == sorted(set(matches))
-    with pytest.raises(ValueError, match=r"test_size: bad value 11.*1\.\.10"):
+    with pytest.raises(ConfigError, match=r"data\.test_size=11 is not accepted for mnist.*1\.\.10"):
         prepare_dataset("mnist", tmp_path, seed=5, test_size=11, download=False)
 
 
@@ -312,7 +351,7 @@ def test_idx_wrong_magic_number_is_reported(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[0:4] = struct.pack(">I", 0x00000801)
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: wrong magic number 0x00000801; expected 0x00000803"):
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: wrong magic number 0x00000801; expected 0x00000803"):
         prepare_dataset("mnist", tmp_path, seed=0, test_size=0, download=False)
 
 
@@ -320,7 +359,7 @@ def test_idx_truncated_file_is_reported(tmp_path: Path) -> None:
     write_mnist_like(tmp_path, "MNIST")
     path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(DataError) as info:
         prepare_dataset("mnist", tmp_path, seed=0, test_size=0, download=False)
     message = str(info.value)
     assert "train-images-idx3-ubyte: truncated" in message and "20 x 28 x 28 = 15680" in message
@@ -329,7 +368,8 @@ def test_idx_truncated_file_is_reported(tmp_path: Path) -> None:
 def test_idx_wrong_image_size_is_reported(tmp_path: Path) -> None:
     write_mnist_like(tmp_path, "MNIST")
     write_idx(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte", np.zeros((20, 32, 32)))
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: holds items of shape \[32, 32\], expected \[28, 28\]"):
+    pattern = r"train-images-idx3-ubyte: holds items of shape \[32, 32\], expected \[28, 28\]"
+    with pytest.raises(DataError, match=pattern):
         prepare_dataset("mnist", tmp_path, seed=0, test_size=0, download=False)
 
 
@@ -408,7 +448,7 @@ def test_cifar10_truncated_batch_is_named(tmp_path: Path) -> None:
     write_cifar10(tmp_path)
     path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(ValueError, match=r"data_batch_3: truncated or not a pickle"):
+    with pytest.raises(DataError, match=r"data_batch_3: truncated or not a pickle"):
         prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=False)
 
 
@@ -427,7 +467,7 @@ def test_cifar10_pickle_importing_other_code_is_refused_unexecuted(tmp_path: Pat
     marker = tmp_path / "executed"
     payload = pickle.dumps(_Touch(str(marker)), protocol=2)
     (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(payload)
-    with pytest.raises(ValueError, match=r"data_batch_2: the pickle imports .*never do"):
+    with pytest.raises(DataError, match=r"data_batch_2: the pickle imports .*never do"):
         prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=False)
     assert not marker.exists()
 
@@ -440,5 +480,51 @@ def test_cifar10_wrong_row_length_is_reported(tmp_path: Path) -> None:
         b"data": np.zeros((6, 3000), dtype=np.uint8),
         b"filenames": [b"x.png"] * 6,
     })
-    with pytest.raises(ValueError, match=r"cifar-10-batches-py.*test_batch.*3072"):
+    with pytest.raises(DataError, match=r"cifar-10-batches-py.*test_batch.*3072"):
         prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=False)
+
+
+# --- the prepare stage: the library says what is wrong, the stage what to do -----------------
+
+
+def run_prepare_stage(tmp_path: Path, raw: Path, dataset: str, test_size: int) -> int:
+    import yaml
+
+    from stages import prepare
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["dataset"], params["data"]["test_size"] = dataset, test_size
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return prepare.main(["--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--out", str(tmp_path / "out")])
+
+
+def test_prepare_stage_reports_missing_raw_files_with_the_pipeline_hint(
+    tmp_path: Path, no_network: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_prepare_stage(tmp_path, tmp_path / "raw", "mnist", 0) == 2
+    err = capsys.readouterr().err
+    assert "prepare: error: MNIST not found" in err and "Traceback" not in err
+    assert "prepare: hint:" in err and "dvc repro prepare" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_stage_reports_a_damaged_raw_file_with_the_pipeline_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_mnist_like(tmp_path / "raw", "MNIST")
+    path = tmp_path / "raw" / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">I", 0x00000801) + path.read_bytes()[4:])
+    assert run_prepare_stage(tmp_path, tmp_path / "raw", "mnist", 0) == 2
+    err = capsys.readouterr().err
+    assert "prepare: error:" in err and "t10k-images-idx3-ubyte: wrong magic number" in err
+    assert "prepare: hint: replace the damaged raw file" in err and "Traceback" not in err
+
+
+def test_prepare_stage_reports_a_test_size_larger_than_the_test_split_as_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_mnist_like(tmp_path / "raw", "MNIST")
+    assert run_prepare_stage(tmp_path, tmp_path / "raw", "mnist", 11) == 2
+    err = capsys.readouterr().err
+    assert "prepare: error: data.test_size=11 is not accepted for mnist" in err
+    assert "prepare: hint: fix the key" in err and "Traceback" not in err

@@ -1,0 +1,52 @@
+"""Datasets: a registry of names, preparation into arrays plus ``meta.json``, validated
+loading, and the K-level scaling between stored grey levels and model space.
+
+One concern per module:
+
+- ``registry``: the dataset names and what their examples look like (no third-party imports);
+- ``scaling``: grey levels ``v in {0..K-1}`` <-> model space ``x = 2 v / (K - 1) - 1``;
+- ``prepared``: train.npy, test.npy and meta.json, written atomically and checked on load;
+- ``prepare``: building the arrays of each dataset (sklearn, or torchvision's files);
+- ``idx``, ``cifar``: checking MNIST's IDX files and CIFAR-10's pickles before torchvision
+  reads them; ``download``: presence of raw files and torchvision downloads.
+
+The public names below are imported on first use, so that ``ddpm.config`` (which needs only
+``DATASETS``) and each stage load, and so depend on, only the modules they use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ddpm.errors import DataError, DatasetNotFoundError
+
+_EXPORTS = {
+    "DATASETS": "registry",
+    "DATASET_INFO": "registry",
+    "DatasetInfo": "registry",
+    "dataset_info": "registry",
+    "from_model_space": "scaling",
+    "to_model_space": "scaling",
+    "META_FILE": "prepared",
+    "TEST_FILE": "prepared",
+    "TRAIN_FILE": "prepared",
+    "Prepared": "prepared",
+    "load_prepared": "prepared",
+    "write_prepared": "prepared",
+    "prepare_dataset": "prepare",
+}
+
+__all__ = ["DataError", "DatasetNotFoundError", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ddpm.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ddpm.data.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,165 @@
+"""Preparation: the train and test arrays of a registered dataset and their meta.
+
+``digits`` (sklearn's bundled 8x8 digits, K = 17) and ``swissroll`` need no files;
+``mnist``, ``fashion_mnist`` and ``cifar10`` are read from ``raw_dir`` through
+torchvision's own dataset classes, which download them on first use when allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm.data.cifar import read_cifar10
+from ddpm.data.idx import read_idx_dataset
+from ddpm.data.prepared import Prepared
+from ddpm.data.registry import DATASET_INFO, check_name
+from ddpm.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_dataset(
+    name: str,
+    raw_dir: str | os.PathLike[str],
+    *,
+    seed: int,
+    test_size: int,
+    num_train_vectors: int = 10000,
+    noise: float = 0.5,
+    download: bool = True,
+) -> Prepared:
+    """Build the train and test arrays of dataset ``name`` and their meta.
+
+    Writes nothing itself; only torchvision writes, when it downloads into ``raw_dir``.
+
+    - ``digits``: the 1797 images split at random (``seed``) into ``test_size`` test images
+      and the rest for training; ``raw_dir`` is unused.
+    - ``swissroll``: ``num_train_vectors`` training and ``test_size`` test points, two
+      independent draws of ``make_swiss_roll(n, noise=noise)`` seeded from ``seed``, columns
+      [0, 2] divided by 10; ``raw_dir`` is unused.
+    - ``mnist``, ``fashion_mnist``, ``cifar10``: the official train and test splits read from
+      ``raw_dir``. ``test_size=0`` keeps the whole official test split; ``0 < test_size <=``
+      its size keeps a random subset of that many test images (``seed``, original order),
+      because the full bound costs T network calls per image.
+
+    ``download=True`` lets torchvision fetch missing files; when they stay missing,
+    DatasetNotFoundError says which files to place where, and DataError names a malformed
+    one. A ``test_size`` this dataset cannot honour raises ConfigError (``data.test_size``);
+    arguments no params file can produce (an unknown name, a negative seed) ValueError.
+    """
+    check_name(name)
+    _check_int("seed", seed, minimum=0)
+    _check_int("test_size", test_size, minimum=0)
+    start = time.perf_counter()
+    if name == "digits":
+        train, test, source = _prepare_digits(seed, test_size)
+    elif name == "swissroll":
+        _check_int("num_train_vectors", num_train_vectors, minimum=1)
+        if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0):
+            raise ValueError(f"noise: bad value {noise!r}; accepted: a number >= 0")
+        train, test, source = _prepare_swissroll(seed, test_size, num_train_vectors, float(noise))
+    else:
+        train, official_test, source = _read_torchvision(name, Path(raw_dir), download)
+        test, test_source = _official_test_subset(name, official_test, test_size, seed)
+        source = f"{source}; {test_source}"
+    meta = _meta(name, train, test, source, seed)
+    logger.info(
+        "prepared %s: %d train, %d test examples of shape %s in %.2f s",
+        name, meta["train_size"], meta["test_size"], tuple(meta["shape"]), time.perf_counter() - start,
+    )
+    return Prepared(train=train, test=test, meta=meta)
+
+
+def _meta(name: str, train: np.ndarray, test: np.ndarray, source: str, seed: int) -> dict[str, Any]:
+    info = DATASET_INFO[name]
+    return {
+        "dataset": name,
+        "kind": info.kind,
+        "shape": list(info.shape),
+        "num_levels": info.num_levels,
+        "train_size": int(train.shape[0]),
+        "test_size": int(test.shape[0]),
+        "source": source,
+        "seed": int(seed),
+    }
+
+
+def _check_int(key: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{key}: bad value {value!r}; accepted: an integer >= {minimum}")
+
+
+def _test_size_error(test_size: int, dataset: str, accepted: str) -> ConfigError:
+    return ConfigError(f"data.test_size={test_size} is not accepted for {dataset}; expected {accepted}")
+
+
+# --- sklearn datasets -------------------------------------------------------------------
+
+
+def _prepare_digits(seed: int, test_size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    # Imported here: sklearn.datasets is slow to import, and the stages that only load
+    # prepared arrays (train, sample, evaluate) should not pay for it.
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images  # float64 [1797, 8, 8] holding the integers 0..16
+    n = images.shape[0]
+    if not 1 <= test_size <= n - 1:
+        raise _test_size_error(test_size, "digits", f"1..{n - 1} of its {n} images (both splits non-empty)")
+    levels = images.astype(np.uint8)[:, None]
+    order = np.random.default_rng(seed).permutation(n)
+    # Sorted indices keep each split in the bundled order, so an image is easy to trace back.
+    test_idx, train_idx = np.sort(order[:test_size]), np.sort(order[test_size:])
+    source = f"sklearn.datasets.load_digits: {n} images, random split of {test_size} test images"
+    return levels[train_idx], levels[test_idx], source
+
+
+def _prepare_swissroll(
+    seed: int, test_size: int, num_train_vectors: int, noise: float
+) -> tuple[np.ndarray, np.ndarray, str]:
+    from sklearn.datasets import make_swiss_roll
+
+    if test_size < 1:
+        raise _test_size_error(test_size, "swissroll", "an integer >= 1 (test points drawn)")
+    # Two independent streams from one seed: train and test never share draws, and no seed's
+    # test set is another seed's training set (as with seed and seed + 1).
+    train_seed, test_seed = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
+
+    def draw(n: int, random_state: int) -> np.ndarray:
+        # Columns [0, 2] / 10: the 2-D roll of the classic Swiss-roll diffusion tutorials.
+        points, _ = make_swiss_roll(n, noise=noise, random_state=random_state)
+        return (points[:, [0, 2]] / 10.0).astype(np.float32)
+
+    source = (
+        f"sklearn.datasets.make_swiss_roll(noise={noise}), columns [0, 2] / 10, "
+        "independent train and test draws"
+    )
+    return draw(num_train_vectors, train_seed), draw(test_size, test_seed), source
+
+
+def _official_test_subset(name: str, test: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, str]:
+    n = test.shape[0]
+    if test_size == 0:
+        return test, f"official test split ({n} images)"
+    if test_size > n:
+        raise _test_size_error(test_size, name, f"0 (the whole official test split) or 1..{n}")
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=test_size, replace=False))
+    return test[idx], f"random subset of {test_size} of the {n} official test images"
+
+
+# --- torchvision datasets ---------------------------------------------------------------
+
+
+def _read_torchvision(name: str, raw_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    if name == "cifar10":
+        return read_cifar10(raw_dir, download)
+    # Imported here for the same reason as sklearn: only the prepare stage needs torchvision.
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
+    return read_idx_dataset(cls, raw_dir, download)
