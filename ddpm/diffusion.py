@@ -14,7 +14,8 @@ in float64.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence, get_args
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -25,6 +26,7 @@ from ddpm.likelihood import (
     nats_to_bits,
     normal_kl,
 )
+from ddpm.seeding import Generator, randn
 
 MeanType = Literal["eps", "x0", "v"]
 VarType = Literal["fixed_small", "fixed_large", "learned_range"]
@@ -32,30 +34,14 @@ LossType = Literal["simple", "vlb", "hybrid"]
 LossNorm = Literal["l2", "l1"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Generator = torch.Generator | Sequence[torch.Generator] | None
+# Progress of a long loop, (done, total): the caller draws a bar or logs; the math prints nothing.
+OnStep = Callable[[int, int], None]
 
 
 def _check_choice(key: str, value: Any, literal: Any) -> None:
     accepted = get_args(literal)
     if value not in accepted:
         raise ValueError(f"{key}={value!r} is not accepted; accepted: {', '.join(accepted)}")
-
-
-def randn_like_batch(shape: Sequence[int], generator: Generator, device: torch.device,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise of ``shape`` drawn from ``generator``.
-
-    A sequence of generators gives one generator per batch element (EDM's
-    StackedRandomGenerator), so each example's noise does not depend on which batch it is
-    drawn in: a batch split in two draws the same numbers.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-    if len(generator) != shape[0]:
-        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-    return torch.stack(
-        [torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator]
-    )
 
 
 def extract(table: torch.Tensor, t: torch.Tensor, shape: Sequence[int],
@@ -65,6 +51,69 @@ def extract(table: torch.Tensor, t: torch.Tensor, shape: Sequence[int],
     if dtype is not None:
         out = out.to(dtype)
     return out.reshape(t.shape[0], *([1] * (len(shape) - 1)))
+
+
+def batch_progress(on_step: OnStep, batch: int, num_batches: int) -> OnStep:
+    """Report the (done, total) of batch ``batch`` (0-based) as progress over ``num_batches``
+    equal batches, so one bar covers a loop over batches."""
+    return lambda done, total: on_step(batch * total + done, num_batches * total)
+
+
+def trajectory_steps(request: bool | Sequence[int] | None, T: int) -> list[int]:
+    """The states x_s (paper index s in 0..T, descending) a sampler records: all for True."""
+    if request is True:
+        return list(range(T, -1, -1))
+    if request is False or request is None:
+        return []
+    steps = sorted({int(s) for s in request}, reverse=True)
+    bad = [s for s in steps if not 0 <= s <= T]
+    if bad:
+        raise ValueError(f"trajectory steps {bad} lie outside 0..{T}")
+    return steps
+
+
+def generator_device(generator: Generator) -> torch.device:
+    """Where a sampler runs when no device is given: the (first) generator's device."""
+    if generator is None:
+        return torch.device("cpu")
+    if isinstance(generator, torch.Generator):
+        return generator.device
+    return generator[0].device
+
+
+def _checked_betas(betas: torch.Tensor, mean_type: str, var_type: str, loss_type: str, loss_norm: str
+                   ) -> torch.Tensor:
+    """``betas`` as float64 on the CPU, after refusing choices and schedules the math cannot use."""
+    _check_choice("mean_type", mean_type, MeanType)
+    _check_choice("var_type", var_type, VarType)
+    _check_choice("loss_type", loss_type, LossType)
+    _check_choice("loss_norm", loss_norm, LossNorm)
+    betas = torch.as_tensor(betas).detach().to("cpu", torch.float64)
+    if betas.ndim != 1 or betas.numel() < 1:
+        raise ValueError(f"betas must be a 1-D tensor with at least one entry, got shape {tuple(betas.shape)}")
+    if not bool(((betas > 0) & (betas <= 1)).all()):
+        bad = betas[~((betas > 0) & (betas <= 1))][0].item()
+        raise ValueError(f"every beta must lie in (0, 1]; found {bad!r}")
+    if bool((betas[:-1] >= 1).any()):
+        raise ValueError("only the last beta may equal 1 (alphas_cumprod must stay > 0 before T)")
+    if betas[-1] >= 1 and mean_type == "eps":
+        raise ValueError(
+            "mean_type='eps' cannot recover x0 at the last step because beta_T = 1 makes "
+            "alphas_cumprod reach 0 (as in the 'jsd' schedule); use mean_type 'x0' or 'v'"
+        )
+    if var_type == "learned_range" and loss_type == "simple":
+        raise ValueError(
+            "var_type='learned_range' needs loss_type 'hybrid' or 'vlb': the simple loss "
+            "gives the variance output no gradient"
+        )
+    if var_type != "learned_range" and loss_type == "hybrid":
+        # The hybrid loss's vlb part has a stop-gradient on the mean (Nichol & Dhariwal
+        # Sec. 3.1), so with a fixed variance it trains nothing: it would be the simple loss.
+        raise ValueError(
+            f"loss_type='hybrid' needs var_type 'learned_range', got var_type={var_type!r}: "
+            "its vlb part only trains a learned variance; use loss_type 'simple' or 'vlb'"
+        )
+    return betas
 
 
 class GaussianDiffusion:
@@ -93,28 +142,7 @@ class GaussianDiffusion:
         loss_norm: LossNorm = "l2",
         hybrid_lambda: float = 0.001,
     ) -> None:
-        _check_choice("mean_type", mean_type, MeanType)
-        _check_choice("var_type", var_type, VarType)
-        _check_choice("loss_type", loss_type, LossType)
-        _check_choice("loss_norm", loss_norm, LossNorm)
-        betas = torch.as_tensor(betas).detach().to("cpu", torch.float64)
-        if betas.ndim != 1 or betas.numel() < 1:
-            raise ValueError(f"betas must be a 1-D tensor with at least one entry, got shape {tuple(betas.shape)}")
-        if not bool(((betas > 0) & (betas <= 1)).all()):
-            bad = betas[~((betas > 0) & (betas <= 1))][0].item()
-            raise ValueError(f"every beta must lie in (0, 1]; found {bad!r}")
-        if bool((betas[:-1] >= 1).any()):
-            raise ValueError("only the last beta may equal 1 (alphas_cumprod must stay > 0 before T)")
-        if betas[-1] >= 1 and mean_type == "eps":
-            raise ValueError(
-                "mean_type='eps' cannot recover x0 at the last step because beta_T = 1 makes "
-                "alphas_cumprod reach 0 (as in the 'jsd' schedule); use mean_type 'x0' or 'v'"
-            )
-        if var_type == "learned_range" and loss_type == "simple":
-            raise ValueError(
-                "var_type='learned_range' needs loss_type 'hybrid' or 'vlb': the simple loss "
-                "gives the variance output no gradient"
-            )
+        betas = _checked_betas(betas, mean_type, var_type, loss_type, loss_norm)
         self.mean_type = mean_type
         self.var_type = var_type
         self.loss_type = loss_type
@@ -183,7 +211,7 @@ class GaussianDiffusion:
                  generator: Generator = None) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x0, (1 - abar_t) I) (Ho et al. eq. 4)."""
         if noise is None:
-            noise = randn_like_batch(x0.shape, generator, x0.device, x0.dtype)
+            noise = randn(x0.shape, generator, x0.device, x0.dtype)
         return (self._extract("sqrt_alphas_cumprod", t, x0) * x0
                 + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise)
 
@@ -203,8 +231,12 @@ class GaussianDiffusion:
                 - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
 
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return ((self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0)
-                / self._extract("sqrt_recipm1_alphas_cumprod", t, x_t))
+        # Eq. 4 solved for eps: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar). Every beta is > 0,
+        # so 1 - abar > 0 at every t and this is finite also where abar = 0 (the jsd schedule's
+        # last step: eps = x_t), unlike the algebraically equal (x_t / sqrt(abar) - x0) /
+        # sqrt(1 / abar - 1), which is inf / inf there.
+        return ((x_t - self._extract("sqrt_alphas_cumprod", t, x_t) * x0)
+                / self._extract("sqrt_one_minus_alphas_cumprod", t, x_t))
 
     def predict_v(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         # Salimans & Ho 2022: v = sqrt(abar) eps - sqrt(1 - abar) x0.
@@ -287,19 +319,47 @@ class GaussianDiffusion:
                  clip_denoised: bool = True) -> dict[str, torch.Tensor]:
         """One ancestral step x_t -> x_{t-1} (Ho et al. Algorithm 2, line 4); no noise at t = 0."""
         out = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised)
-        noise = randn_like_batch(x_t.shape, generator, x_t.device, x_t.dtype)
+        noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
         nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
         sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_x0": out["pred_x0"]}
 
+    @torch.no_grad()
+    def p_sample_loop(self, model: Model, shape: Sequence[int], generator: Generator = None,
+                      return_trajectory: bool | Sequence[int] = False, clip_denoised: bool = True,
+                      device: torch.device | str | None = None, on_step: OnStep | None = None,
+                      noise: torch.Tensor | None = None) -> Any:
+        """Ancestral sampling, Ho et al. Algorithm 2: x_T ~ N(0, I), then x_{t-1} ~ p(x_{t-1} | x_t).
+
+        Returns the samples [shape], or ``(samples, trajectory)`` when ``return_trajectory``
+        is True (every step) or a sequence of steps: ``trajectory`` is a dict with ``steps``
+        (the paper's index s of each kept state x_s, descending from T to 0) and ``x``
+        [S, *shape]. ``noise`` replaces the draw of x_T; ``on_step(done, T)`` follows progress.
+        """
+        device = torch.device(device) if device is not None else generator_device(generator)
+        T = self.num_timesteps
+        record = trajectory_steps(return_trajectory, T)
+        # Line 1: x_T ~ N(0, I).
+        x = noise.to(device) if noise is not None else randn(shape, generator, device)
+        frames = [x.clone()] if T in record else []
+        for t in range(T - 1, -1, -1):
+            tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
+            # Lines 3-4: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with z = 0 at the last step.
+            x = self.p_sample(model, x, tt, generator=generator, clip_denoised=clip_denoised)["sample"]
+            if t in record:
+                frames.append(x.clone())
+            if on_step is not None:
+                on_step(T - t, T)
+        if return_trajectory is False or return_trajectory is None:
+            return x
+        return x, {"steps": record, "x": torch.stack(frames)}
+
     def sample(self, model: Model, shape: Sequence[int], generator: Generator = None,
                return_trajectory: bool | Sequence[int] = False, clip_denoised: bool = True,
-               device: torch.device | str | None = None, progress: bool = False) -> Any:
-        """Ancestral sampling (Ho et al. Algorithm 2); see ``ddpm.samplers.p_sample_loop``."""
-        from ddpm.samplers import p_sample_loop
-
-        return p_sample_loop(self, model, shape, generator=generator, return_trajectory=return_trajectory,
-                             clip_denoised=clip_denoised, device=device, progress=progress)
+               device: torch.device | str | None = None, on_step: OnStep | None = None) -> Any:
+        """Ancestral sampling (Ho et al. Algorithm 2); see ``p_sample_loop``."""
+        return self.p_sample_loop(model, shape, generator=generator, return_trajectory=return_trajectory,
+                                  clip_denoised=clip_denoised, device=device, on_step=on_step)
 
     # ------------------------------------------------------------------ losses
     def _vb_terms(self, out: dict[str, torch.Tensor], x0: torch.Tensor, x_t: torch.Tensor,
@@ -332,7 +392,7 @@ class GaussianDiffusion:
             g = generator if isinstance(generator, torch.Generator) else None
             t = torch.randint(0, self.num_timesteps, (B,), device=x0.device, generator=g)
         if noise is None:
-            noise = randn_like_batch(x0.shape, generator, x0.device, x0.dtype)
+            noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise=noise)
         model_output = model(x_t, t).to(x0.dtype)
         mean_out, var_out = self._split_output(model_output, x_t)
@@ -371,45 +431,46 @@ class GaussianDiffusion:
     @torch.no_grad()
     def variational_bound(self, model: Model, x0: torch.Tensor, num_levels: int | None,
                           clip_denoised: bool = True, generator: Generator = None,
-                          max_batch: int = 256, progress: bool = False) -> dict[str, torch.Tensor]:
+                          max_batch: int = 256, on_step: OnStep | None = None) -> dict[str, torch.Tensor]:
         """The full bound L = L_T + sum_{t>=1} L_{t-1} + L_0 in nats/dim, shape [B] each.
 
         All T terms are computed (no Monte Carlo over timesteps; each term uses one draw of
-        x_t). The network is called on x_t in ``x0``'s dtype. Several timesteps share one network call: the batch fed to the network is
-        about ``max_batch`` examples (a whole number of copies of ``x0``).
+        x_t). The network is called on x_t in ``x0``'s dtype. Several timesteps share one
+        network call: the batch fed to the network is about ``max_batch`` examples (a whole
+        number of copies of ``x0``). The noise is drawn on the generators' device (CPU
+        generators give the same bound on any device). ``on_step(done, T)`` follows the
+        timesteps done.
         """
         B = x0.shape[0]
         T = self.num_timesteps
+        noise_device = x0.device if generator is None else generator_device(generator)
         # The network sees x_t in the dtype x0 came in (float32 for our networks); the
         # bound itself is computed in float64.
         model_dtype = x0.dtype
         x0 = x0.to(torch.float64)
         terms = torch.empty(B, T, dtype=torch.float64, device=x0.device)
         steps_per_call = max(1, max_batch // B)
-        starts = range(0, T, steps_per_call)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="bound", unit="call", leave=False, mininterval=2.0)
-        for start in starts:
+        for start in range(0, T, steps_per_call):
             ts = torch.arange(start, min(start + steps_per_call, T), device=x0.device)
             k = ts.shape[0]
             t = ts.repeat_interleave(B)
             x0_rep = x0.repeat(k, *([1] * (x0.ndim - 1)))
-            noise = torch.cat([randn_like_batch(x0.shape, generator, x0.device, torch.float64) for _ in range(k)])
-            x_t = self.q_sample(x0_rep, t, noise=noise)
+            noise = torch.cat([randn(x0.shape, generator, noise_device, torch.float64) for _ in range(k)])
+            x_t = self.q_sample(x0_rep, t, noise=noise.to(x0.device))
             output = model(x_t.to(model_dtype), t)
             out = self.p_mean_variance(None, x_t, t, clip_denoised=clip_denoised,
                                        model_output=output.to(torch.float64))
             vb = self._vb_terms(out, x0_rep, x_t, t, num_levels)
             terms[:, start:start + k] = vb.reshape(k, B).T
+            if on_step is not None:
+                on_step(start + k, T)
         prior = self.prior_kl(x0)
         decoder = terms[:, 0]
         total = prior + terms.sum(dim=1)
         return {"total": total, "prior": prior, "decoder": decoder, "terms": terms}
 
     def bpd(self, model: Model, x0: torch.Tensor, num_levels: int = 256, clip_denoised: bool = True,
-            generator: Generator = None, max_batch: int = 256, progress: bool = False
+            generator: Generator = None, max_batch: int = 256, on_step: OnStep | None = None
             ) -> dict[str, torch.Tensor]:
         """The full bound in bits/dim for images on a ``num_levels`` grid scaled to [-1, 1].
 
@@ -417,12 +478,12 @@ class GaussianDiffusion:
         ``terms`` [B, T] with ``terms[:, 0]`` = L_0 and ``terms[:, t]`` = L_t (code index),
         so that ``total == prior + terms.sum(1)``.
         """
-        out = self.variational_bound(model, x0, num_levels, clip_denoised, generator, max_batch, progress)
+        out = self.variational_bound(model, x0, num_levels, clip_denoised, generator, max_batch, on_step)
         return {k: nats_to_bits(v) for k, v in out.items()}
 
     def nll(self, model: Model, x0: torch.Tensor, clip_denoised: bool = False,
-            generator: Generator = None, max_batch: int = 256, progress: bool = False
+            generator: Generator = None, max_batch: int = 256, on_step: OnStep | None = None
             ) -> dict[str, torch.Tensor]:
         """The full bound in nats/dim for continuous data (Gaussian decoder), same keys as ``bpd``."""
-        return self.variational_bound(model, x0, None, clip_denoised, generator, max_batch, progress)
+        return self.variational_bound(model, x0, None, clip_denoised, generator, max_batch, on_step)
 

@@ -2,25 +2,26 @@
 averaged with its standard error, in bits/dim for images and nats/dim for vectors.
 
 ``bound_per_example`` works on any subset of example indices (a torchrun rank's share);
-each example's noise comes from its own generator keyed by its index, so the per-example
-values do not depend on the batch size or on how the examples are split over ranks.
+each example's noise comes from its own generator, item ``index`` of the run's "bound"
+stream (``ddpm.seeding``), so the per-example values do not depend on the batch size or on
+how the examples are split over ranks.
 ``summarize_bound`` turns the gathered values into the report.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ddpm.data import to_model_space
-from ddpm.diffusion import GaussianDiffusion, Model
-from ddpm.samplers import sample_generators
+from ddpm.diffusion import GaussianDiffusion, Model, OnStep, batch_progress
+from ddpm.errors import EvaluationError
+from ddpm.seeding import generators
 
-# Offset that keeps the bound's noise streams apart from the sampler's (same seed).
-_BOUND_SEED_OFFSET = 1_000_000_007
 PARTS = ("total", "prior", "decoder", "terms")
 
 
@@ -35,28 +36,31 @@ def evaluation_inputs(test: np.ndarray, meta: dict[str, Any], num_images: int = 
 @torch.no_grad()
 def bound_per_example(diffusion: GaussianDiffusion, model: Model, x_all: torch.Tensor, meta: dict[str, Any],
                       indices: Sequence[int] | None = None, batch_size: int = 512, clip_denoised: bool = True,
-                      seed: int = 0, device: torch.device | str = "cpu", progress: bool = True
+                      seed: int = 0, device: torch.device | str = "cpu", on_step: OnStep | None = None
                       ) -> dict[str, torch.Tensor]:
     """All T bound terms for the examples ``indices`` of ``x_all`` (default: all), on the CPU.
 
     Returns ``index`` [n] and the parts of ``GaussianDiffusion.bpd`` (images, bits/dim) or
     ``nll`` (vectors, nats/dim): ``total``, ``prior``, ``decoder`` [n], ``terms`` [n, T].
+    ``on_step(done, total)`` counts the timesteps done over all batches.
     """
     indices = list(range(len(x_all))) if indices is None else list(indices)
+    T = diffusion.num_timesteps
+    starts = range(0, len(indices), batch_size)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in PARTS}
-    for start in range(0, len(indices), batch_size):
+    for batch, start in enumerate(starts):
         chunk = indices[start:start + batch_size]
         x0 = x_all[chunk].to(device)
-        gens = sample_generators(seed + _BOUND_SEED_OFFSET, chunk, device)
+        gens = generators(seed, "bound", chunk, device)
+        batch_step = None if on_step is None else batch_progress(on_step, batch, len(starts))
         if meta["kind"] == "image":
             out = diffusion.bpd(model, x0, num_levels=meta["num_levels"], clip_denoised=clip_denoised,
-                                generator=gens, max_batch=batch_size, progress=progress)
+                                generator=gens, max_batch=batch_size, on_step=batch_step)
         else:
             out = diffusion.nll(model, x0, clip_denoised=False, generator=gens, max_batch=batch_size,
-                                progress=progress)
+                                on_step=batch_step)
         for key in PARTS:
             parts[key].append(out[key].cpu())
-    T = diffusion.num_timesteps
     result = {k: torch.cat(v) if v else torch.empty((0, T) if k == "terms" else (0,), dtype=torch.float64)
               for k, v in parts.items()}
     result["index"] = torch.as_tensor(indices, dtype=torch.long)
@@ -73,16 +77,16 @@ def merge_parts(shares: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
 def summarize_bound(parts: dict[str, torch.Tensor], meta: dict[str, Any], clip_denoised: bool) -> dict[str, Any]:
     """The metrics.json report (means, standard error, n) and ``terms_rows`` for the CSV
     ([t, mean term, stderr] for the paper's t = 1..T; t = 1 is the decoder L_0).
-    Refuses (ValueError) to report a bound with NaN or infinite values."""
+    Refuses (``EvaluationError``) to report a bound with NaN or infinite values, or none."""
     bad = sorted(k for k in PARTS if not torch.isfinite(parts[k]).all())
     if bad:
-        raise ValueError(f"the bound has NaN or infinite values in {bad}; refusing to report it "
-                         "(the model's outputs or variances are not finite)")
+        raise EvaluationError(f"the bound has NaN or infinite values in {bad}; refusing to report it "
+                              "(the model's outputs or variances are not finite)")
     images = meta["kind"] == "image"
     metric, unit = ("bpd", "bits/dim") if images else ("nll", "nats/dim")
     n, T = parts["terms"].shape
     if n == 0:
-        raise ValueError("no test examples to evaluate (evaluate.num_images and data.test_size give 0)")
+        raise EvaluationError("no test examples to evaluate (the test split or the number of images asked for is 0)")
     scale = 1.0 / math.sqrt(n)
     total = parts["total"]
     term_mean = parts["terms"].mean(0)

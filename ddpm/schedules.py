@@ -8,7 +8,7 @@ registered in ``SCHEDULES``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -6,11 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_diffusion import discrete_oracle
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.evaluation import bound_per_example, merge_parts, summarize_bound, evaluation_inputs
+from ddpm.errors import EvaluationError
+from ddpm.evaluation import bound_per_example, evaluation_inputs, merge_parts, summarize_bound
 from ddpm.schedules import get_beta_schedule
-from test_diffusion import discrete_oracle
+from ddpm.seeding import generators
 
 META = {"kind": "image", "shape": [1, 2, 2], "num_levels": 17}
 
@@ -27,8 +29,8 @@ def setup():
 
 def test_split_over_ranks_and_batch_size_do_not_change_the_numbers():
     d, model, x = setup()
-    whole = bound_per_example(d, model, x, META, batch_size=10, progress=False)
-    shares = [bound_per_example(d, model, x, META, indices=range(r, 10, 3), batch_size=2, progress=False)
+    whole = bound_per_example(d, model, x, META, batch_size=10)
+    shares = [bound_per_example(d, model, x, META, indices=range(r, 10, 3), batch_size=2)
               for r in range(3)]
     merged = merge_parts(shares)
     for key in ("total", "prior", "decoder", "terms"):
@@ -37,7 +39,7 @@ def test_split_over_ranks_and_batch_size_do_not_change_the_numbers():
 
 def test_report_parts_add_up_and_stderr_is_the_standard_error():
     d, model, x = setup()
-    parts = bound_per_example(d, model, x, META, progress=False)
+    parts = bound_per_example(d, model, x, META)
     report = summarize_bound(parts, META, clip_denoised=True)
     b = report["bpd"]
     assert report["unit"] == "bits/dim" and report["num_images"] == 10
@@ -49,6 +51,27 @@ def test_report_parts_add_up_and_stderr_is_the_standard_error():
 def test_a_nan_bound_is_refused():
     d, model, x = setup()
     nan_model = lambda x_t, t: torch.where(t[:, None, None, None] == 3, torch.nan, model(x_t, t))
-    parts = bound_per_example(d, nan_model, x, META, progress=False)
-    with pytest.raises(ValueError, match="NaN or infinite values.*refusing"):
+    parts = bound_per_example(d, nan_model, x, META)
+    with pytest.raises(EvaluationError, match="NaN or infinite values.*refusing"):
         summarize_bound(parts, META, clip_denoised=True)
+
+
+def test_no_examples_is_an_evaluation_error():
+    d, model, x = setup()
+    parts = bound_per_example(d, model, x, META, indices=[])
+    with pytest.raises(EvaluationError, match="no test examples"):
+        summarize_bound(parts, META, clip_denoised=True)
+
+
+def test_bound_noise_is_the_bound_stream_and_progress_reaches_the_end():
+    """Example i's x_t draws are item i of the run's "bound" stream (not the sampler's), and
+    on_step counts every timestep of every batch, ending at (total, total)."""
+    d, model, x = setup()
+    seen = []
+    parts = bound_per_example(d, model, x, META, indices=[2, 5, 7], batch_size=2, seed=3,
+                              on_step=lambda done, total: seen.append((done, total)))
+    direct = d.bpd(model, x[[2, 5, 7]], num_levels=17, generator=generators(3, "bound", [2, 5, 7]))
+    torch.testing.assert_close(parts["terms"], direct["terms"], rtol=1e-6, atol=1e-9)
+    other = d.bpd(model, x[[2, 5, 7]], num_levels=17, generator=generators(3, "sample", [2, 5, 7]))
+    assert (other["terms"][:, 1:] - parts["terms"][:, 1:]).abs().max() > 1e-3
+    assert seen[-1] == (200, 200) and all(a[0] < b[0] for a, b in zip(seen, seen[1:], strict=False))

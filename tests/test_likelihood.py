@@ -17,8 +17,8 @@ from ddpm.likelihood import (
 
 def test_normal_kl_matches_torch_distributions():
     g = torch.Generator().manual_seed(0)
-    m1, m2 = torch.randn(100, generator=g, dtype=torch.float64), torch.randn(100, generator=g, dtype=torch.float64)
-    lv1, lv2 = 3 * torch.randn(100, generator=g, dtype=torch.float64), 3 * torch.randn(100, generator=g, dtype=torch.float64)
+    m1, m2 = (torch.randn(100, generator=g, dtype=torch.float64) for _ in range(2))
+    lv1, lv2 = (3 * torch.randn(100, generator=g, dtype=torch.float64) for _ in range(2))
     ours = normal_kl(m1, lv1, m2, lv2)
     ref = torch.distributions.kl_divergence(
         torch.distributions.Normal(m1, (0.5 * lv1).exp()), torch.distributions.Normal(m2, (0.5 * lv2).exp())
@@ -28,7 +28,8 @@ def test_normal_kl_matches_torch_distributions():
 
 def test_gaussian_log_likelihood_matches_scipy():
     x = np.linspace(-3, 3, 13)
-    ours = gaussian_log_likelihood(torch.tensor(x), torch.tensor(0.3, dtype=torch.float64), torch.tensor(math.log(0.7), dtype=torch.float64))
+    ours = gaussian_log_likelihood(torch.tensor(x), torch.tensor(0.3, dtype=torch.float64),
+                                   torch.tensor(math.log(0.7), dtype=torch.float64))
     np.testing.assert_allclose(ours.numpy(), stats.norm(0.3, 0.7).logpdf(x), rtol=1e-12)
 
 
@@ -67,7 +68,8 @@ def test_decoder_matches_scipy_cdf_differences(K):
     upper = np.where(x > 1 - d, np.inf, x + d)
     lower = np.where(x < -1 + d, -np.inf, x - d)
     ref = stats.norm(mean, scale).cdf(upper) - stats.norm(mean, scale).cdf(lower)
-    ours = discretized_gaussian_log_likelihood(torch.tensor(x), torch.tensor(mean, dtype=torch.float64), torch.tensor(math.log(scale), dtype=torch.float64), K)
+    ours = discretized_gaussian_log_likelihood(torch.tensor(x), torch.tensor(mean, dtype=torch.float64),
+                                               torch.tensor(math.log(scale), dtype=torch.float64), K)
     keep = ref > 1e-300
     np.testing.assert_allclose(ours.numpy()[keep], np.log(ref[keep]), rtol=1e-9)
 

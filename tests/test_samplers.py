@@ -5,11 +5,12 @@ import math
 
 import pytest
 import torch
+from test_diffusion import gaussian_oracle
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers import ddim_sample_loop, p_sample_loop, respace, sample_generators, space_timesteps
-from ddpm.schedules import get_beta_schedule
-from test_diffusion import gaussian_oracle
+from ddpm.samplers import ddim_sample_loop, ddim_step, draw_samples, respace, space_timesteps
+from ddpm.schedules import SCHEDULES, get_beta_schedule
+from ddpm.seeding import generators
 
 F64 = torch.float64
 
@@ -22,13 +23,13 @@ def setup(T=100, schedule="linear", mean_type="eps"):
 def test_seeded_sampler_reproduces_and_batch_split_does_not_matter():
     d, model = setup()
     shape = (6, 3)
-    a = p_sample_loop(d, model, shape, generator=sample_generators(7, range(6)))
-    b = p_sample_loop(d, model, shape, generator=sample_generators(7, range(6)))
+    a = d.p_sample_loop(model, shape, generator=generators(7, "sample", range(6)))
+    b = d.p_sample_loop(model, shape, generator=generators(7, "sample", range(6)))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    first = p_sample_loop(d, model, (2, 3), generator=sample_generators(7, range(2)))
-    rest = p_sample_loop(d, model, (4, 3), generator=sample_generators(7, range(2, 6)))
+    first = d.p_sample_loop(model, (2, 3), generator=generators(7, "sample", range(2)))
+    rest = d.p_sample_loop(model, (4, 3), generator=generators(7, "sample", range(2, 6)))
     torch.testing.assert_close(torch.cat([first, rest]), a, rtol=0, atol=1e-6)
-    other = p_sample_loop(d, model, shape, generator=sample_generators(8, range(6)))
+    other = d.p_sample_loop(model, shape, generator=generators(8, "sample", range(6)))
     assert (other - a).abs().min() > 0
 
 
@@ -46,18 +47,30 @@ def test_ddim_eta_one_on_full_sequence_is_ancestral_fixed_small(schedule):
     d, model = setup(200, schedule)
     shape = (64, 2)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    anc = p_sample_loop(d, model, shape, generator=torch.Generator().manual_seed(2), noise=noise, clip_denoised=False)
+    anc = d.p_sample_loop(model, shape, generator=torch.Generator().manual_seed(2), noise=noise, clip_denoised=False)
     ddim = ddim_sample_loop(d, model, shape, eta=1.0, generator=torch.Generator().manual_seed(2), noise=noise,
                             clip_denoised=False)
     torch.testing.assert_close(ddim, anc, rtol=0, atol=2e-5)
 
 
-def test_ddim_sigma_formula_equals_posterior_variance():
-    d, _ = setup(100, "cosine")
-    abar = d.alphas_cumprod
-    t = torch.arange(1, 100)
-    sigma2 = (1 - abar[t - 1]) / (1 - abar[t]) * (1 - abar[t] / abar[t - 1])
-    torch.testing.assert_close(sigma2, d.posterior_variance[1:], rtol=1e-12, atol=0)
+@pytest.mark.parametrize("schedule", ["cosine", "jsd"])
+def test_ddim_step_with_eta_one_is_the_posterior(schedule):
+    """Song et al. Sec. 4.1: with eta = 1 and the true x0, one DDIM step t -> t-1 draws from
+    q(x_{t-1} | x_t, x0) (Ho et al. eq. 7): its mean (noise 0) is the posterior mean and its
+    noise scale ((x(z) - x(0)) / z) is the posterior std, at every t, also where abar_t = 0."""
+    T = 100
+    d = GaussianDiffusion(get_beta_schedule(schedule, T), mean_type="x0")
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.rand(1, 3, generator=g, dtype=F64) * 2 - 1
+    z = torch.full((1, 3), 1.5, dtype=F64)
+    truth = lambda x_t, t: x0.expand_as(x_t)
+    for t in range(1, T):
+        x_t = d.q_sample(x0, torch.tensor([t]), generator=g)
+        mean, var, _ = d.q_posterior_mean_variance(x0, x_t, torch.tensor([t]))
+        at_zero = ddim_step(d, truth, x_t, t, t - 1, eta=1.0, clip_denoised=False, noise=torch.zeros_like(z))
+        at_z = ddim_step(d, truth, x_t, t, t - 1, eta=1.0, clip_denoised=False, noise=z)
+        torch.testing.assert_close(at_zero["sample"], mean, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close((at_z["sample"] - at_zero["sample"]) / z, var.sqrt(), rtol=1e-9, atol=0)
 
 
 def test_ddim_eta_zero_is_deterministic_given_the_noise():
@@ -77,7 +90,7 @@ def test_exact_denoiser_samples_the_data_distribution(sampler):
     model = gaussian_oracle(betas, 0.2, 0.4, "eps")
     g = torch.Generator().manual_seed(0)
     if sampler == "ancestral":
-        x = p_sample_loop(d, model, (N, 1), generator=g, clip_denoised=False)
+        x = d.p_sample_loop(model, (N, 1), generator=g, clip_denoised=False)
     else:
         x = ddim_sample_loop(d, model, (N, 1), eta=0.0, generator=g, clip_denoised=False)
     se_mean = 0.4 / math.sqrt(N)
@@ -91,19 +104,20 @@ def std_error_with_steps(sample) -> list[float]:
 
 def test_fewer_steps_converge_to_the_data_distribution():
     """DDIM (eta = 0) and respaced ancestral sampling with few steps are biased (the
-    discretisation); the bias in the std shrinks as the number of steps grows.
-    Measured: DDIM 0.025 -> 0.005, ancestral 0.050 -> 0.018 for 50 -> 200 steps."""
+    discretisation); the bias in the std shrinks as the number of steps grows."""
     T, N = 1000, 20000
     betas = get_beta_schedule("linear", T)
     d = GaussianDiffusion(betas)
     model = gaussian_oracle(betas, 0.2, 0.4, "eps")
 
     def ddim(n):
-        return ddim_sample_loop(d, model, (N, 1), steps=n, generator=torch.Generator().manual_seed(0), clip_denoised=False)
+        return ddim_sample_loop(d, model, (N, 1), steps=n, generator=torch.Generator().manual_seed(0),
+                                clip_denoised=False)
 
     def ancestral(n):
         spaced, spaced_model = respace(d, space_timesteps(T, n), model)
-        return p_sample_loop(spaced, spaced_model, (N, 1), generator=torch.Generator().manual_seed(0), clip_denoised=False)
+        return spaced.p_sample_loop(spaced_model, (N, 1), generator=torch.Generator().manual_seed(0),
+                                    clip_denoised=False)
 
     for sample in (ddim, ancestral):
         err50, err200 = std_error_with_steps(sample)
@@ -137,6 +151,64 @@ def test_respaced_betas_reproduce_retained_alphas_cumprod():
     assert seen[0].tolist() == [0, 999]
     # Keeping every step is the identity: the same samples as the original process.
     full, full_model = respace(d, range(1000), model)
-    a = p_sample_loop(full, full_model, (4, 1), generator=torch.Generator().manual_seed(0))
-    b = p_sample_loop(d, model, (4, 1), generator=torch.Generator().manual_seed(0))
+    a = full.p_sample_loop(full_model, (4, 1), generator=torch.Generator().manual_seed(0))
+    b = d.p_sample_loop(model, (4, 1), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+SAMPLERS = {
+    "ancestral": {"sampler": "ancestral"},
+    "ancestral_respaced": {"sampler": "ancestral", "steps": 7},
+    "ddim_eta0": {"sampler": "ddim", "eta": 0.0},
+    "ddim_eta1": {"sampler": "ddim", "eta": 1.0},
+    "ddim_respaced": {"sampler": "ddim", "steps": 7, "eta": 0.5},
+}
+MEAN_TYPES = {name: ["x0", "v"] if name == "jsd" else ["eps", "x0", "v"] for name in SCHEDULES}
+
+
+def oracle_for(betas, m, s, mean_type, var_type):
+    """The exact denoiser for x0 ~ N(m, s^2), computed in float64 (1 - abar in float32 loses
+    up to 4 digits near abar = 1) and returned in x's dtype; under learned_range it also
+    outputs the variance channel (0: halfway between beta_tilde and beta in log space)."""
+    oracle = gaussian_oracle(betas, m, s, mean_type)
+    mean = lambda x, t: oracle(x.double(), t).to(x.dtype)
+    if var_type != "learned_range":
+        return mean
+    return lambda x, t: torch.cat([mean(x, t), torch.zeros_like(x)], dim=1)
+
+
+@pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large", "learned_range"])
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_every_sampler_on_every_schedule_and_mean_type_is_finite_and_exact_on_a_point(schedule, var_type):
+    """Every sampler, schedule (jsd: abar_T = 0) and accepted mean type gives finite samples
+    for data N(0.2, 0.4^2); and for data at the single point 0.2, whose exact denoiser predicts
+    x0 = 0.2 everywhere, each sampler's last step (abar_prev = 1: x_0 = pred_x0) lands on it."""
+    T, N, m = 40, 16, 0.2
+    betas = get_beta_schedule(schedule, T)
+    loss_type = "vlb" if var_type == "learned_range" else "simple"
+    if schedule == "jsd":
+        with pytest.raises(ValueError, match="jsd"):
+            GaussianDiffusion(betas, mean_type="eps", var_type=var_type, loss_type=loss_type)
+    for mean_type in MEAN_TYPES[schedule]:
+        d = GaussianDiffusion(betas, mean_type=mean_type, var_type=var_type, loss_type=loss_type)
+        for name, kwargs in SAMPLERS.items():
+            label = f"{schedule}/{mean_type}/{var_type}/{name}"
+            spread, _ = draw_samples(d, oracle_for(betas, m, 0.4, mean_type, var_type), (N, 1), seed=0,
+                                     clip_denoised=False, **kwargs)
+            assert torch.isfinite(spread).all(), label
+            assert spread.std() > 0, label
+            point, traj = draw_samples(d, oracle_for(betas, m, 0.0, mean_type, var_type), (N, 1), seed=0,
+                                       **kwargs)
+            assert torch.isfinite(traj["x"]).all(), label
+            # float32 sampling: pred_x0 is m up to a few ulps of the O(1) x_t it is computed from.
+            torch.testing.assert_close(point, torch.full((N, 1), m), rtol=0, atol=1e-5, msg=label)
+
+
+def test_draw_samples_uses_the_sample_stream_and_reports_progress_over_all_batches():
+    d, model = setup(50)
+    seen = []
+    x, _ = draw_samples(d, model, (5, 2), seed=4, batch_size=2, on_step=lambda done, total: seen.append((done, total)))
+    direct = d.p_sample_loop(model, (5, 2), generator=generators(4, "sample", range(5)))
+    torch.testing.assert_close(x, direct, rtol=0, atol=1e-6)
+    assert seen[-1] == (150, 150) and len(seen) == 150  # 3 batches of 50 steps
+    assert all(a[0] < b[0] for a, b in zip(seen, seen[1:], strict=False))
