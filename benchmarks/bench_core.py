@@ -42,22 +42,31 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
+from _common import (
+    environment,
+    eval_network,
+    fmt_range,
+    load_average,
+    machine_is_busy,
+    median_range,
+    random_levels,
+    sync,
+    timed,
+)
 from torch import nn
 
-from _common import cpu_name, load_average, median_range, sync
+from ddpm import seeding
 from ddpm.config import Params
 from ddpm.data import to_model_space
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.evaluation import bound_per_example, summarize_bound, evaluation_inputs
-from ddpm.factory import build_diffusion, build_network
+from ddpm.evaluation import bound_per_example, evaluation_inputs, summarize_bound
+from ddpm.factory import build_diffusion
 from ddpm.io import atomic_write_json
 from ddpm.nn import count_parameters
 from ddpm.runtime import resolve_device, set_tf32
-from ddpm.samplers import sample_generators
 
 DIGITS_META = {"kind": "image", "shape": [1, 8, 8], "num_levels": 17}
 UNET_CASES = (  # dataset, meta shape, grey levels
@@ -71,28 +80,9 @@ BOUND_CASES = ((512, 12, 300), (1024, 9, 900), (2048, 9, 1800))
 TEST_IMAGES = 300
 
 
-
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall seconds of ``fn()``, with the device synchronised before and after."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-
-def make_network(params: Params, meta: dict[str, Any], device: torch.device) -> nn.Module:
-    net = build_network(params, meta)
-    net.out[-1].reset_parameters()  # the zero-initialised output conv: nonzero outputs
-    return net.to(device).eval().requires_grad_(False)
-
-
-def random_images(n: int, shape: tuple[int, ...], levels: int, seed: int) -> np.ndarray:
-    """Integer grey levels, uniform on the K-level grid."""
-    return np.random.default_rng(seed).integers(0, levels, size=(n, *shape), dtype=np.int64)
+def bound_generators(seed: int, n: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per image, as the evaluate stage draws the bound's noise."""
+    return seeding.generators(seed, "bound", range(n), device)
 
 
 def bound_call_batches(n: int, max_batch: int, T: int) -> list[int]:
@@ -104,61 +94,63 @@ def bound_call_batches(n: int, max_batch: int, T: int) -> list[int]:
 # ---------------------------------------------------------------------- 1. bound vs network
 def bench_bound_vs_forward(net: nn.Module, diffusion, device: torch.device, reps: int,
                            seed: int) -> list[dict[str, Any]]:
+    return [bound_vs_forward_case(net, diffusion, device, reps, seed, *case) for case in BOUND_CASES]
+
+
+def bound_vs_forward_case(net: nn.Module, diffusion, device: torch.device, reps: int, seed: int,
+                          eval_batch: int, n: int, max_batch: int) -> dict[str, Any]:
     T = diffusion.num_timesteps
-    rows = []
-    for eval_batch, n, max_batch in BOUND_CASES:
-        x0 = torch.as_tensor(to_model_space(random_images(n, (1, 8, 8), 17, seed), 17)).to(device)
-        batches = bound_call_batches(n, max_batch, T)
-        call_batch = batches[0]
-        assert call_batch == (eval_batch // TEST_IMAGES) * TEST_IMAGES, (call_batch, eval_batch)
-        # Inputs of the plain forward: the same batches, x_t-like noise, random timesteps.
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        xs = torch.randn(call_batch, 1, 8, 8, generator=g).to(device)
-        ts = [torch.randint(0, T, (b,), generator=g).to(device) for b in batches]
+    x0 = torch.as_tensor(to_model_space(random_levels(n, (1, 8, 8), 17, seed), 17)).to(device)
+    batches = bound_call_batches(n, max_batch, T)
+    call_batch = batches[0]
+    assert call_batch == (eval_batch // TEST_IMAGES) * TEST_IMAGES, (call_batch, eval_batch)
+    # Inputs of the plain forward: the same batches, x_t-like noise, random timesteps.
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    xs = torch.randn(call_batch, 1, 8, 8, generator=g).to(device)
+    ts = [torch.randint(0, T, (b,), generator=g).to(device) for b in batches]
 
-        def bound() -> None:
-            gens = sample_generators(seed, range(n), device)
-            diffusion.bpd(net, x0, num_levels=17, clip_denoised=True, generator=gens, max_batch=max_batch)
+    def bound() -> None:
+        diffusion.bpd(net, x0, num_levels=17, clip_denoised=True, generator=bound_generators(seed, n, device),
+                      max_batch=max_batch)
 
-        @torch.no_grad()
-        def forward() -> None:
-            for b, t in zip(batches, ts):
-                net(xs[:b], t)
+    @torch.no_grad()
+    def forward() -> None:
+        for b, t in zip(batches, ts, strict=True):
+            net(xs[:b], t)
 
-        # Warm-up: every forward shape once, and the bound's code path once (one network call
-        # of the full batch, through a copy of the diffusion cut to that call's timesteps).
-        forward()
-        short = GaussianDiffusion(diffusion.betas[:max_batch // n], mean_type=diffusion.mean_type,
-                                  var_type=diffusion.var_type)
-        short.bpd(net, x0, num_levels=17, generator=sample_generators(seed, range(n), device), max_batch=max_batch)
-        a_times, b_times = [], []
-        for _ in range(reps):
-            a_times.append(timed(bound, device))
-            b_times.append(timed(forward, device))
-        img_t = n * T
-        a = statistics.median(a_times) / img_t
-        b = statistics.median(b_times) / img_t
-        rows.append({
-            "evaluate_batch_size": eval_batch, "network_batch": call_batch, "images": n,
-            "timesteps": T, "max_batch": max_batch, "network_calls": len(batches),
-            "image_timesteps": img_t,
-            "bound_s": median_range(a_times), "forward_s": median_range(b_times),
-            "bound_img_t_per_s": 1.0 / a, "forward_img_per_s": 1.0 / b,
-            "bound_overhead_pct": 100.0 * (a / b - 1.0),
-        })
-    return rows
+    # Warm-up: every forward shape once, and the bound's code path once (one network call
+    # of the full batch, through a copy of the diffusion cut to that call's timesteps).
+    forward()
+    short = GaussianDiffusion(diffusion.betas[:max_batch // n], mean_type=diffusion.mean_type,
+                              var_type=diffusion.var_type)
+    short.bpd(net, x0, num_levels=17, generator=bound_generators(seed, n, device), max_batch=max_batch)
+    a_times, b_times = [], []
+    for _ in range(reps):
+        a_times.append(timed(bound, device))
+        b_times.append(timed(forward, device))
+    img_t = n * T
+    a = statistics.median(a_times) / img_t
+    b = statistics.median(b_times) / img_t
+    return {
+        "evaluate_batch_size": eval_batch, "network_batch": call_batch, "images": n,
+        "timesteps": T, "max_batch": max_batch, "network_calls": len(batches),
+        "image_timesteps": img_t,
+        "bound_s": median_range(a_times), "forward_s": median_range(b_times),
+        "bound_img_t_per_s": 1.0 / a, "forward_img_per_s": 1.0 / b,
+        "bound_overhead_pct": 100.0 * (a / b - 1.0),
+    }
 
 
 # ---------------------------------------------------------------------- 2. evaluate stage
 def bench_evaluate(net: nn.Module, diffusion, device: torch.device, num_images: int, batch_size: int,
                    seed: int) -> dict[str, Any]:
-    test = random_images(num_images, (1, 8, 8), 17, seed + 1)
+    test = random_levels(num_images, (1, 8, 8), 17, seed + 1)
     report: dict[str, Any] = {}
 
     def run() -> None:  # what stages/evaluate.py does in one process
         x_all = evaluation_inputs(test, DIGITS_META, num_images=0)
         parts = bound_per_example(diffusion, net, x_all, DIGITS_META, batch_size=batch_size, clip_denoised=True,
-                                  seed=seed, device=device, progress=False)
+                                  seed=seed, device=device)
         report.update(summarize_bound(parts, DIGITS_META, clip_denoised=True))
 
     seconds = timed(run, device)
@@ -171,31 +163,32 @@ def bench_evaluate(net: nn.Module, diffusion, device: torch.device, num_images: 
 
 # ---------------------------------------------------------------------- 3. U-Nets
 def bench_unets(device: torch.device, runs: int, batch: int, seed: int) -> list[dict[str, Any]]:
-    rows = []
-    for name, shape, levels in UNET_CASES:
-        params = Params.from_dict({"dataset": name})
-        torch.manual_seed(seed)
-        net = make_network(params, {"kind": "image", "shape": list(shape), "num_levels": levels}, device)
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        x = torch.randn(batch, *shape, generator=g).to(device)
-        t = torch.randint(0, params.diffusion.timesteps, (batch,), generator=g).to(device)
-
-        @torch.no_grad()
-        def forward() -> None:
-            net(x, t)
-
-        forward()  # warm-up
-        times = [timed(forward, device) for _ in range(runs)]
-        m = params.model
-        rows.append({"dataset": name, "shape": list(shape), "parameters": count_parameters(net),
-                     "base_channels": m.base_channels, "channel_mult": list(m.channel_mult),
-                     "num_res_blocks": m.num_res_blocks, "attn_resolutions": list(m.attn_resolutions),
-                     "batch": batch, "forward_s": median_range(times),
-                     "img_per_s": batch / statistics.median(times)})
-        del net
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    rows = [unet_case(device, runs, batch, seed, *case) for case in UNET_CASES]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return rows
+
+
+def unet_case(device: torch.device, runs: int, batch: int, seed: int, name: str, shape: tuple[int, ...],
+              levels: int) -> dict[str, Any]:
+    params = Params.from_dict({"dataset": name})
+    torch.manual_seed(seed)
+    net = eval_network(params, {"kind": "image", "shape": list(shape), "num_levels": levels}, device)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(batch, *shape, generator=g).to(device)
+    t = torch.randint(0, params.diffusion.timesteps, (batch,), generator=g).to(device)
+
+    @torch.no_grad()
+    def forward() -> None:
+        net(x, t)
+
+    forward()  # warm-up
+    times = [timed(forward, device) for _ in range(runs)]
+    m = params.model
+    return {"dataset": name, "shape": list(shape), "parameters": count_parameters(net),
+            "base_channels": m.base_channels, "channel_mult": list(m.channel_mult),
+            "num_res_blocks": m.num_res_blocks, "attn_resolutions": list(m.attn_resolutions),
+            "batch": batch, "forward_s": median_range(times), "img_per_s": batch / statistics.median(times)}
 
 
 # ---------------------------------------------------------------------- profile (optional)
@@ -204,10 +197,10 @@ def profile_bound(net: nn.Module, diffusion, device: torch.device, seed: int) ->
     from torch.profiler import ProfilerActivity, profile
 
     _, n, max_batch = BOUND_CASES[0]
-    x0 = torch.as_tensor(to_model_space(random_images(n, (1, 8, 8), 17, seed), 17)).to(device)
+    x0 = torch.as_tensor(to_model_space(random_levels(n, (1, 8, 8), 17, seed), 17)).to(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        diffusion.bpd(net, x0, num_levels=17, generator=sample_generators(seed, range(n), device),
+        diffusion.bpd(net, x0, num_levels=17, generator=bound_generators(seed, n, device),
                       max_batch=max_batch)
         sync(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -216,10 +209,6 @@ def profile_bound(net: nn.Module, diffusion, device: torch.device, seed: int) ->
 
 
 # ---------------------------------------------------------------------- main
-def fmt_s(stats: dict[str, float]) -> str:
-    return f"{stats['median']:.3f} [{stats['min']:.3f}-{stats['max']:.3f}]"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -242,14 +231,12 @@ def main(argv: list[str] | None = None) -> int:
 
     params = Params.from_dict({})  # the digits defaults
     torch.manual_seed(seed)
-    net = make_network(params, DIGITS_META, device)
+    net = eval_network(params, DIGITS_META, device)
     diffusion = build_diffusion(params)
     T = diffusion.num_timesteps
     batch_size = params.evaluate.batch_size
 
-    env = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-           else cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "quick": args.quick, "load_avg_start": load_average()}
+    env = environment(device, args.quick)
     if device.type == "cuda":
         env["cudnn_tf32"] = torch.backends.cudnn.allow_tf32
     load = env["load_avg_start"]
@@ -258,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", load average {load:.2f}" if load is not None else "")
           + (f", cuDNN TF32={'on' if env['cudnn_tf32'] else 'off'}" if device.type == "cuda" else "")
           + (", quick" if args.quick else ""))
-    if device.type == "cpu" and load is not None and load > 0.5 * (os.cpu_count() or 1):
+    if machine_is_busy(device, load):
         print(f"WARNING: the machine is busy before the benchmark starts (load average {load:.2f} on "
               f"{os.cpu_count()} CPUs): CPU timings will be slow and noisy, with {env['threads']} torch "
               "threads competing for cores; compare only figures from the same run.")
@@ -269,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     bound_rows = bench_bound_vs_forward(net, diffusion, device, reps, seed)
     print(f"1. Full bound (diffusion.bpd, all T={T} terms, per-image generators) vs plain forward passes on the same")
-    print(f"   network batches, alternated bound/forward x{reps}. 'timed': images x timesteps, network calls per repeat.")
+    print(f"   network batches, alternated bound/forward x{reps}. "
+          "'timed': images x timesteps, network calls per repeat.")
     print("   eval     net   | timed                   | bound s/repeat          | forward s/repeat        |"
           " bound      forward  | bound")
     print("   batch    batch |                         | median [min-max]        | median [min-max]        |"
@@ -277,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in bound_rows:
         timed_what = f"{r['images']} x {r['timesteps']}, {r['network_calls']} calls"
         print(f"   {r['evaluate_batch_size']:<8} {r['network_batch']:>5} | {timed_what:<23} | "
-              f"{fmt_s(r['bound_s']):<23} | {fmt_s(r['forward_s']):<23} | "
+              f"{fmt_range(r['bound_s']):<23} | {fmt_range(r['forward_s']):<23} | "
               f"{r['bound_img_t_per_s']:>8,.0f} {r['forward_img_per_s']:>9,.0f} | {r['bound_overhead_pct']:+7.1f}%")
     print("   eval batch: evaluate.batch_size; net batch: images per network call that the evaluate stage makes\n"
           "   with 300 test images at that batch_size. Each row runs bpd on fewer images with more timesteps per\n"
@@ -288,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     fwd_300 = next(r for r in bound_rows if r["evaluate_batch_size"] == batch_size)
     net_only = ev["images"] * T / fwd_300["forward_img_per_s"] if ev["images"] == TEST_IMAGES else None
     ev["network_only_estimate_s"] = net_only
-    print(f"\n2. The evaluate stage's bound (ddpm.evaluation evaluation_inputs + bound_per_example + summarize_bound),\n"
+    print("\n2. The evaluate stage's bound (ddpm.evaluation evaluation_inputs + bound_per_example + "
+          "summarize_bound),\n"
           f"   {ev['images']} random 8x8 images (K=17), T={T}, batch_size={batch_size} "
           f"({ev['network_batch']} images per network call), timed once")
     line = (f"   wall {ev['seconds']:.2f} s = {ev['img_t_per_s']:,.0f} image-timesteps/s "
@@ -305,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         mult = ",".join(map(str, r["channel_mult"]))
         attn = ",".join(map(str, r["attn_resolutions"])) or "-"
         print(f"   {r['dataset']:<8} {shape:<8} | {r['parameters']:>11,} | {r['base_channels']:<4} {mult:<13} "
-              f"{r['num_res_blocks']:>6} {attn:<5} | {fmt_s(r['forward_s']):<24} | {r['img_per_s']:>8,.0f}")
+              f"{r['num_res_blocks']:>6} {attn:<5} | {fmt_range(r['forward_s']):<24} | {r['img_per_s']:>8,.0f}")
     total = time.perf_counter() - t_start
     env["load_avg_end"] = load = load_average()
     print(f"\nbenchmark wall time: {total:.1f} s" + (f" (load average now {load:.2f})" if load is not None else ""))

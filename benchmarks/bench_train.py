@@ -69,13 +69,9 @@ of one training step of each side. On a busy CPU, ``--threads 1`` gives steadier
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
-import ctypes
 import dataclasses
 import gc
 import os
-import resource
 import statistics
 import sys
 import time
@@ -85,24 +81,43 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from _common import (
+    environment,
+    eval_network,
+    fmt_range,
+    load_average,
+    machine_is_busy,
+    median_range,
+    random_levels,
+    sync,
+    timed_steps,
+)
+from _memory import MemoryMeter, run_peak_rss_mib
+from _peer import (
+    PEER_ADAM_BETAS,
+    PEER_EMA,
+    PEER_MAX_GRAD_NORM,
+    build_peer,
+    count_flops,
+    match_peer_dim,
+    peer_available,
+    peer_flops,
+    peer_sample_round,
+    peer_train_round,
+)
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from _common import cpu_name, load_average, median_range, sync
+from ddpm import seeding
 from ddpm.config import Params
 from ddpm.data import to_model_space
-from ddpm.diffusion import GaussianDiffusion, randn_like_batch
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.factory import build_diffusion, build_network
 from ddpm.io import atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import autocast, precision_name, resolve_device, resolve_precision
-from ddpm.samplers import sample_generators
-from ddpm.training import train, update_ema
+from ddpm.runtime import autocast, flush_denormals, precision_name, resolve_device, resolve_precision
+from ddpm.training import setup_training, train, train_step
 
 MODELS = {"mnist": ((1, 28, 28), 256), "cifar10": ((3, 32, 32), 256)}
-PEER_ADAM_BETAS = (0.9, 0.99)      # denoising_diffusion_pytorch.Trainer defaults
-PEER_EMA = {"beta": 0.995, "update_every": 10}
-PEER_MAX_GRAD_NORM = 1.0
 EVAL_MAX_BATCH = 512               # the evaluate stage's default network batch
 H100_H200_BF16_TFLOPS = 989.0      # dense bf16 tensor-core peak (SXM)
 
@@ -140,7 +155,6 @@ def settings_for(device: torch.device, quick: bool, batch: int, steps: int, roun
 # ---------------------------------------------------------------------- environment
 
 
-
 def set_tf32(matmul: bool, cudnn: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = matmul
     torch.backends.cudnn.allow_tf32 = cudnn
@@ -149,79 +163,6 @@ def set_tf32(matmul: bool, cudnn: bool) -> None:
 def tf32_flags() -> str:
     return (f"matmul TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
             f"cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}")
-
-
-
-# ---------------------------------------------------------------------- memory
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap back to the OS, so one round's RSS does not start at the last one's peak."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-_RUN_PEAK_KIB = [0]  # the process's peak RSS over the whole run, read before each VmHWM reset
-
-
-def _note_hwm() -> None:
-    hwm = _status_kib("VmHWM")
-    if hwm is not None:
-        _RUN_PEAK_KIB[0] = max(_RUN_PEAK_KIB[0], hwm)
-
-
-def run_peak_rss_mib() -> float:
-    """Peak RSS of the whole process over the run. ``ru_maxrss`` alone is not it: resetting
-    VmHWM through clear_refs also lowers what getrusage reports for a live process."""
-    _note_hwm()
-    return max(_RUN_PEAK_KIB[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024  # KiB on Linux
-
-
-class MemoryMeter:
-    """Peak memory of one round: CUDA allocated bytes, or the CPU process's peak RSS."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mib: float | None = None      # above the round's start
-        self.peak_abs_mib: float | None = None  # CPU: the process's peak RSS during the round
-
-    def __enter__(self) -> MemoryMeter:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            _malloc_trim()
-            self.start = _status_kib("VmRSS")
-            _note_hwm()
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-                self.hwm_ok = True
-            except OSError:
-                self.hwm_ok = False
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            sync(self.device)
-            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
-        elif self.hwm_ok and self.start is not None:
-            _note_hwm()
-            hwm = _status_kib("VmHWM")
-            if hwm is not None:
-                self.peak_abs_mib = hwm / 1024
-                self.peak_mib = (hwm - self.start) / 1024
 
 
 # ---------------------------------------------------------------------- configs and models
@@ -258,49 +199,6 @@ def meta_for(name: str) -> dict[str, Any]:
     return {"kind": "image", "shape": list(shape), "num_levels": levels}
 
 
-def our_eval_network(params: Params, meta: dict[str, Any], device: torch.device) -> nn.Module:
-    net = build_network(params, meta)
-    net.out[-1].reset_parameters()  # the zero-initialised output conv: nonzero outputs, as after training
-    return net.to(device).eval().requires_grad_(False)
-
-
-def peer_available() -> str | None:
-    """None when denoising-diffusion-pytorch imports, else why not."""
-    try:
-        import denoising_diffusion_pytorch  # noqa: F401
-        import ema_pytorch  # noqa: F401
-    except Exception as err:  # ImportError, or a broken dependency of it
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def build_peer(shape: tuple[int, int, int], dim: int, mults: tuple[int, ...], dropout: float,
-               timesteps: int) -> nn.Module:
-    from denoising_diffusion_pytorch import GaussianDiffusion as PeerDiffusion
-    from denoising_diffusion_pytorch import Unet
-
-    unet = Unet(dim=dim, dim_mults=mults, channels=shape[0], dropout=dropout)
-    # Our defaults: linear betas, eps prediction (its defaults are sigmoid and v).
-    return PeerDiffusion(unet, image_size=shape[1], timesteps=timesteps, objective="pred_noise",
-                         beta_schedule="linear")
-
-
-def match_peer_dim(shape: tuple[int, int, int], mults: tuple[int, ...], target: int) -> tuple[int, int]:
-    """The peer Unet ``dim`` (even) whose parameter count is nearest ``target``; multiples of
-    8 preferred when one of them is within 5%."""
-    from denoising_diffusion_pytorch import Unet
-
-    counts = {}
-    with torch.device("meta"):
-        for dim in range(4, 513, 2):
-            counts[dim] = count_parameters(Unet(dim=dim, dim_mults=mults, channels=shape[0]))
-    for step in (8, 4, 2):
-        best = min((d for d in counts if d % step == 0), key=lambda d: abs(counts[d] / target - 1))
-        if abs(counts[best] / target - 1) <= 0.05:
-            return best, counts[best]
-    return best, counts[best]
-
-
 # ---------------------------------------------------------------------- training rounds
 def ours_train_round(name: str, overrides: dict[str, Any], s: Settings, device: torch.device,
                      seed: int) -> dict[str, Any]:
@@ -310,7 +208,7 @@ def ours_train_round(name: str, overrides: dict[str, Any], s: Settings, device: 
                                           "checkpoint_every": 10**9})
     meta = meta_for(name)
     shape, levels = MODELS[name]
-    levels_np = np.random.default_rng(seed).integers(0, levels, size=(4 * s.batch, *shape), dtype=np.uint8)
+    levels_np = random_levels(4 * s.batch, shape, levels, seed, dtype=np.uint8)
     stamps: dict[int, float] = {}
 
     def on_log(step: int, row: dict[str, float]) -> None:
@@ -325,58 +223,17 @@ def ours_train_round(name: str, overrides: dict[str, Any], s: Settings, device: 
             "peak_abs_mib": mem.peak_abs_mib}
 
 
-def peer_train_round(peer: dict[str, Any], shape: tuple[int, int, int], s: Settings, device: torch.device,
-                     amp_dtype: torch.dtype, seed: int) -> dict[str, Any]:
-    """Its Trainer.train step, replicated without the data loader and the FID/sample hooks."""
-    from ema_pytorch import EMA
-
-    with MemoryMeter(device) as mem:
-        torch.manual_seed(seed)
-        model = build_peer(shape, peer["dim"], peer["mults"], peer["dropout"], peer["timesteps"]).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=PEER_ADAM_BETAS)
-        ema = EMA(model, update_after_step=0, **PEER_EMA)  # steady state: a lerp every 10th step
-        ema.to(device)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        data = torch.rand(4 * s.batch, *shape, device=device)  # images in [0, 1]; it maps them to [-1, 1]
-        model.train()
-
-        def step(i: int) -> None:
-            start = (i * s.batch) % data.shape[0]
-            x = data[start:start + s.batch]
-            with autocast(device, amp_dtype):
-                loss = model(x)
-                loss.item()  # the Trainer logs total_loss += loss.item() every step
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), PEER_MAX_GRAD_NORM)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad()
-            ema.update()
-
-        for i in range(s.warmup):
-            step(i)
-        sync(device)
-        t0 = time.perf_counter()
-        for i in range(s.warmup, s.warmup + s.steps):
-            step(i)
-        sync(device)
-        seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "img_per_s": s.steps * s.batch / seconds, "peak_mib": mem.peak_mib,
-            "peak_abs_mib": mem.peak_abs_mib}
-
-
 # ---------------------------------------------------------------------- sampling rounds
 @torch.no_grad()
 def ours_sample_round(params: Params, name: str, s: Settings, device: torch.device, seed: int) -> dict[str, Any]:
     shape, _ = MODELS[name]
     with MemoryMeter(device) as mem:
         torch.manual_seed(seed)
-        net = our_eval_network(params, meta_for(name), device)
+        net = eval_network(params, meta_for(name), device)
         diffusion = build_diffusion(params)
         T = diffusion.num_timesteps
-        gens = sample_generators(seed, range(s.batch), device)  # per image, as draw_samples does
-        x = randn_like_batch((s.batch, *shape), gens, device)
+        gens = seeding.generators(seed, "sample", range(s.batch), device)  # per image, as the sample stage
+        x = seeding.randn((s.batch, *shape), gens, device)
         t = T - 1
 
         def step() -> None:
@@ -390,48 +247,17 @@ def ours_sample_round(params: Params, name: str, s: Settings, device: torch.devi
             "peak_abs_mib": mem.peak_abs_mib}
 
 
-def timed_steps(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
-    """Seconds for ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def peer_sample_round(peer: dict[str, Any], shape: tuple[int, int, int], s: Settings, device: torch.device,
-                      seed: int) -> dict[str, Any]:
-    with MemoryMeter(device) as mem:
-        torch.manual_seed(seed)
-        model = build_peer(shape, peer["dim"], peer["mults"], peer["dropout"], peer["timesteps"])
-        model = model.to(device).eval().requires_grad_(False)
-        x = torch.randn(s.batch, *shape, device=device)
-        t = peer["timesteps"] - 1
-
-        def step() -> None:
-            nonlocal x, t
-            x, _ = model.p_sample(x, t)  # one reverse step under its own inference_mode
-            t -= 1
-
-        seconds = timed_steps(step, s.sample_warmup, s.sample_steps, device)
-    return {"seconds": seconds, "nfe_per_s": s.sample_steps * s.batch / seconds, "peak_mib": mem.peak_mib,
-            "peak_abs_mib": mem.peak_abs_mib}
-
-
 # ---------------------------------------------------------------------- bound
 def bench_bound(params: Params, name: str, s: Settings, device: torch.device, seed: int) -> dict[str, Any]:
     shape, levels = MODELS[name]
     torch.manual_seed(seed)
-    net = our_eval_network(params, meta_for(name), device)
+    net = eval_network(params, meta_for(name), device)
     diffusion = build_diffusion(params)
     T = diffusion.num_timesteps
     n = s.bound_images
     k = T if s.bound_timesteps <= 0 else min(s.bound_timesteps, T)
     max_batch = EVAL_MAX_BATCH if k == T else n * k
-    levels_np = np.random.default_rng(seed).integers(0, levels, size=(n, *shape), dtype=np.int64)
+    levels_np = random_levels(n, shape, levels, seed)
     x0 = torch.as_tensor(to_model_space(levels_np, levels)).to(device)
 
     def cut(steps: int) -> GaussianDiffusion:
@@ -443,7 +269,7 @@ def bench_bound(params: Params, name: str, s: Settings, device: torch.device, se
 
     def run(diff: GaussianDiffusion) -> None:
         diff.bpd(net, x0, num_levels=levels, clip_denoised=True, max_batch=max_batch,
-                 generator=sample_generators(seed, range(n), device))
+                 generator=seeding.generators(seed, "bound", range(n), device))
 
     run(cut(min(k, max(1, max_batch // n))))  # warmup: one network call of the timed batch
     times = []
@@ -461,46 +287,37 @@ def bench_bound(params: Params, name: str, s: Settings, device: torch.device, se
 
 
 # ---------------------------------------------------------------------- FLOPs
-def count_flops(fn: Callable[[], None]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
-def our_flops(params: Params, name: str, device: torch.device, amp_dtype: torch.dtype) -> dict[str, int]:
-    """FLOPs per image of one training step (forward + backward) and one sampling forward."""
-    shape, levels = MODELS[name]
-    torch.manual_seed(0)
-    net = build_network(params, meta_for(name)).to(device).train()
-    diffusion = build_diffusion(params)
+def our_step(params: Params, name: str, batch: int, device: torch.device, seed: int) -> Callable[[], None]:
+    """One call of ``ddpm.training.train_step`` (the loop's own step, set up as ``train`` sets
+    it up) on a random batch of ``batch`` images."""
+    shape, _ = MODELS[name]
+    trainer = setup_training(params, meta_for(name), device)
+    trainer.state.model.train()
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x0 = (torch.rand(batch, *shape, generator=g) * 2 - 1).to(device)
+    t = torch.randint(0, trainer.diffusion.num_timesteps, (batch,), generator=g).to(device)
+    noise = torch.randn(batch, *shape, generator=g).to(device)
+
+    def step() -> None:
+        with flush_denormals(device):  # as train() runs its steps
+            train_step(trainer, x0, t, noise)
+
+    return step
+
+
+def our_flops(params: Params, name: str, device: torch.device) -> dict[str, int]:
+    """FLOPs per image of one training step (forward + backward; Adam, clipping and the EMA
+    update are elementwise and not counted) and one sampling forward."""
+    shape, _ = MODELS[name]
+    step = our_step(params, name, 1, device, seed=0)
+    net = build_network(params, meta_for(name)).to(device).eval()
     x0 = torch.rand(1, *shape, device=device) * 2 - 1
 
-    def step() -> None:
-        with autocast(device, amp_dtype):
-            loss = diffusion.training_losses(net, x0, num_levels=levels)["loss"].mean()
-        loss.backward()
-
     def forward() -> None:
         with torch.no_grad():
-            net.eval()(x0, torch.zeros(1, dtype=torch.long, device=device))
-
-    return {"train": count_flops(step), "forward": count_flops(forward)}
-
-
-def peer_flops(peer: dict[str, Any], shape: tuple[int, int, int], device: torch.device,
-               amp_dtype: torch.dtype) -> dict[str, int]:
-    torch.manual_seed(0)
-    model = build_peer(shape, peer["dim"], peer["mults"], peer["dropout"], peer["timesteps"]).to(device).train()
-    x = torch.rand(1, *shape, device=device)
-
-    def step() -> None:
-        with autocast(device, amp_dtype):
-            loss = model(x)
-        loss.backward()
-
-    def forward() -> None:
-        with torch.no_grad():
-            model.eval().model(x * 2 - 1, torch.zeros(1, dtype=torch.long, device=device))
+            net(x0, torch.zeros(1, dtype=torch.long, device=device))
 
     return {"train": count_flops(step), "forward": count_flops(forward)}
 
@@ -508,34 +325,12 @@ def peer_flops(peer: dict[str, Any], shape: tuple[int, int, int], device: torch.
 # ---------------------------------------------------------------------- profile (optional)
 def profile_steps(name: str, overrides: dict[str, Any], peer: dict[str, Any] | None, s: Settings,
                   device: torch.device, amp_dtype: torch.dtype) -> None:
-    """torch.profiler tables of one training step each: ours replicates the loop's step
-    (the same calls as ddpm.training.train), the peer's is its Trainer step."""
+    """torch.profiler tables of one training step each: ours is ddpm.training.train_step,
+    the peer's is its Trainer step."""
     from torch.profiler import ProfilerActivity, profile
 
-    shape, levels = MODELS[name]
-    params = our_params(name, overrides, {"batch_size": s.batch})
-    tc = params.train
-    torch.manual_seed(0)
-    net = build_network(params, meta_for(name)).to(device).train()
-    channels_last = device.type == "cuda" if tc.channels_last == "auto" else bool(tc.channels_last)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))  # as train()
-    diffusion = build_diffusion(params)
-    x0 = torch.rand(s.batch, *shape, device=device) * 2 - 1
-    if channels_last:
-        x0 = x0.contiguous(memory_format=torch.channels_last)
-
-    def ours() -> None:
-        with autocast(device, amp_dtype):
-            loss = diffusion.training_losses(net, x0, num_levels=levels)["loss"].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-        opt.step()
-        update_ema(ema, net, 0.9999)
-
+    shape, _ = MODELS[name]
+    ours = our_step(our_params(name, overrides, {"batch_size": s.batch}), name, s.batch, device, seed=0)
     sides: list[tuple[str, Callable[[], None]]] = [("ours", ours)]
     if peer is not None:
         from ema_pytorch import EMA
@@ -648,7 +443,7 @@ def run_model(name: str, overrides: dict[str, Any], s: Settings, device: torch.d
     row["bound_tf32"] = tf32_flags() if device.type == "cuda" else None
 
     # 4. FLOPs
-    fl = {"ours": our_flops(params, name, device, amp_dtype)}
+    fl = {"ours": our_flops(params, name, device)}
     if peer is not None:
         fl["peer"] = peer_flops(peer, shape, device, amp_dtype)
     for side, f in fl.items():
@@ -673,10 +468,6 @@ def summarize(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- output
-def fmt_rate(stats: dict[str, float]) -> str:
-    return f"{stats['median']:,.2f} [{stats['min']:,.2f}-{stats['max']:,.2f}]"
-
-
 def fmt_mem(side: dict[str, Any], device: torch.device) -> str:
     if side["peak_mib"] is None:
         return "n/a"
@@ -695,14 +486,14 @@ def print_model(row: dict[str, Any], device: torch.device, peak_tflops: float | 
         print(f"  {label:<44} {ours:>28} {peer if has_peer else '':>28} {r if has_peer else '':>10}")
 
     tr, sa = row["train"], row["sample"]
-    line(f"train img/s, both {row['precision']} (median [min-max])", fmt_rate(tr["ours"]["rate"]),
-         fmt_rate(tr["peer"]["rate"]) if has_peer else "",
+    line(f"train img/s, both {row['precision']} (median [min-max])", fmt_range(tr["ours"]["rate"], 2),
+         fmt_range(tr["peer"]["rate"], 2) if has_peer else "",
          tr["ours"]["rate"]["median"] / tr["peer"]["rate"]["median"] if has_peer else None)
     if "peer_fp32" in tr:
-        line("train img/s, peer at its default fp32", "", fmt_rate(tr["peer_fp32"]["rate"]),
+        line("train img/s, peer at its default fp32", "", fmt_range(tr["peer_fp32"]["rate"], 2),
              tr["ours"]["rate"]["median"] / tr["peer_fp32"]["rate"]["median"])
-    line("sample NFE/s (median [min-max])", fmt_rate(sa["ours"]["rate"]),
-         fmt_rate(sa["peer"]["rate"]) if has_peer else "",
+    line("sample NFE/s (median [min-max])", fmt_range(sa["ours"]["rate"], 2),
+         fmt_range(sa["peer"]["rate"], 2) if has_peer else "",
          sa["ours"]["rate"]["median"] / sa["peer"]["rate"]["median"] if has_peer else None)
     what = "peak CUDA alloc" if device.type == "cuda" else "peak RSS (+ over start)"
     line(f"train {what}", fmt_mem(tr["ours"], device), fmt_mem(tr["peer"], device) if has_peer else "")
@@ -779,10 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     peer_missing = "--no-peer given" if args.no_peer else peer_available()
     seed = 0
 
-    env = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-           else cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "quick": args.quick, "load_avg_start": load_average(),
-           "overrides": overrides, "peak_tflops": peak, "peer": None}
+    env = {**environment(device, args.quick), "overrides": overrides, "peak_tflops": peak, "peer": None}
     if peer_missing is None:
         from importlib.metadata import version
 
@@ -792,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ddpm training benchmark: device={env['device']} ({env['device_name']}), torch {env['torch']}, "
           f"threads={env['threads']} of {env['cpu_count']} CPUs" + (f", load average {load:.2f}" if load is not None
                                                                      else "") + (", quick" if args.quick else ""))
-    if device.type == "cpu" and load is not None and load > 0.5 * (os.cpu_count() or 1):
+    if machine_is_busy(device, load):
         print(f"WARNING: the machine is busy before the benchmark starts (load average {load:.2f} on "
               f"{os.cpu_count()} CPUs): absolute CPU figures will be slow and noisy; the ours/peer ratios, "
               "measured alternately, are the figures to read"

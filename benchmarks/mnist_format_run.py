@@ -24,7 +24,7 @@ import torch
 
 from ddpm.config import Params
 from ddpm.data import prepare_dataset
-from ddpm.evaluation import bound_per_example, summarize_bound, evaluation_inputs
+from ddpm.evaluation import bound_per_example, evaluation_inputs, summarize_bound
 from ddpm.factory import build_diffusion
 from ddpm.nn import count_parameters
 from ddpm.runtime import resolve_device, set_tf32
@@ -46,7 +46,8 @@ def write_idx_from_digits(raw: Path, test_size: int = 300, seed: int = 0) -> Non
     folder.mkdir(parents=True, exist_ok=True)
     for split, idx in (("train", order[test_size:]), ("t10k", order[:test_size])):
         imgs = levels[idx]
-        (folder / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, len(imgs), 28, 28) + imgs.tobytes())
+        header = struct.pack(">IIII", 0x803, len(imgs), 28, 28)
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(header + imgs.tobytes())
         (folder / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, len(idx)) + labels[idx].tobytes())
 
 
@@ -82,7 +83,7 @@ def main() -> None:
     x_all = evaluation_inputs(prepared.test, prepared.meta, args.test_images)
     start = time.perf_counter()
     parts = bound_per_example(diffusion, result.ema.eval(), x_all, prepared.meta, batch_size=512,
-                              clip_denoised=True, seed=0, device=device, progress=False)
+                              clip_denoised=True, seed=0, device=device)
     bound_s = time.perf_counter() - start
     report = summarize_bound(parts, prepared.meta, clip_denoised=True)
     b = report["bpd"]

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ddpm.config import Params
 from ddpm.data import prepare_dataset
@@ -51,7 +50,7 @@ def main() -> None:
         train_s = time.perf_counter() - start
         set_tf32(False)  # the bound in full float32, as the evaluate stage computes it
         parts = bound_per_example(build_diffusion(params), result.ema.eval(), x_all, prepared.meta,
-                                  clip_denoised=True, seed=0, device=device, progress=False)
+                                  clip_denoised=True, seed=0, device=device)
         bpd[name] = parts["total"].double().numpy()
         se = bpd[name].std(ddof=1) / np.sqrt(len(bpd[name]))
         print(f"{name}: {params.train.steps} steps in {train_s:.0f} s; "

@@ -11,9 +11,10 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ContextManager
 
 import torch
+
+from ddpm.errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -22,14 +23,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} is not available on this machine; accepted here: auto, cpu")
+        raise ConfigError(f"train.device={name!r} is not available on this machine; accepted here: auto, cpu")
     return device
 
 
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU runs bf16 matrix products natively (AMX or AVX512-BF16, e.g. Intel Xeon
-    since Sapphire Rapids, AMD Zen 4): oneDNN's bf16 convolutions then beat fp32 (the MNIST- and
-    CIFAR-size U-Nets train 1.6x and 2.2x faster); elsewhere bf16 is emulated and slower."""
+    since Sapphire Rapids, AMD Zen 4): oneDNN's bf16 convolutions then beat fp32 for the U-Nets
+    (benchmarks/README.md); elsewhere bf16 is emulated and slower."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, torch >= 2.3
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
@@ -40,7 +41,7 @@ def resolve_precision(precision: str, device: torch.device, network: str = "unet
     ``auto`` is bf16 where the hardware runs it natively and it pays: CUDA GPUs with bf16
     (compute capability >= 8.0), and on the CPU the U-Net when the CPU has bf16 units
     (:func:`cpu_has_bf16_units`). Elsewhere, and for the small MLP of 2-D data (whose casts cost
-    more than its tiny matmuls save: measured 1.2x slower in bf16), it is float32.
+    more than its tiny matmuls save), it is float32.
     """
     if precision == "auto":
         if device.type == "cuda":
@@ -49,7 +50,7 @@ def resolve_precision(precision: str, device: torch.device, network: str = "unet
             native = network == "unet" and cpu_has_bf16_units()
         return torch.bfloat16 if native else torch.float32
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision='fp16' needs a CUDA device; accepted on the CPU: auto, fp32, bf16")
+        raise ConfigError("train.precision='fp16' needs a CUDA device; accepted on the CPU: auto, fp32, bf16")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -69,8 +70,8 @@ def flush_denormals(device: torch.device) -> Iterator[None]:
 
     Early in training (the lr warmup, with zero-initialised output layers) gradients and
     Adam's second moments fall into the subnormal range, where x86 cores slow down by orders of
-    magnitude: measured 10% of a CIFAR-10 U-Net training step on the CPU. Flushing changes only
-    values far below anything the training can resolve.
+    magnitude (benchmarks/README.md has the cost on a U-Net step). Flushing changes only values
+    far below anything the training can resolve.
     """
     previous = _flushing_denormals()
     # set_flush_denormal says whether the CPU supports it; asked with the current setting.
@@ -84,7 +85,7 @@ def flush_denormals(device: torch.device) -> Iterator[None]:
         torch.set_flush_denormal(previous)
 
 
-def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager:
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Autocast for the network only; a no-op for float32 (nanoGPT's nullcontext rule)."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
@@ -154,7 +155,7 @@ def init_distributed(device: torch.device, dist: DistInfo) -> torch.device:
     return device
 
 
-def launch_torchrun(nproc: int, argv: list[str] | None, module: str = "stages.train") -> None:
+def launch_torchrun(nproc: int, argv: list[str] | None, module: str) -> None:
     """Run ``python -m module argv`` as ``nproc`` processes on this machine through torchrun
     (``torch.distributed.run``); raises when a process fails. Multi-node jobs call torchrun
     directly with its rendezvous flags."""

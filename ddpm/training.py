@@ -1,44 +1,55 @@
 """The training loop: Adam with linear warmup, gradient clipping, EMA weights, autocast,
 DDP under torchrun, periodic resumable checkpoints, and a callback for logging.
 
-One flat loop (EDM's training_loop shape). It writes nothing but the resumable
-checkpoint; the train stage writes the final model and the reports. Everything that
-makes a run reproducible (data order, diffusion noise, dropout) comes from generators
-whose states are saved, so a resumed run continues exactly where it stopped.
+One flat loop (nanoGPT's train.py, EDM's training_loop.py) around :func:`train_step`, one
+optimizer step on one batch, which the benchmarks time as it is. It writes nothing but the
+resumable state (``ddpm.train_state``); the train stage writes the final model and reports.
+
+Every random draw comes from ``ddpm.seeding`` and depends only on the seed and the step: the
+epoch's permutation (stream ``data_order``, item epoch), the global batch's timesteps, noise
+and flips (``train_noise``, item step, drawn for the whole global batch on every rank, each
+rank keeping its share) and the dropout masks (``dropout``, item step, keyed by rank). So N
+processes compute what one process computes on the same global batch, and a resumed run
+continues exactly where it stopped from the step alone.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
+import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ddpm.checkpoint import load_checkpoint, save_checkpoint
+from ddpm import seeding
 from ddpm.config import Params
 from ddpm.data import to_model_space
-from ddpm.errors import TrainingDiverged
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.errors import ConfigError, TrainingDiverged
 from ddpm.factory import build_diffusion, build_network
-from ddpm.runtime import (DistInfo, autocast, flush_denormals, precision_name, print0, resolve_precision,
-                          set_tf32)
+from ddpm.runtime import DistInfo, autocast, flush_denormals, precision_name, resolve_precision, set_tf32
+from ddpm.train_state import (
+    TrainingState,
+    code_fingerprint,
+    restore_training_state,
+    run_identity,
+    save_training_state,
+    training_fingerprint,
+)
+
+__all__ = ["LogCallback", "TrainResult", "Trainer", "batch_draws", "check_batch_size", "code_fingerprint",
+           "epoch_order", "rank_batch", "resolved_params", "seed_dropout", "setup_training", "train", "train_step",
+           "training_fingerprint", "training_precision", "update_ema", "uses_channels_last"]
 
 LogCallback = Callable[[int, dict[str, float]], None]
-# Sections whose values change what training computes; a saved training state is only
-# resumed when they are all unchanged.
-_TRAINING_SECTIONS = ("dataset", "seed", "beta_schedule", "timesteps", "beta_start", "beta_end",
-                      "mean_type", "var_type", "loss_type", "data.", "model.", "train.")
-# Keys that change how fast, not what, training computes (on the same device), and
-# train.steps, since the schedule does not depend on it: a longer run continues a shorter one.
-_NOT_TRAINING = ("train.steps", "train.log_every", "train.checkpoint_every", "train.device", "train.num_threads",
-                 "train.compile", "train.nproc")
+ONE_PROCESS = DistInfo()  # plain ``python``: rank 0 of 1
 
 
 @dataclass
@@ -49,71 +60,37 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per log interval
 
 
-def training_fingerprint(params: Params) -> dict[str, Any]:
-    """The flattened params that determine the training trajectory."""
-    return {k: v for k, v in params.flatten().items()
-            if k.startswith(_TRAINING_SECTIONS) and k not in _NOT_TRAINING}
+@dataclass
+class Trainer:
+    """What :func:`train_step` needs, built once by :func:`setup_training`."""
 
-
-@functools.lru_cache(maxsize=4)
-def code_fingerprint(root: Path = Path(__file__).resolve().parent) -> str:
-    """SHA-256 of the ddpm package's source files (``root``: the package directory). A training
-    state saved by other code is not resumed: when the code changes, ``dvc repro`` reruns the
-    train stage, which must train anew rather than pick up the finished state of the old code's
-    run."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _why_not_resume(state: dict[str, Any], fingerprint: dict[str, Any], precision: str, dist: DistInfo,
-                    steps: int) -> str | None:
-    """Why a saved training state cannot be continued by this run, or None if it can."""
-    if state.get("fingerprint") != fingerprint:
-        saved = state.get("fingerprint") or {}
-        keys = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in keys[:5])
-        return f"it was saved with other params ({shown}{', ...' if len(keys) > 5 else ''})"
-    if state.get("code") != code_fingerprint():
-        return "it was saved by other ddpm code (the package's source has changed since)"
-    if state.get("precision") != precision:
-        return f"it was trained in {state.get('precision')}, and train.precision resolves to {precision} here"
-    if state.get("world_size") != dist.world_size:
-        return f"it was saved by {state.get('world_size')} processes, and this run has {dist.world_size}"
-    if state["step"] > steps:
-        return f"it is at step {state['step']}, beyond train.steps={steps}"
-    return None
+    diffusion: GaussianDiffusion
+    state: TrainingState             # model, EMA, optimizer, scheduler, scaler, step, history
+    net: nn.Module                   # the model as the step calls it: DDP-wrapped and compiled as configured
+    amp_dtype: torch.dtype           # autocast dtype of the network's forward
+    channels_last: bool              # images in channels-last memory layout
+    grad_clip: float                 # max global gradient norm; 0: no clipping
+    ema_decay: float
+    num_levels: int | None           # grey levels of image data (discrete decoder); None for vectors
 
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     ema_params = list(ema.parameters())
     torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
 
 
-def _batches_for_rank(perm: torch.Tensor, batch_size: int, dist: DistInfo) -> list[torch.Tensor]:
-    """Split one epoch's permutation into global batches and keep this rank's share.
-
-    Rank r takes examples r, r + W, r + 2W, ... of every global batch, so the ranks
-    together see exactly the global batch a single process would.
-    """
-    n_full = perm.shape[0] // batch_size
-    batches = perm[: n_full * batch_size].reshape(n_full, batch_size)
-    return [b[dist.rank :: dist.world_size] for b in batches]
-
-
-def check_batch_size(params: Params, num_train: int, dist: DistInfo = DistInfo()) -> None:
+def check_batch_size(params: Params, num_train: int, dist: DistInfo = ONE_PROCESS) -> None:
     """The global batch must fit the training set and split evenly over the ranks."""
     batch = params.train.batch_size
     if batch > num_train:
-        raise ValueError(f"train.batch_size={batch} is larger than the training set "
-                         f"({num_train} examples); accepted: 1..{num_train}")
+        raise ConfigError(f"train.batch_size={batch} is larger than the training set "
+                          f"({num_train} examples); accepted: 1..{num_train}")
     if batch % dist.world_size:
-        raise ValueError(f"train.batch_size={batch} must be divisible by the number of processes "
-                         f"({dist.world_size})")
+        raise ConfigError(f"train.batch_size={batch} must be divisible by the number of processes "
+                          f"({dist.world_size})")
 
 
 def training_precision(params: Params, meta: dict[str, Any], device: torch.device) -> torch.dtype:
@@ -121,75 +98,39 @@ def training_precision(params: Params, meta: dict[str, Any], device: torch.devic
     return resolve_precision(params.train.precision, device, "unet" if meta["kind"] == "image" else "mlp")
 
 
-def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device: torch.device,
-          dist: DistInfo = DistInfo(), state_path: str | Path | None = None,
-          on_log: LogCallback | None = None, progress: bool = True) -> TrainResult:
-    """Train the network of ``params`` on ``train_levels`` (grey levels or vectors).
+def uses_channels_last(params: Params, meta: dict[str, Any]) -> bool:
+    """``train.channels_last`` resolved: ``auto`` is off, since the layout copies around
+    GroupNorm cost the U-Net more than the channels-last convolutions gain
+    (benchmarks/README.md)."""
+    return params.train.channels_last is True and meta["kind"] == "image"
 
-    ``state_path``: where the resumable training state is saved every
-    ``train.checkpoint_every`` steps; if it already holds a state from the same training
-    config, training resumes from it.
-    """
+
+def resolved_params(params: Params, meta: dict[str, Any], device: torch.device, dist: DistInfo = ONE_PROCESS
+                    ) -> Params:
+    """``params`` with what training actually used in place of ``auto`` for the precision, the
+    device (its type under DDP, where each rank has its own) and the memory layout: the config
+    stored with the model and logged."""
+    train = dataclasses.replace(params.train, precision=precision_name(training_precision(params, meta, device)),
+                                device=device.type if dist.distributed else str(device),
+                                channels_last=uses_channels_last(params, meta))
+    return dataclasses.replace(params, train=train)
+
+
+def setup_training(params: Params, meta: dict[str, Any], device: torch.device, dist: DistInfo = ONE_PROCESS
+                   ) -> Trainer:
+    """The network (initial weights from the seed's ``init`` stream, identical on every rank),
+    its EMA, Adam with linear warmup, the fp16 grad scaler, and the network as the step calls it."""
     tc = params.train
-    check_batch_size(params, len(train_levels), dist)
-    diffusion = build_diffusion(params)
-    num_levels = meta["num_levels"] if meta["kind"] == "image" else None
-    amp_dtype = training_precision(params, meta, device)
-
-    # Data lives on the device; images as their grey levels, scaled per batch.
-    data = torch.as_tensor(train_levels).to(device)
-    if num_levels is not None:
-        lut = torch.as_tensor(to_model_space(np.arange(num_levels), num_levels), device=device)
-        to_x = lambda v: lut[v.long()]
-    else:
-        to_x = lambda v: v.float()
-
-    # The initial weights come from the seed (identical on every rank; DDP also broadcasts them).
-    torch.manual_seed(params.seed)
+    torch.manual_seed(seeding.stream_seed(params.seed, "init"))
     model = build_network(params, meta).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    # The fused Adam kernel exists for CUDA and the CPU (3x faster than the loop on the CPU).
+    # The fused Adam kernel exists for CUDA and the CPU (its speed against the loop: benchmarks/README.md).
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type in ("cuda", "cpu"))
     warmup = max(tc.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    amp_dtype = training_precision(params, meta, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    # The data order, timesteps, noise and flips are drawn for the whole global batch from
-    # generators seeded identically on every rank, and each rank keeps its share: so N
-    # processes compute exactly what one process computes on the same global batch.
-    # Dropout, the only per-rank randomness, is seeded per rank from the global seed.
-    data_gen = torch.Generator().manual_seed(params.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(params.seed * 1_000_003 + 7919)
-    torch.manual_seed(params.seed + 1 + dist.rank)  # dropout
-    step, history, epoch_batches = 0, [], []
-    fingerprint = training_fingerprint(params)
-
-    precision = precision_name(amp_dtype)
-    if state_path is not None and Path(state_path).exists():
-        state = load_checkpoint(state_path, map_location=device)
-        why_not = _why_not_resume(state, fingerprint, precision, dist, tc.steps)
-        if why_not is None:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            data_gen.set_state(state["data_gen"])
-            noise_gen.set_state(state["noise_gen"].to(noise_gen.get_state().device))
-            torch.set_rng_state(state["cpu_rng"])
-            if device.type == "cuda" and "cuda_rng" in state:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            step, history = state["step"], state["history"]
-            epoch_batches = [b for b in state["epoch_batches"]]
-            print0(f"resuming training from step {step} ({state_path})")
-        else:
-            print0(f"ignoring the saved training state in {state_path}: {why_not}; training starts at step 0")
-
-    images = num_levels is not None
-    # auto = off: measured on an H200, channels-last made the CIFAR-10 U-Net's bf16 step 23% slower
-    # (layout copies around GroupNorm); on the CPU it gained nothing.
-    channels_last = bool(tc.channels_last is True and images)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    channels_last = uses_channels_last(params, meta)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     set_tf32(tc.tf32)  # training only (nanoGPT); evaluation keeps full float32 (EDM)
@@ -198,101 +139,179 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
         net = torch.compile(net)
+    return Trainer(diffusion=build_diffusion(params), state=TrainingState(model, ema, optimizer, scheduler, scaler),
+                   net=net, amp_dtype=amp_dtype, channels_last=channels_last, grad_clip=tc.grad_clip,
+                   ema_decay=tc.ema_decay, num_levels=meta["num_levels"] if meta["kind"] == "image" else None)
 
-    def save_state() -> None:
-        if state_path is None or not dist.is_main:
-            return
-        state = {
-            "fingerprint": fingerprint, "code": code_fingerprint(), "precision": precision,
-            "world_size": dist.world_size, "step": step, "history": history,
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state().cpu(),
-            "cpu_rng": torch.get_rng_state(), "epoch_batches": epoch_batches,
-        }
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(state_path, state)
 
-    def diverged(what: str) -> None:
-        if bar is not None:
-            bar.close()
-        raise TrainingDiverged(f"{what} in the steps up to {step}; nothing from them was logged or saved, "
-                               f"and the last good checkpoint ({state_path}) was kept")
+def train_step(trainer: Trainer, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step on the batch ``x0`` with timesteps ``t`` and noise ``noise``: the
+    forward under autocast, the loss, backward, unscale, clip, Adam, scaler, lr schedule, EMA.
 
-    def check_finite() -> None:
-        """Before a checkpoint: the losses since the last log and the weights are finite."""
-        if not bool(torch.isfinite(loss_sum).all()):
-            diverged("training loss became non-finite (nan or inf)")
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            diverged("the weights became non-finite (nan or inf)")
+    Returns the per-example losses [B] (detached) and the gradient norm before clipping (None
+    without clipping), as device tensors: nothing here waits for the device (but fp16's
+    GradScaler, which reads its inf check). Advances ``trainer.state.step``.
+    """
+    s = trainer.state
+    if trainer.channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    with autocast(x0.device, trainer.amp_dtype):
+        losses = trainer.diffusion.training_losses(trainer.net, x0, t=t, noise=noise, num_levels=trainer.num_levels)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(losses["loss"].mean()).backward()
+    s.scaler.unscale_(s.optimizer)
+    grad_norm = None
+    if trainer.grad_clip > 0:
+        grad_norm = nn.utils.clip_grad_norm_(s.model.parameters(), trainer.grad_clip)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.scheduler.step()
+    update_ema(s.ema, s.model, trainer.ema_decay)
+    s.step += 1
+    return losses["loss"].detach(), grad_norm
 
-    with flush_denormals(device):
-        model.train()
-        bar = None
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses, count
-        grad_norm_last = torch.zeros((), device=device)
-        t_last, step_last = time.perf_counter(), step
-        if progress and dist.is_main:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
-        while step < tc.steps:
-            if not epoch_batches:
-                perm = torch.randperm(len(data), generator=data_gen)
-                epoch_batches = _batches_for_rank(perm, tc.batch_size, dist)
-            idx = epoch_batches.pop(0).to(device)
-            x0 = to_x(data[idx])
-            global_shape = (tc.batch_size, *x0.shape[1:])
-            mine = slice(dist.rank, None, dist.world_size)
-            t = torch.randint(0, diffusion.num_timesteps, (tc.batch_size,), device=device, generator=noise_gen)[mine]
-            noise = torch.randn(global_shape, device=device, generator=noise_gen)[mine]
-            if channels_last:
-                x0 = x0.contiguous(memory_format=memory_format)
-            if tc.hflip and x0.ndim == 4:
-                flip = (torch.rand(tc.batch_size, device=device, generator=noise_gen) < 0.5)[mine]
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+def epoch_order(seed: int, epoch: int, num_examples: int) -> torch.Tensor:
+    """The permutation of the training set in ``epoch`` (on the CPU, the same on every rank)."""
+    return torch.randperm(num_examples, generator=seeding.generator(seed, "data_order", item=epoch))
 
-            with autocast(device, amp_dtype):
-                losses = diffusion.training_losses(net, x0, t=t, noise=noise, num_levels=num_levels)
-            loss = losses["loss"].mean()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if tc.grad_clip > 0:
-                grad_norm_last = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            update_ema(ema, model, tc.ema_decay)
-            step += 1
-            loss_sum += torch.stack([losses["loss"].detach().sum().double(),
-                                     torch.tensor(float(x0.shape[0]), dtype=torch.float64, device=device)])
-            if bar is not None:
-                bar.update(1)
 
+def batch_draws(params: Params, step: int, shape: tuple[int, ...], timesteps: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The timesteps, noise and (for images with ``train.hflip``) flips of the global batch of
+    ``step``, from the step's own generator: the same on every rank and after a resume."""
+    g = seeding.generator(params.seed, "train_noise", item=step, device=device)
+    batch = params.train.batch_size
+    t = torch.randint(0, timesteps, (batch,), device=device, generator=g)
+    noise = torch.randn((batch, *shape), device=device, generator=g)
+    flip = None
+    if params.train.hflip and len(shape) == 3:
+        flip = torch.rand(batch, device=device, generator=g) < 0.5
+    return t, noise, flip
+
+
+def seed_dropout(seed: int, step: int, rank: int, device: torch.device) -> None:
+    """Seed the generators the network's dropout draws from (the CPU's and, on CUDA, the
+    device's default generator) for ``step`` on ``rank``. Only these two: ``torch.manual_seed``
+    also queues a seeding of every CUDA device, which costs more than a small step."""
+    step_seed = seeding.stream_seed(seed, "dropout", item=step, key=(rank,))
+    torch.default_generator.manual_seed(step_seed)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(step_seed)
+
+
+def rank_batch(params: Params, step: int, indices: torch.Tensor, data: torch.Tensor,
+               to_x: Callable[[torch.Tensor], torch.Tensor], timesteps: int, dist: DistInfo
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's share of the global batch ``indices`` of ``step`` (examples rank, rank + W,
+    ...) in model space, flipped as drawn, with its timesteps and noise: together the ranks
+    compute exactly the global batch a single process would."""
+    mine = slice(dist.rank, None, dist.world_size)
+    x0 = to_x(data[indices[mine].to(data.device)])
+    t, noise, flip = batch_draws(params, step, tuple(x0.shape[1:]), timesteps, data.device)
+    if flip is not None:
+        x0 = torch.where(flip[mine, None, None, None], x0.flip(-1), x0)
+    return x0, t[mine], noise[mine]
+
+
+def _model_space(train_levels: np.ndarray, meta: dict[str, Any], device: torch.device
+                 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """The data on the device (images as grey levels) and the map of a batch to model space."""
+    data = torch.as_tensor(train_levels).to(device)
+    if meta["kind"] != "image":
+        return data, lambda v: v.float()
+    lut = torch.as_tensor(to_model_space(np.arange(meta["num_levels"]), meta["num_levels"]), device=device)
+    return data, lambda v: lut[v.long()]
+
+
+def _diverged(what: str, step: int, state_path: str | Path | None) -> TrainingDiverged:
+    return TrainingDiverged(f"{what} in the steps up to {step}; nothing from them was logged or saved, "
+                            f"and the last good checkpoint ({state_path}) was kept")
+
+
+def _check_finite(loss_sum: torch.Tensor, model: nn.Module, step: int, state_path: str | Path | None) -> None:
+    """Before a checkpoint: the losses since the last log and the weights are finite."""
+    if not bool(torch.isfinite(loss_sum)):
+        raise _diverged("training loss became non-finite (nan or inf)", step, state_path)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise _diverged("the weights became non-finite (nan or inf)", step, state_path)
+
+
+def _mean_loss(loss_sum: torch.Tensor, count: int, dist: DistInfo) -> float:
+    """The mean loss over every rank's examples since the last log (sums and counts are
+    all-reduced, not means of means)."""
+    totals = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=loss_sum.device)])
+    if dist.distributed:
+        torch.distributed.all_reduce(totals)
+    return (totals[0] / totals[1]).item()
+
+
+def _log_row(state: TrainingState, mean_loss: float, grad_norm: torch.Tensor | None, images_per_s: float,
+             state_path: str | Path | None) -> dict[str, float]:
+    """The history row of the log interval ending at this step (the loss must be finite)."""
+    if not math.isfinite(mean_loss):
+        raise _diverged(f"training loss became {mean_loss}", state.step, state_path)
+    row = {"step": state.step, "loss": mean_loss, "lr": state.scheduler.get_last_lr()[0],
+           "grad_norm": 0.0 if grad_norm is None else float(grad_norm), "images_per_s": images_per_s}
+    state.history.append(row)
+    return row
+
+
+def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device: torch.device,
+          dist: DistInfo = ONE_PROCESS, state_path: str | Path | None = None,
+          on_log: LogCallback | None = None, progress: bool = True) -> TrainResult:
+    """Train the network of ``params`` on ``train_levels`` (grey levels or vectors).
+
+    ``state_path``: where the resumable training state is saved every
+    ``train.checkpoint_every`` steps; if it already holds a state from the same training
+    config, training resumes from it.
+    """
+    from tqdm.auto import tqdm
+
+    tc = params.train
+    check_batch_size(params, len(train_levels), dist)
+    trainer = setup_training(params, meta, device, dist)
+    state = trainer.state
+    identity = run_identity(params, precision_name(trainer.amp_dtype), device, dist)
+    if state_path is not None and Path(state_path).exists():
+        restore_training_state(state_path, state, identity, tc.steps)
+    data, to_x = _model_space(train_levels, meta, device)
+    batches_per_epoch = len(data) // tc.batch_size
+    loss_sum, count, grad_norm = torch.zeros((), dtype=torch.float64, device=device), 0, None
+    order_epoch, order = -1, torch.empty(0, dtype=torch.long)
+    t_last, step_last = time.perf_counter(), state.step
+
+    with flush_denormals(device), tqdm(total=tc.steps, initial=state.step, desc="train", unit="step",
+                                       dynamic_ncols=True, mininterval=2.0,
+                                       disable=not (progress and dist.is_main)) as bar:
+        state.model.train()
+        while state.step < tc.steps:
+            epoch, position = divmod(state.step, batches_per_epoch)
+            if epoch != order_epoch:  # the epoch's permutation, drawn once per epoch
+                order_epoch, order = epoch, epoch_order(params.seed, epoch, len(data))
+            global_batch = order[position * tc.batch_size:(position + 1) * tc.batch_size]
+            x0, t, noise = rank_batch(params, state.step, global_batch, data, to_x, trainer.diffusion.num_timesteps,
+                                      dist)
+            seed_dropout(params.seed, state.step, dist.rank, device)
+            losses, norm = train_step(trainer, x0, t, noise)
+            grad_norm = norm if norm is not None else grad_norm
+            loss_sum += losses.sum().double()
+            count += losses.shape[0]
+            bar.update(1)
+
+            step = state.step
             if step % tc.log_every == 0 or step == tc.steps:
-                totals = loss_sum.clone()
-                if dist.distributed:
-                    torch.distributed.all_reduce(totals)  # sums and counts, not means of means
-                mean_loss = (totals[0] / totals[1]).item()
-                if not math.isfinite(mean_loss):
-                    diverged(f"training loss became {mean_loss}")
-                elapsed = time.perf_counter() - t_last
-                row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm_last), "images_per_s": (step - step_last) * tc.batch_size / elapsed}
-                history.append(row)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                images_per_s = (step - step_last) * tc.batch_size / (time.perf_counter() - t_last)
+                row = _log_row(state, _mean_loss(loss_sum, count, dist), grad_norm, images_per_s, state_path)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
                 if on_log is not None and dist.is_main:
                     on_log(step, {k: v for k, v in row.items() if k != "step"})
                 loss_sum.zero_()
-                t_last, step_last = time.perf_counter(), step
-            if step % tc.checkpoint_every == 0 and step < tc.steps:
-                check_finite()
-                save_state()
-        if bar is not None:
-            bar.close()
-        check_finite()
-        save_state()
-    return TrainResult(model=model, ema=ema, step=step, history=history)
+                count, t_last, step_last = 0, time.perf_counter(), step
+            if step % tc.checkpoint_every == 0 or step == tc.steps:
+                _check_finite(loss_sum, state.model, step, state_path)
+                if state_path is not None and dist.is_main:
+                    save_training_state(state_path, state, identity)
+    return TrainResult(model=state.model, ema=state.ema, step=state.step, history=state.history)

@@ -13,13 +13,20 @@ from ddpm.checkpoint import save_checkpoint
 from ddpm.cli import run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import load_prepared
+from ddpm.errors import CheckpointError, DataError, DatasetNotFoundError
 from ddpm.factory import build_diffusion, build_network
 from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import (dist_info, init_distributed, launch_torchrun, precision_name, print0, resolve_device,
-                          set_threads)
+from ddpm.runtime import dist_info, init_distributed, launch_torchrun, print0, resolve_device, set_threads
 from ddpm.tracking import Tracker
-from ddpm.training import check_batch_size, train, training_precision
+from ddpm.training import check_batch_size, resolved_params, train
+
+HINTS = {
+    CheckpointError: "the resumable training state is --state (checkpoints/train_state.pt by default): continue it "
+                     "where it was saved, or delete it to train anew, then `dvc repro train`",
+    DatasetNotFoundError: "`dvc repro prepare` writes data/prepared",
+    DataError: "`dvc repro prepare` rewrites data/prepared from the raw files",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         num_params = count_parameters(build_network(params, prepared.meta))
         if params.train.nproc > 1 and not dist.distributed:
             # Hand over to PyTorch's own launcher, which starts train.nproc copies of this stage.
-            launch_torchrun(params.train.nproc, argv)
+            launch_torchrun(params.train.nproc, argv, module="stages.train")
             return
         device = init_distributed(resolve_device(params.train.device), dist)
         set_threads(params.train.num_threads)
-        precision = precision_name(training_precision(params, prepared.meta, device))
+        # What was actually used (auto resolved): stored with the model and logged.
+        used = resolved_params(params, prepared.meta, device, dist)
+        precision = used.train.precision
         tracker = None
         if dist.is_main:
-            tracker = Tracker.open(params.mlflow.experiment, None, params.flatten(), params.mlflow.tracking_uri,
+            tracker = Tracker.open(params.mlflow.experiment, None, used.flatten(), params.mlflow.tracking_uri,
                                    tags={"num_parameters": str(num_params), "device": str(device),
                                          "world_size": str(dist.world_size), "precision": precision})
             print0(f"training {num_params:,} parameters on {device} x{dist.world_size} ({precision}); "
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         model_path = Path(args.out) / "model.pt"
         save_checkpoint(model_path, {
-            "params": params.to_dict(), "meta": prepared.meta, "step": result.step,
+            "params": used.to_dict(), "meta": prepared.meta, "step": result.step,
             "model": result.model.state_dict(), "ema": result.ema.state_dict(),
             "mlflow_run_id": tracker.run_id,
         })
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_csv(Path(args.reports) / "loss.csv", header, [[row[k] for k in header] for row in result.history])
         tracker.log_artifact(model_path, "model")
 
-    return run_stage("train", body, parser, argv)
+    return run_stage("train", body, parser, argv, hints=HINTS)
 
 
 if __name__ == "__main__":

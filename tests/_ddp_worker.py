@@ -1,21 +1,32 @@
-"""Run by tests/test_training.py under torchrun: train a few steps with DDP (gloo) and save
-each rank's weights and logged history."""
+"""Run by tests/test_training.py and tests/test_train_state.py under torchrun: train with DDP
+(gloo) and save each rank's weights and logged history.
 
+    _ddp_worker.py OUT PRECISION [JSON]
+
+JSON (optional) holds ``train`` overrides, plus ``dropout`` (model.dropout), ``state`` (the
+resumable state's path) and ``tag`` (the output is OUT/{tag}rank{r}.pt)."""
+
+import json
 import sys
 
 import numpy as np
 import torch
+from test_training import digits_meta, params
 
 from ddpm.runtime import dist_info, init_distributed
 from ddpm.training import train
-from test_training import digits_meta, params
 
 if __name__ == "__main__":
     out, precision = sys.argv[1], sys.argv[2]
+    extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    state, tag = extra.pop("state", None), extra.pop("tag", "")
+    model = {"dropout": extra.pop("dropout")} if "dropout" in extra else None
     dist = dist_info()
     torch.set_num_threads(1)
     device = init_distributed(torch.device("cpu"), dist)
     levels = np.load(f"{out}/levels.npy")
-    result = train(params(precision=precision), levels, digits_meta(), device, dist, progress=False)
-    torch.save({"model": result.model.state_dict(), "history": result.history}, f"{out}/rank{dist.rank}.pt")
+    result = train(params(model, precision=precision, **extra), levels, digits_meta(), device, dist,
+                   state_path=state, progress=False)
+    torch.save({"model": result.model.state_dict(), "ema": result.ema.state_dict(), "history": result.history},
+               f"{out}/{tag}rank{dist.rank}.pt")
     torch.distributed.destroy_process_group()

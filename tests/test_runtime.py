@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ddpm import runtime
-from ddpm.runtime import cpu_has_bf16_units, precision_name, resolve_precision
+from ddpm.errors import ConfigError
+from ddpm.runtime import cpu_has_bf16_units, precision_name, resolve_device, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -45,6 +46,15 @@ def test_explicit_precisions_are_kept_and_fp16_needs_cuda():
     assert resolve_precision("bf16", CPU, "mlp") == torch.bfloat16
     with pytest.raises(ValueError, match="needs a CUDA device; accepted on the CPU: auto, fp32, bf16"):
         resolve_precision("fp16", CPU)
+
+
+def test_precision_or_device_this_machine_lacks_is_a_config_error(monkeypatch):
+    with pytest.raises(ConfigError, match="train.precision='fp16' needs a CUDA device"):
+        resolve_precision("fp16", CPU)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="train.device='cuda:1' is not available on this machine; accepted here: "
+                                          "auto, cpu"):
+        resolve_device("cuda:1")
 
 
 def test_precision_names_round_trip():

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm import train_state, training
 from ddpm.config import Params
-from ddpm.errors import TrainingDiverged
-from ddpm import training
+from ddpm.errors import ConfigError, TrainingDiverged
+from ddpm.runtime import DistInfo
 from ddpm.training import train, update_ema
 
 SMALL = {
@@ -35,15 +36,15 @@ def levels(n=64, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 17, size=(n, 1, 8, 8), dtype=np.uint8)
 
 
-def params(**train) -> Params:
-    raw = {**SMALL, "train": {**SMALL["train"], **train}}
+def params(model: dict | None = None, **train) -> Params:
+    raw = {**SMALL, "model": {**SMALL["model"], **(model or {})}, "train": {**SMALL["train"], **train}}
     return Params.from_dict(raw)
 
 
 def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +103,7 @@ def test_state_saved_by_other_code_is_not_resumed(tmp_path, capsys, monkeypatch)
     data = levels()
     state = tmp_path / "state.pt"
     train(params(), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
-    monkeypatch.setattr(training, "code_fingerprint", lambda: "0" * 64)
+    monkeypatch.setattr(train_state, "code_fingerprint", lambda: "0" * 64)
     rerun = train(params(), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
     assert "it was saved by other ddpm code" in capsys.readouterr().err
     assert [r["step"] for r in rerun.history] == [4, 8, 12]  # trained from step 0, not resumed at 12
@@ -192,6 +193,14 @@ def test_divergence_after_good_checkpoints_keeps_the_last_good_one(tmp_path):
     saved = torch.load(state, weights_only=True)
     assert 1 <= saved["step"] == failed_at - 1
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_batch_size_the_data_or_the_ranks_cannot_take_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"train.batch_size=16 is larger than the training set \(8 examples\); "
+                                          r"accepted: 1..8"):
+        training.check_batch_size(params(), 8)
+    with pytest.raises(ConfigError, match=r"train.batch_size=16 must be divisible by the number of processes \(3\)"):
+        training.check_batch_size(params(), 64, DistInfo(rank=0, local_rank=0, world_size=3))
 
 
 def test_ema_update_is_the_exponential_moving_average():

@@ -15,15 +15,14 @@ def keep_threshold(p: float) -> int:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose training-mode mask on the CPU costs a third as much.
+    """``nn.Dropout`` whose training-mode mask on the CPU takes a quarter of the random draws.
 
     torch's CPU dropout draws one mt19937 number per element (``bernoulli_``). Here each 64-bit
     draw gives four 16-bit uniforms; an element is kept when its uniform is at or above
     :func:`keep_threshold`, so the drop probability is ``p`` rounded to a multiple of 2**-16,
     and kept elements are scaled by 1 / (1 - that probability): the expectation is exact.
-    Forward and backward of a 16x128x32x32 activation take 5.5 ms instead of 14 ms on two Xeon
-    cores, about 7% of a CIFAR-10 U-Net training step. Other devices (CUDA's fused dropout),
-    eval mode and p = 0 go through ``nn.Dropout``. The draws come from torch's global CPU
+    The time saved on a CIFAR-10-size activation is in benchmarks/README.md. Other devices
+    (CUDA's fused dropout), eval mode and p = 0 go through ``nn.Dropout``. The draws come from torch's global CPU
     generator, as ``nn.Dropout``'s do, so ``torch.manual_seed`` makes them repeatable.
     """
 

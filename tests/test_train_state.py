@@ -1,0 +1,172 @@
+"""The resumable training state: restorable whatever the map location, the same under DDP
+(rank-independent), refused across device types, resumed exactly on CUDA; and the config
+stored with the model holds what training used, not ``auto``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from test_training import assert_same_weights, digits_meta, levels, one_thread, params  # noqa: F401 (autouse fixture)
+
+from ddpm.checkpoint import load_checkpoint, save_checkpoint
+from ddpm.config import Params
+from ddpm.errors import CheckpointError
+from ddpm.factory import load_trained
+from ddpm.runtime import precision_name, resolve_device
+from ddpm.training import train, training_precision
+from stages import prepare
+from stages import train as train_stage
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def tensors(tree, path=""):
+    """(dotted path, tensor) for every tensor in a nested dict/list."""
+    if isinstance(tree, torch.Tensor):
+        yield path, tree
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from tensors(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from tensors(v, f"{path}.{i}")
+
+
+def test_training_state_restores_whatever_the_map_location(tmp_path):
+    """A GPU run loads its state with tensors on the GPU; generator states accept only CPU byte
+    tensors. Every tensor in the state must either be a weight or optimizer tensor (which
+    load_state_dict moves to the parameters' device) or an RNG state that set_state accepts
+    after loading to another device (here "meta", which the CPU can simulate)."""
+    state = tmp_path / "state.pt"
+    train(params(steps=4), levels(), digits_meta(), CPU, state_path=state, progress=False)
+    for location in ("cpu", "meta"):
+        saved = torch.load(state, map_location=location, weights_only=True)
+        for path, tensor in tensors(saved):
+            if path.split(".")[0] in ("model", "ema", "optimizer", "scaler"):
+                continue
+            assert tensor.dtype == torch.uint8, f"{path}: an unexpected {tensor.dtype} tensor in the state"
+            torch.Generator().set_state(tensor)  # an RNG state: must be restorable as loaded
+    # And the restore itself, through the loop's own loader, continues the run.
+    resumed = train(params(steps=8), levels(), digits_meta(), CPU, state_path=state, progress=False)
+    full = train(params(steps=8), levels(), digits_meta(), CPU, progress=False)
+    assert_same_weights(resumed.model.state_dict(), full.model.state_dict())
+
+
+def test_state_saved_on_another_device_type_is_refused_with_one_line(tmp_path):
+    state = tmp_path / "state.pt"
+    train(params(steps=4), levels(), digits_meta(), CPU, state_path=state, progress=False)
+    saved = load_checkpoint(state)
+    assert saved["device_type"] == "cpu"
+    saved["device_type"] = "cuda"
+    save_checkpoint(state, {k: v for k, v in saved.items() if k != "schema_version"})
+    before = state.read_bytes()
+    with pytest.raises(CheckpointError) as err:
+        train(params(steps=8), levels(), digits_meta(), CPU, state_path=state, progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{str(state)!r} was saved on cuda and this run trains on cpu" in message
+    assert "set train.device to cuda" in message
+    assert state.read_bytes() == before  # the other device's progress is kept
+
+
+def run_ddp(tmp_path: Path, **extra) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(Path(__file__).parent / "_ddp_worker.py"), str(tmp_path), "fp32", json.dumps(extra)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_resume_under_ddp_interrupted_mid_epoch_equals_the_uninterrupted_ddp_run(tmp_path):
+    """64 examples, global batch 16: 4 batches per epoch. The first run stops at step 6 (its
+    state saved there, half-way through the second epoch); the second continues to step 12.
+    With dropout, each rank's own dropout stream matters after the resume too."""
+    np.save(tmp_path / "levels.npy", levels())
+    common = {"dropout": 0.1, "checkpoint_every": 3, "log_every": 3}
+    run_ddp(tmp_path, steps=12, tag="full_", **common)
+    state = str(tmp_path / "state.pt")
+    run_ddp(tmp_path, steps=6, state=state, tag="first_", **common)
+    assert torch.load(state, weights_only=True)["step"] == 6
+    run_ddp(tmp_path, steps=12, state=state, tag="resumed_", **common)
+    full, resumed = ({r: torch.load(tmp_path / f"{tag}rank{r}.pt", weights_only=True) for r in (0, 1)}
+                     for tag in ("full_", "resumed_"))
+    for r in (0, 1):
+        assert_same_weights(resumed[r]["model"], full[r]["model"])
+        assert_same_weights(resumed[r]["ema"], full[r]["ema"])
+    assert [row["step"] for row in resumed[0]["history"]] == [3, 6, 9, 12]
+    np.testing.assert_array_equal([row["loss"] for row in resumed[0]["history"]],
+                                  [row["loss"] for row in full[0]["history"]])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda_equals_uninterrupted_run(tmp_path):
+    """The state of a CUDA run is loaded back (the old loader moved its RNG states to the GPU,
+    which set_state refuses) and the resumed run ends with the uninterrupted run's weights.
+    The 2-D MLP in fp32: its kernels (cuBLAS matmuls, reductions) are deterministic on one
+    stream, so equality is exact; the U-Net's upsampling backward uses atomics."""
+    cuda = torch.device("cuda")
+    points = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    meta = {"dataset": "swissroll", "kind": "vector", "shape": [2], "num_levels": None}
+    p = lambda steps: Params.from_dict({"dataset": "swissroll", "timesteps": 20, "train": {
+        "steps": steps, "batch_size": 16, "precision": "fp32", "log_every": 3, "checkpoint_every": 3}})
+    full = train(p(12), points, meta, cuda, progress=False)
+    state = tmp_path / "state.pt"
+    train(p(6), points, meta, cuda, state_path=state, progress=False)  # stops mid-epoch (4 batches each)
+    resumed = train(p(12), points, meta, cuda, state_path=state, progress=False)
+    assert resumed.step == 12
+    assert_same_weights(resumed.model.state_dict(), full.model.state_dict())
+    assert_same_weights(resumed.ema.state_dict(), full.ema.state_dict())
+
+
+def test_train_stage_stores_and_logs_what_training_used_not_auto(tmp_path, monkeypatch):
+    """models/model.pt and the MLflow params hold the resolved precision, device and
+    channels-last; the stored config still loads against the user's params."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["timesteps"] = 20
+    raw["model"].update({"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": []})
+    raw["train"].update({"steps": 2, "batch_size": 8, "log_every": 1, "checkpoint_every": 2, "num_threads": 1})
+    assert raw["train"]["precision"] == raw["train"]["device"] == raw["train"]["channels_last"] == "auto"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    assert prepare.main(["--params", str(path), "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "prep")]) == 0
+    assert train_stage.main(["--params", str(path), "--data", str(tmp_path / "prep"), "--out", str(tmp_path / "models"),
+                             "--state", str(tmp_path / "state.pt"), "--reports", str(tmp_path / "rep")]) == 0
+
+    user = Params.from_dict(raw)
+    device = resolve_device("auto")
+    model = load_checkpoint(tmp_path / "models" / "model.pt")
+    stored = model["params"]["train"]
+    expected_precision = precision_name(training_precision(user, model["meta"], device))
+    assert (stored["precision"], stored["device"], stored["channels_last"]) == (expected_precision, str(device), False)
+    assert load_trained(tmp_path / "models" / "model.pt", user, CPU).params.train.precision == expected_precision
+
+    logged = mlflow.MlflowClient().get_run(model["mlflow_run_id"]).data.params
+    assert (logged["train.precision"], logged["train.device"], logged["train.channels_last"]) == (
+        expected_precision, str(device), "False")
+
+
+def test_train_stage_names_its_own_module_for_torchrun(tmp_path, monkeypatch):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"]["nproc"] = 2
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert prepare.main(["--params", str(path), "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "prep")]) == 0
+    calls = []
+    monkeypatch.setattr(train_stage, "launch_torchrun", lambda *args, **kwargs: calls.append((args, kwargs)))
+    argv = ["--params", str(path), "--data", str(tmp_path / "prep")]
+    assert train_stage.main(argv) == 0
+    assert calls == [((2, argv), {"module": "stages.train"})]
