@@ -37,11 +37,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a checkpoint safely (``weights_only=True``) with a clear error when it is bad."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; `dvc repro train` writes it")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no directory
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is truncated or corrupt (not a complete torch.save archive); "
-            "retrain with `dvc repro train`"
+            f"checkpoint {str(path)!r} is truncated or corrupt (not a complete torch.save archive)"
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -53,7 +52,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated or corrupt ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); retrain with `dvc repro train`"
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
         ) from None
     if not isinstance(state, dict) or state.get("schema_version") != SCHEMA_VERSION:
         found = state.get("schema_version") if isinstance(state, dict) else type(state).__name__
@@ -77,6 +76,6 @@ def check_compatible(path: str | os.PathLike, saved_flat: dict[str, Any], curren
     diffs = config_differences(saved_flat, current_flat)
     if diffs:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} was trained with another config:\n  " + "\n  ".join(diffs)
-            + "\nRetrain (`dvc repro train`) or restore the params it was trained with."
+            f"checkpoint {str(path)!r} was trained with another config than the current params:\n  "
+            + "\n  ".join(diffs)
         )

@@ -1,9 +1,11 @@
 """Figures for reports, built from arrays and report files (never from live models).
 
-Every figure is drawn on a standalone :class:`matplotlib.figure.Figure` (Agg canvas),
-so importing this module changes no global matplotlib state (no ``pyplot``, no
-``matplotlib.use``), and every PNG is written atomically through
-:func:`ddpm.io.atomic_path`: a failed or interrupted write leaves no partial file.
+Each ``*_figure`` function returns a standalone :class:`matplotlib.figure.Figure` (Agg
+canvas), so importing this module changes no global matplotlib state (no ``pyplot``, no
+``matplotlib.use``) and a caller can read back what is drawn; the matching ``plot_*``
+function writes it as a PNG atomically through :func:`ddpm.io.atomic_path`: a failed or
+interrupted write leaves no partial file. Report files that are malformed raise
+:class:`ddpm.errors.DataError`; arrays of the wrong shape are a caller's bug (``ValueError``).
 
 Conventions shared with the rest of the package (see DESIGN.md):
 
@@ -19,8 +21,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +32,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.utils import make_grid
 
+from ddpm.errors import DataError
 from ddpm.io import atomic_path
 
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Any]]
-PathLike = Union[str, os.PathLike]
+ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
+PathLike = str | os.PathLike
 
 DPI = 130
 # Nearest-neighbour upscaling target: each image is shown at least this many pixels on
@@ -175,7 +179,7 @@ def _square_limits(
     cloud is shown, while a few far-off points cannot shrink the rest to a dot.
     """
     lows, highs = [], []
-    for a, is_robust in zip(arrays, robust):
+    for a, is_robust in zip(arrays, robust, strict=True):
         finite = a[np.all(np.isfinite(a), axis=1)]
         if len(finite) == 0:
             continue
@@ -261,31 +265,31 @@ def _pick_columns(n: int, max_columns: int) -> np.ndarray:
 
 
 def _read_csv_columns(csv_path: PathLike, required: Sequence[str]) -> dict[str, np.ndarray]:
-    """Read the ``required`` numeric columns of a CSV with a header line (blank cells -> NaN)."""
-    csv_path = Path(csv_path)
+    """Read the ``required`` numeric columns of a CSV with a header line (blank cells -> NaN).
+
+    A report file that is malformed (edited by hand, or not a report) raises ``DataError``.
+    """
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in required if c not in header]
         if missing:
-            raise ValueError(
-                f"{csv_path}: missing column(s) {missing}; header is {header}, "
-                f"expected at least {list(required)}"
+            raise DataError(
+                f"{csv_path}: missing column(s) {missing}; header is {header}, expected at least {list(required)}"
             )
         reader.fieldnames = header
-        columns: dict[str, list[float]] = {c: [] for c in required}
-        for line_no, row in enumerate(reader, start=2):
-            for c in required:
-                cell = (row.get(c) or "").strip()
-                try:
-                    columns[c].append(float(cell) if cell else math.nan)
-                except ValueError:
-                    raise ValueError(
-                        f"{csv_path}:{line_no}: column {c!r} has non-numeric value {cell!r}"
-                    ) from None
-    if not columns[required[0]]:
-        raise ValueError(f"{csv_path}: no data rows after the header")
-    return {c: np.asarray(v, dtype=np.float64) for c, v in columns.items()}
+        rows = [(line_no, row) for line_no, row in enumerate(reader, start=2)]
+    if not rows:
+        raise DataError(f"{csv_path}: no data rows after the header")
+    return {c: np.array([_csv_number(csv_path, line_no, c, row.get(c)) for line_no, row in rows]) for c in required}
+
+
+def _csv_number(csv_path: PathLike, line_no: int, column: str, cell: str | None) -> float:
+    cell = (cell or "").strip()
+    try:
+        return float(cell) if cell else math.nan
+    except ValueError:
+        raise DataError(f"{csv_path}:{line_no}: column {column!r} has non-numeric value {cell!r}") from None
 
 
 # --------------------------------------------------------------------------- images
@@ -363,10 +367,13 @@ def _ema(values: np.ndarray, span: float) -> np.ndarray:
     return out
 
 
-def plot_loss(
-    csv_path: PathLike, png_path: PathLike, ylabel: str = "training loss (batch mean)"
-) -> Path:
-    """Plot the training loss curve from a CSV with a header and ``step``, ``loss`` columns.
+def _curve_figure(width_in: float, height_in: float) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def loss_figure(csv_path: PathLike, ylabel: str = "training loss (batch mean)") -> Figure:
+    """The training loss curve from a CSV with a header and ``step``, ``loss`` columns.
 
     Other columns (learning rate, grad norm, ...) are ignored. The raw per-step loss is
     drawn faintly, with a bias-corrected EMA on top (span ~ 1/40 of the points, so the
@@ -375,151 +382,107 @@ def plot_loss(
 
     Args:
         csv_path: training log, e.g. ``reports/train/loss.csv``.
-        png_path: target ``.png``; written atomically.
         ylabel: y-axis label (name the loss and its unit when known).
     """
     cols = _read_csv_columns(csv_path, ["step", "loss"])
-    step, loss = cols["step"], cols["loss"]
-    finite = np.isfinite(step) & np.isfinite(loss)
-    dropped = int(np.sum(~finite))
-    step, loss = step[finite], loss[finite]
-    if len(loss) == 0:
-        raise ValueError(f"{csv_path}: no finite (step, loss) rows to plot")
-    order = np.argsort(step, kind="stable")
-    step, loss = step[order], loss[order]
+    finite = np.isfinite(cols["step"]) & np.isfinite(cols["loss"])
+    if not np.any(finite):
+        raise DataError(f"{csv_path}: no finite (step, loss) rows to plot")
+    order = np.argsort(cols["step"][finite], kind="stable")
+    step, loss = cols["step"][finite][order], cols["loss"][finite][order]
     span = float(np.clip(len(loss) / 40.0, 1.0, 500.0))
-    smooth = _ema(loss, span)
 
-    fig = Figure(figsize=(7.0, 4.2), dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _curve_figure(7.0, 4.2)
     if span >= 2.0:
+        smooth = _ema(loss, span)
         ax.plot(step, loss, color=SAMPLE_COLOR, alpha=0.3, linewidth=0.8, label="per step")
-        ax.plot(
-            step, smooth, color=SAMPLE_COLOR, linewidth=2.0, label=f"EMA (span {span:.0f} points)"
-        )
+        ax.plot(step, smooth, color=SAMPLE_COLOR, linewidth=2.0, label=f"EMA (span {span:.0f} points)")
+        final = f"final EMA {smooth[-1]:.4g}"
     else:  # too few points to smooth: show them as they are
-        ax.plot(
-            step,
-            loss,
-            color=SAMPLE_COLOR,
-            marker="o",
-            markersize=3,
-            linewidth=1.5,
-            label="per step",
-        )
+        ax.plot(step, loss, color=SAMPLE_COLOR, marker="o", markersize=3, linewidth=1.5, label="per step")
+        final = f"final {loss[-1]:.4g}"
     if np.all(loss > 0) and loss.max() / loss.min() > 10.0:
         ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
-    final = f"final EMA {smooth[-1]:.4g}" if span >= 2.0 else f"final {loss[-1]:.4g}"
-    title = f"Training loss ({len(loss)} points, {final})"
-    if dropped:
-        title += f"\n{dropped} non-finite value(s) omitted"
-    ax.set_title(title)
+    dropped = int(np.sum(~finite))
+    omitted = f"\n{dropped} non-finite value(s) omitted" if dropped else ""
+    ax.set_title(f"Training loss ({len(loss)} points, {final}){omitted}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="upper right")
-    return _save_figure(fig, png_path)
+    return fig
 
 
-def plot_bound_terms(csv_path: PathLike, png_path: PathLike, unit: str) -> Path:
-    """Plot the per-timestep terms of the variational bound (Ho et al. eq. 5).
+def _read_bound_terms(csv_path: PathLike) -> dict[str, np.ndarray]:
+    """The bound CSV's rows sorted by ``t``; ``se`` is the standard error with blanks as 0,
+    ``has_se`` says where one was given."""
+    cols = _read_csv_columns(csv_path, ["t", "term", "stderr"])
+    order = np.argsort(cols["t"], kind="stable")
+    t, term, stderr = cols["t"][order], cols["term"][order], cols["stderr"][order]
+    return {"t": t, "term": term, "se": np.nan_to_num(stderr, nan=0.0), "has_se": np.isfinite(stderr)}
+
+
+def _draw_kl_terms(ax: Axes, t: np.ndarray, kl: np.ndarray, se: np.ndarray, floor: float) -> None:
+    """The KL terms ``L_{t-1}`` (paper ``t >= 2``) as a line with a +-1 standard-error band."""
+    ax.plot(t, kl, color=SAMPLE_COLOR, marker="o" if len(t) <= 60 else None, markersize=3, linewidth=1.5,
+            label=r"$L_{t-1}$ (KL terms, $t \geq 2$)")
+    if np.any(se > 0):
+        ax.fill_between(t, np.maximum(kl - se, floor), kl + se, color=SAMPLE_COLOR, alpha=0.25, linewidth=0,
+                        label=r"$\pm 1$ std. error")
+
+
+def _draw_decoder_term(ax: Axes, l0: float, se: float, has_se: bool, floor: float) -> None:
+    """``L_0`` at ``t = 1``: a marker with error bar, or pinned to the bottom edge when it is
+    not positive (a Gaussian log-density can exceed 0) and so cannot sit on a log axis."""
+    label = rf"$L_0$ (decoder, $t=1$) = {l0:.4g}" + (rf" $\pm$ {se:.2g}" if has_se else "")
+    if l0 > 0:
+        ax.errorbar([1], [l0], yerr=[[min(se, l0 - floor)], [se]], fmt="D", color=DECODER_COLOR, markersize=7,
+                    capsize=3, label=label)
+    else:
+        ax.plot([1], [floor], marker="v", color=DECODER_COLOR, markersize=10, linestyle="none", clip_on=False,
+                zorder=5, label=label + " (off scale)")
+
+
+def bound_terms_figure(csv_path: PathLike, unit: str) -> Figure:
+    """The per-timestep terms of the variational bound (Ho et al. eq. 5).
 
     The CSV has header ``t,term,stderr`` with ``t = 1..T`` the paper's index: ``t = 1`` is
     the decoder term ``L_0`` and ``t >= 2`` the KL term ``L_{t-1}``; ``term`` is the mean
     contribution to the bound per dimension in ``unit`` and ``stderr`` its standard error
     (blank or NaN: no band). The prior term ``L_T`` is not part of this file.
 
-    The KL terms are drawn on a log axis with a shaded +-1 standard-error band. ``L_0``
-    is a separate red marker, its value and error in the legend; when it is not
-    positive (the Gaussian decoder on continuous data has a log-density that can exceed
-    0) it cannot sit on a log axis, so it is pinned to the bottom edge as a downward
-    triangle labelled "off scale". The legend title gives the sum of all rows.
+    The KL terms are drawn as they are in the file on a log axis with a shaded +-1
+    standard-error band; ``L_0`` is a separate red marker (see :func:`_draw_decoder_term`),
+    its value and error in the legend. The legend title gives the sum of all rows.
 
     Args:
         csv_path: per-timestep terms written by the evaluate stage.
-        png_path: target ``.png``; written atomically.
         unit: ``"bits/dim"`` (discrete data) or ``"nats/dim"`` (continuous data).
     """
     if unit not in BOUND_UNITS:
         raise ValueError(f"unit must be one of {BOUND_UNITS}, got {unit!r}")
-    cols = _read_csv_columns(csv_path, ["t", "term", "stderr"])
-    order = np.argsort(cols["t"], kind="stable")
-    t, term, raw_stderr = cols["t"][order], cols["term"][order], cols["stderr"][order]
-    stderr = np.nan_to_num(raw_stderr, nan=0.0)
+    rows = _read_bound_terms(csv_path)
+    t, term, se = rows["t"], rows["term"], rows["se"]
     is_decoder = t == 1
-    kl_t, kl, kl_se = t[~is_decoder], term[~is_decoder], stderr[~is_decoder]
-    shown = np.isfinite(kl) & (kl > 0)
-    decoder_positive = is_decoder & np.isfinite(term) & (term > 0)
-    if not np.any(shown) and not np.any(decoder_positive):
-        raise ValueError(f"{csv_path}: no positive finite term to draw on a log axis")
-    positive = np.concatenate([kl[shown], term[decoder_positive]])
-    upper = np.concatenate([(kl + kl_se)[shown], (term + stderr)[decoder_positive]])
-    floor = float(positive.min()) / 3.0
-    ceiling = float(upper.max()) * 2.0
+    shown = ~is_decoder & np.isfinite(term) & (term > 0)
+    on_axis = shown | (is_decoder & np.isfinite(term) & (term > 0))
+    if not np.any(on_axis):
+        raise DataError(f"{csv_path}: no positive finite term to draw on a log axis")
+    floor, ceiling = float(term[on_axis].min()) / 3.0, float((term + se)[on_axis].max()) * 2.0
 
-    fig = Figure(figsize=(7.5, 4.6), dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _curve_figure(7.5, 4.6)
     ax.set_yscale("log")
     if np.any(shown):
-        marker = "o" if len(kl_t) <= 60 else None
-        ax.plot(
-            kl_t[shown],
-            kl[shown],
-            color=SAMPLE_COLOR,
-            marker=marker,
-            markersize=3,
-            linewidth=1.5,
-            label=r"$L_{t-1}$ (KL terms, $t \geq 2$)",
-        )
-        if np.any(kl_se[shown] > 0):
-            low = np.maximum(kl - kl_se, floor)
-            ax.fill_between(
-                kl_t[shown],
-                low[shown],
-                (kl + kl_se)[shown],
-                color=SAMPLE_COLOR,
-                alpha=0.25,
-                linewidth=0,
-                label=r"$\pm 1$ std. error",
-            )
+        _draw_kl_terms(ax, t[shown], term[shown], se[shown], floor)
     if np.any(is_decoder):
-        l0, l0_se = float(term[is_decoder][0]), float(stderr[is_decoder][0])
-        label = rf"$L_0$ (decoder, $t=1$) = {l0:.4g}"
-        if np.isfinite(raw_stderr[is_decoder][0]):
-            label += rf" $\pm$ {l0_se:.2g}"
-        if l0 > 0:
-            ax.errorbar(
-                [1],
-                [l0],
-                yerr=[[min(l0_se, l0 - floor)], [l0_se]],
-                fmt="D",
-                color=DECODER_COLOR,
-                markersize=7,
-                capsize=3,
-                label=label,
-            )
-        else:
-            ax.plot(
-                [1],
-                [floor],
-                marker="v",
-                color=DECODER_COLOR,
-                markersize=10,
-                linestyle="none",
-                clip_on=False,
-                zorder=5,
-                label=label + " (off scale)",
-            )
+        first = np.flatnonzero(is_decoder)[0]
+        _draw_decoder_term(ax, float(term[first]), float(se[first]), bool(rows["has_se"][first]), floor)
     ax.set_ylim(floor, ceiling)
     t_max = max(float(np.nanmax(t)), 2.0)
     margin = max(0.5, 0.015 * t_max)
     ax.set_xlim(1 - margin, t_max + margin)
-
-    legend_title = (
-        f"sum of all {len(t)} terms = {float(np.nansum(term)):.4g} {unit}\n"
-        "(prior $L_T$ not included)"
-    )
-    skipped = int(np.sum(~shown))
+    legend_title = f"sum of all {len(t)} terms = {float(np.nansum(term)):.4g} {unit}\n(prior $L_T$ not included)"
+    skipped = int(np.sum(~is_decoder & ~shown))
     if skipped:
         legend_title += f"\n{skipped} non-positive KL term(s) not drawn"
     ax.legend(loc="best", fontsize=8, title=legend_title, title_fontsize=8, framealpha=0.9)
@@ -528,15 +491,14 @@ def plot_bound_terms(csv_path: PathLike, png_path: PathLike, unit: str) -> Path:
     ax.set_title(f"Variational bound per timestep ({unit})")
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", axis="y", alpha=0.08)
-    return _save_figure(fig, png_path)
+    return fig
 
 
-def plot_schedule(betas: ArrayLike, png_path: PathLike) -> Path:
-    """Plot a noise schedule: ``beta_t``, ``alphas_cumprod`` (abar_t) and log SNR vs ``t``.
+def schedule_figure(betas: ArrayLike) -> Figure:
+    """A noise schedule: ``beta_t``, ``alphas_cumprod`` (abar_t) and log SNR vs ``t``.
 
     Args:
         betas: ``[T]`` (float64), ``betas[i]`` is the paper's ``beta_{i+1}``.
-        png_path: target ``.png``; written atomically.
     """
     betas = _to_numpy(betas)
     if betas.ndim != 1 or len(betas) == 0:
@@ -552,14 +514,11 @@ def plot_schedule(betas: ArrayLike, png_path: PathLike) -> Path:
     axes = fig.subplots(1, 3)
     panels = [
         (betas, r"$\beta_t$", r"noise variance $\beta_t$"),
-        (
-            alphas_cumprod,
-            r"$\bar\alpha_t$ (cumulative product of $1-\beta_s$)",
-            r"signal variance fraction $\bar\alpha_t$",
-        ),
+        (alphas_cumprod, r"$\bar\alpha_t$ (cumulative product of $1-\beta_s$)",
+         r"signal variance fraction $\bar\alpha_t$"),
         (log_snr, r"$\log \mathrm{SNR}_t$", r"$\log(\bar\alpha_t / (1-\bar\alpha_t))$ (nats)"),
     ]
-    for ax, (values, title, ylabel) in zip(axes, panels):
+    for ax, (values, title, ylabel) in zip(axes, panels, strict=True):
         ax.plot(t, values, color=SAMPLE_COLOR, linewidth=1.8)
         ax.set_title(title)
         ax.set_xlabel(r"timestep $t$ (1..T)")
@@ -568,26 +527,61 @@ def plot_schedule(betas: ArrayLike, png_path: PathLike) -> Path:
     axes[1].set_ylim(-0.03, 1.03)
     axes[2].axhline(0.0, color="0.5", linewidth=0.8, linestyle="--")
     fig.suptitle(rf"Noise schedule (T = {len(betas)}, $\bar\alpha_T$ = {alphas_cumprod[-1]:.2e})")
-    return _save_figure(fig, png_path)
+    return fig
 
 
 # --------------------------------------------------------------------------- samples and processes
 
 
-def plot_samples(
-    samples: ArrayLike,
-    meta: Mapping[str, Any],
-    png_path: PathLike,
-    reference: ArrayLike | None = None,
-    max_images: int = 100,
-) -> Path:
-    """Plot generated samples.
+def _optional_vectors(points: ArrayLike | None, name: str) -> np.ndarray | None:
+    if points is None:
+        return None
+    points = _to_numpy(points)
+    _check_vectors(points, name)
+    return points
+
+
+def _image_samples_figure(x: np.ndarray, num_levels: int, max_images: int) -> Figure:
+    shown = x[:max_images]
+    pixels = images_to_uint8(shown, num_levels)
+    _, channels, height, width = pixels.shape
+    nrow = math.ceil(math.sqrt(len(shown)))
+    # A few large images or many small ones: either way the grid is at least ~480 px wide.
+    scale = max(_auto_scale(height, width), math.ceil(SAMPLES_MIN_GRID_PIXELS / (nrow * width)))
+    grid = _grid_pixels(pixels, nrow=nrow, scale=scale)
+    fig, ax = _image_figure(grid, top_in=0.45, bottom_in=0.12, side_in=0.12, min_width_in=4.8)
+    _show_grid(ax, grid)
+    ax.set_axis_off()
+    count = f"{len(shown)} of {len(x)}" if len(shown) < len(x) else f"{len(x)}"
+    ax.set_title(f"Samples: {count} image{'s' if len(x) > 1 else ''}, "
+                 f"{height}x{width}x{channels}, K = {num_levels} levels")
+    return fig
+
+
+def _vector_samples_figure(x: np.ndarray, reference: np.ndarray | None) -> Figure:
+    arrays, robust = [x], [True]
+    if reference is not None:
+        arrays, robust = [x, reference], [True, False]
+    xlim, ylim = _square_limits(arrays, robust)
+    fig = Figure(figsize=(5.6, 5.6), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    _scatter_panel(ax, x, xlim, ylim, reference=reference, label=f"samples (n={len(x)})")
+    ax.set_xlabel(r"$x_1$ (model units)")
+    ax.set_ylabel(r"$x_2$ (model units)")
+    ax.set_title("Samples" + (" vs held-out data" if reference is not None else ""))
+    ax.legend(loc="upper right", fontsize=8, markerscale=max(1.0, 3.0 / math.sqrt(_marker_size(len(x)))))
+    return fig
+
+
+def samples_figure(
+    samples: ArrayLike, meta: Mapping[str, Any], reference: ArrayLike | None = None, max_images: int = 100
+) -> Figure:
+    """Generated samples: a pixel-exact image grid, or a scatter of 2-D points.
 
     Args:
         samples: images ``[N, C, H, W]`` or points ``[N, 2]``, in model space.
         meta: data description with ``"kind"`` (``"image"`` or ``"vector"``) and, for
             images, ``"num_levels"``.
-        png_path: target ``.png``; written atomically.
         reference: vectors only: held-out data ``[M, 2]`` drawn faintly behind the samples.
         max_images: images only: at most this many (the first ones) are shown.
     """
@@ -595,43 +589,9 @@ def plot_samples(
     x = _to_numpy(samples)
     if kind == "image":
         _check_images(x, "samples")
-        shown = x[:max_images]
-        pixels = images_to_uint8(shown, num_levels)
-        _, _, height, width = pixels.shape
-        nrow = math.ceil(math.sqrt(len(shown)))
-        # A few large images or many small ones: either way the grid is at least ~480 px wide.
-        scale = max(_auto_scale(height, width), math.ceil(SAMPLES_MIN_GRID_PIXELS / (nrow * width)))
-        grid = _grid_pixels(pixels, nrow=nrow, scale=scale)
-        fig, ax = _image_figure(grid, top_in=0.45, bottom_in=0.12, side_in=0.12, min_width_in=4.8)
-        _show_grid(ax, grid)
-        ax.set_axis_off()
-        count = f"{len(shown)} of {len(x)}" if len(shown) < len(x) else f"{len(x)}"
-        ax.set_title(
-            f"Samples: {count} image{'s' if len(x) > 1 else ''}, "
-            f"{height}x{width}x{x.shape[1]}, K = {num_levels} levels"
-        )
-        return _save_figure(fig, png_path)
-
+        return _image_samples_figure(x, num_levels, max_images)
     _check_vectors(x, "samples")
-    ref = None
-    if reference is not None:
-        ref = _to_numpy(reference)
-        _check_vectors(ref, "reference")
-    arrays, robust = [x], [True]
-    if ref is not None:
-        arrays.append(ref)
-        robust.append(False)
-    xlim, ylim = _square_limits(arrays, robust)
-    fig = Figure(figsize=(5.6, 5.6), dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
-    _scatter_panel(ax, x, xlim, ylim, reference=ref, label=f"samples (n={len(x)})")
-    ax.set_xlabel(r"$x_1$ (model units)")
-    ax.set_ylabel(r"$x_2$ (model units)")
-    ax.set_title("Samples" + (" vs held-out data" if ref is not None else ""))
-    ax.legend(
-        loc="upper right", fontsize=8, markerscale=max(1.0, 3.0 / math.sqrt(_marker_size(len(x))))
-    )
-    return _save_figure(fig, png_path)
+    return _vector_samples_figure(x, _optional_vectors(reference, "reference"))
 
 
 def _image_strip_figure(
@@ -696,16 +656,15 @@ def _vector_strip_figure(
     return fig
 
 
-def plot_reverse_process(
+def reverse_process_figure(
     trajectory: ArrayLike,
     steps: ArrayLike,
     meta: Mapping[str, Any],
-    png_path: PathLike,
     reference: ArrayLike | None = None,
     max_examples: int = 8,
     max_columns: int = 10,
-) -> Path:
-    """Plot snapshots of the reverse (generative) process ``x_T -> x_0``.
+) -> Figure:
+    """Snapshots of the reverse (generative) process ``x_T -> x_0``.
 
     Args:
         trajectory: ``[S, n, ...]`` snapshots in model space (``[S, n, C, H, W]`` images
@@ -713,7 +672,6 @@ def plot_reverse_process(
         steps: ``[S]`` ints, the paper timestep of each snapshot = number of reverse steps
             remaining (``T`` for the initial noise, ``0`` for the final sample).
         meta: ``{"kind": "image"|"vector", "num_levels": K}``.
-        png_path: target ``.png``; written atomically.
         reference: vectors only: held-out data ``[M, 2]`` drawn faintly in every panel.
         max_examples: images only: at most this many rows (examples).
         max_columns: at most this many snapshots, evenly spread, first and last kept.
@@ -727,41 +685,41 @@ def plot_reverse_process(
             f"got shape {tuple(traj.shape)}"
         )
     columns = _pick_columns(len(step_values), max_columns)
-    traj, step_values = traj[columns], step_values[columns]
-    labels = [f"t={s}" for s in step_values]
+    traj, labels = traj[columns], [f"t={s}" for s in step_values[columns]]
     title = r"Reverse process $p_\theta(x_{t-1} \mid x_t)$: noise ($t=T$) to sample ($t=0$)"
     if kind == "image":
         if traj.ndim != 5:
-            raise ValueError(
-                f"image trajectory must be [S, n, C, H, W], got shape {tuple(traj.shape)}"
-            )
+            raise ValueError(f"image trajectory must be [S, n, C, H, W], got shape {tuple(traj.shape)}")
         frames = traj[:, :max_examples]
         _check_images(frames[0], "trajectory[0]")
-        fig = _image_strip_figure(
-            frames, num_levels, labels, title, "timestep t (reverse steps remaining)"
-        )
-        return _save_figure(fig, png_path)
-
+        return _image_strip_figure(frames, num_levels, labels, title, "timestep t (reverse steps remaining)")
     for i, frame in enumerate(traj):
         _check_vectors(frame, f"trajectory[{i}]")
-    ref = None
-    if reference is not None:
-        ref = _to_numpy(reference)
-        _check_vectors(ref, "reference")
-    fig = _vector_strip_figure(list(traj), labels, title, ref)
-    return _save_figure(fig, png_path)
+    return _vector_strip_figure(list(traj), labels, title, _optional_vectors(reference, "reference"))
 
 
-def plot_forward_process(
+def _forward_steps(steps: ArrayLike | None, num_timesteps: int) -> np.ndarray:
+    """Code indices to show: the given ones (checked), or 8 evenly spread including 0 and T - 1."""
+    if steps is None:
+        return np.unique(np.round(np.linspace(0, num_timesteps - 1, min(8, num_timesteps))).astype(np.int64))
+    idx = _to_numpy(steps, dtype=np.int64).reshape(-1)
+    bad = idx[(idx < 0) | (idx >= num_timesteps)]
+    if len(bad):
+        raise ValueError(
+            f"steps must be code indices in 0..{num_timesteps - 1} (T = {num_timesteps}), got {bad.tolist()}"
+        )
+    return idx
+
+
+def forward_process_figure(
     x0: ArrayLike,
     alphas_cumprod: ArrayLike,
     meta: Mapping[str, Any],
-    png_path: PathLike,
     steps: ArrayLike | None = None,
     seed: int = 0,
     num_examples: int = 4,
-) -> Path:
-    """Plot samples of the forward (noising) process ``q(x_t | x_0)`` at a few timesteps.
+) -> Figure:
+    """Samples of the forward (noising) process ``q(x_t | x_0)`` at a few timesteps.
 
     ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (Ho et al. eq. 4), drawn here with
     NumPy from ``numpy.random.default_rng(seed)``; one ``eps`` per example is shared by
@@ -772,7 +730,6 @@ def plot_forward_process(
         x0: data in model space, ``[N, C, H, W]`` images or ``[N, 2]`` vectors.
         alphas_cumprod: ``[T]``; ``alphas_cumprod[i]`` is the paper's ``abar_{i+1}``.
         meta: ``{"kind": "image"|"vector", "num_levels": K}``.
-        png_path: target ``.png``; written atomically.
         steps: code indices in ``0..T-1`` to show (labelled with the paper's ``t = i + 1``);
             default 8 evenly spread indices including ``0`` and ``T - 1``.
         seed: seed of the noise generator.
@@ -781,23 +738,11 @@ def plot_forward_process(
     kind, num_levels = _data_kind(meta)
     x = _to_numpy(x0)
     abar = _to_numpy(alphas_cumprod).reshape(-1)
-    num_timesteps = len(abar)
-    if num_timesteps == 0 or not np.all((abar >= 0) & (abar <= 1)):
+    if len(abar) == 0 or not np.all((abar >= 0) & (abar <= 1)):
         raise ValueError(
             f"alphas_cumprod must be a non-empty [T] array in [0, 1], got shape {tuple(abar.shape)}"
         )
-    if steps is None:
-        idx = np.unique(
-            np.round(np.linspace(0, num_timesteps - 1, min(8, num_timesteps))).astype(np.int64)
-        )
-    else:
-        idx = _to_numpy(steps, dtype=np.int64).reshape(-1)
-        bad = idx[(idx < 0) | (idx >= num_timesteps)]
-        if len(bad):
-            raise ValueError(
-                f"steps must be code indices in 0..{num_timesteps - 1} (T = {num_timesteps}), "
-                f"got {bad.tolist()}"
-            )
+    idx = _forward_steps(steps, len(abar))
     if kind == "image":
         _check_images(x, "x0")
         x = x[:num_examples]
@@ -807,11 +752,45 @@ def plot_forward_process(
     # Ho et al. eq. 4: q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
     frames = [x] + [math.sqrt(abar[i]) * x + math.sqrt(1.0 - abar[i]) * eps for i in idx]
     labels = ["t=0\n(data)"] + [rf"t={i + 1}" + "\n" + rf"$\bar\alpha$={abar[i]:.2g}" for i in idx]
-    title = (
-        r"Forward process $q(x_t \mid x_0)$: data ($t=0$) to noise ($t=T$" + f" = {num_timesteps})"
-    )
+    title = r"Forward process $q(x_t \mid x_0)$: data ($t=0$) to noise ($t=T$" + f" = {len(abar)})"
     if kind == "image":
-        fig = _image_strip_figure(np.stack(frames), num_levels, labels, title, "timestep t")
-    else:
-        fig = _vector_strip_figure(frames, labels, title, None)
-    return _save_figure(fig, png_path)
+        return _image_strip_figure(np.stack(frames), num_levels, labels, title, "timestep t")
+    return _vector_strip_figure(frames, labels, title, None)
+
+
+# --------------------------------------------------------------------------- PNG files
+# Each writes its ``*_figure`` (same arguments) to ``png_path`` atomically and returns ``png_path``.
+
+
+def plot_loss(csv_path: PathLike, png_path: PathLike, ylabel: str = "training loss (batch mean)") -> Path:
+    """See :func:`loss_figure`."""
+    return _save_figure(loss_figure(csv_path, ylabel), png_path)
+
+
+def plot_bound_terms(csv_path: PathLike, png_path: PathLike, unit: str) -> Path:
+    """See :func:`bound_terms_figure`."""
+    return _save_figure(bound_terms_figure(csv_path, unit), png_path)
+
+
+def plot_schedule(betas: ArrayLike, png_path: PathLike) -> Path:
+    """See :func:`schedule_figure`."""
+    return _save_figure(schedule_figure(betas), png_path)
+
+
+def plot_samples(samples: ArrayLike, meta: Mapping[str, Any], png_path: PathLike, **options: Any) -> Path:
+    """Options: ``reference``, ``max_images`` (see :func:`samples_figure`)."""
+    return _save_figure(samples_figure(samples, meta, **options), png_path)
+
+
+def plot_reverse_process(
+    trajectory: ArrayLike, steps: ArrayLike, meta: Mapping[str, Any], png_path: PathLike, **options: Any
+) -> Path:
+    """Options: ``reference``, ``max_examples``, ``max_columns`` (see :func:`reverse_process_figure`)."""
+    return _save_figure(reverse_process_figure(trajectory, steps, meta, **options), png_path)
+
+
+def plot_forward_process(
+    x0: ArrayLike, alphas_cumprod: ArrayLike, meta: Mapping[str, Any], png_path: PathLike, **options: Any
+) -> Path:
+    """Options: ``steps``, ``seed``, ``num_examples`` (see :func:`forward_process_figure`)."""
+    return _save_figure(forward_process_figure(x0, alphas_cumprod, meta, **options), png_path)

@@ -54,6 +54,11 @@ def git_revision() -> str | None:
         return None
 
 
+def _entry_point() -> str:
+    """The script this process runs (``sys.argv[0]``), or ``python`` when there is none."""
+    return sys.argv[0] if sys.argv and sys.argv[0] else "python"
+
+
 class Tracker:
     """A handle on one MLflow run. Create it with ``Tracker.open`` (new run) or
     ``Tracker.resume`` (a run id saved by the train stage)."""
@@ -94,11 +99,15 @@ class Tracker:
 
     @classmethod
     def open(cls, experiment: str, run_name: str | None, params: dict[str, Any],
-             configured_uri: str = "", tags: dict[str, str] | None = None) -> "Tracker":
-        """Check the store, create a run, and log the flattened params and standard tags."""
+             configured_uri: str = "", tags: dict[str, str] | None = None, source_name: str | None = None) -> Tracker:
+        """Check the store, create a run, and log the flattened params and standard tags.
+
+        ``source_name``: what started the run (MLflow's ``mlflow.source.name`` tag, shown as the
+        run's source in the UI); by default the running script, as MLflow itself records it.
+        """
         uri = resolve_tracking_uri(configured_uri)
         client, exp_id = cls._client(uri, experiment)
-        all_tags = {"git_revision": git_revision() or "unknown", "mlflow.source.name": "dvc repro (stages/train.py)",
+        all_tags = {"git_revision": git_revision() or "unknown", "mlflow.source.name": source_name or _entry_point(),
                     "mlflow.source.type": "LOCAL"}
         if os.environ.get("DVC_EXP_NAME"):
             all_tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
@@ -115,7 +124,7 @@ class Tracker:
         return tracker
 
     @classmethod
-    def resume(cls, run_id: str | None, experiment: str, configured_uri: str = "") -> "Tracker | None":
+    def resume(cls, run_id: str | None, experiment: str, configured_uri: str = "") -> Tracker | None:
         """Reattach to the train stage's run; None (with a note) when there is none."""
         if not run_id:
             print("mlflow: the model has no run id; nothing will be tracked for this stage", file=sys.stderr)

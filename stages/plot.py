@@ -9,13 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm import plotting
 from ddpm.cli import run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import load_prepared, to_model_space
-from ddpm.plotting import (plot_bound_terms, plot_forward_process, plot_loss, plot_reverse_process,
-                           plot_samples, plot_schedule)
+from ddpm.errors import DataError, DatasetNotFoundError
 from ddpm.schedules import get_beta_schedule
 from ddpm.tracking import Tracker
+
+HINTS = {
+    DataError: "`dvc repro` rewrites data/prepared and the reports this stage reads (it reruns a stage whose "
+               "outputs were edited)",
+    DatasetNotFoundError: "`dvc repro prepare` writes data/prepared",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,16 +41,18 @@ def main(argv: list[str] | None = None) -> int:
         samples = np.load(reports / "samples" / "samples.npz")
         test = prepared.test[:2000]
         x0 = to_model_space(test, meta["num_levels"]) if meta["kind"] == "image" else test
-        betas = get_beta_schedule(d.beta_schedule, d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end).numpy()
+        reference = x0 if meta["kind"] == "vector" else None
+        betas = get_beta_schedule(d.beta_schedule, d.timesteps, beta_start=d.beta_start,
+                                  beta_end=d.beta_end).numpy()
         figures = [
-            plot_loss(reports / "train" / "loss.csv", out / "loss.png"),
-            plot_bound_terms(reports / "eval" / "terms.csv", out / "bound_terms.png", metrics["unit"]),
-            plot_samples(samples["samples"], meta, out / "samples.png",
-                         reference=None if meta["kind"] == "image" else x0),
-            plot_reverse_process(samples["trajectory"], samples["steps"], meta, out / "reverse_process.png",
-                                 reference=None if meta["kind"] == "image" else x0),
-            plot_forward_process(x0, np.cumprod(1 - betas), meta, out / "forward_process.png", seed=params.seed),
-            plot_schedule(betas, out / "schedule.png"),
+            plotting.plot_loss(reports / "train" / "loss.csv", out / "loss.png"),
+            plotting.plot_bound_terms(reports / "eval" / "terms.csv", out / "bound_terms.png", metrics["unit"]),
+            plotting.plot_samples(samples["samples"], meta, out / "samples.png", reference=reference),
+            plotting.plot_reverse_process(samples["trajectory"], samples["steps"], meta, out / "reverse_process.png",
+                                          reference=reference),
+            plotting.plot_forward_process(x0, np.cumprod(1 - betas), meta, out / "forward_process.png",
+                                          seed=params.seed),
+            plotting.plot_schedule(betas, out / "schedule.png"),
         ]
         run_id = json.loads(Path(args.run).read_text())["mlflow_run_id"]
         tracker = Tracker.resume(run_id, params.mlflow.experiment, params.mlflow.tracking_uri)
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 tracker.log_artifact(fig, "figures")
             tracker.finish()
 
-    return run_stage("plot", body, parser, argv)
+    return run_stage("plot", body, parser, argv, hints=HINTS)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ddpm.config import ModelConfig, Params
+from ddpm.errors import ConfigError
 from ddpm.nn import MLP, UNet, build_model, count_parameters, timestep_embedding
 from ddpm.nn.dropout import Dropout
 from ddpm.nn.unet import AttentionBlock, Upsample, norm_groups
@@ -47,20 +49,10 @@ def random_inputs(model: UNet, batch: int = 4, seed: int = 0) -> tuple[torch.Ten
     return x, t
 
 
-@dataclass(frozen=True)
-class ModelCfg:
-    """Stand-in for the `model` params section (build_model duck-types it)."""
-
-    name: str = "auto"
-    base_channels: int = 16
-    channel_mult: tuple[int, ...] = (1, 2)
-    num_res_blocks: int = 1
-    attn_resolutions: tuple[int, ...] = (4,)
-    dropout: float = 0.1
-    num_heads: int = 1
-    mlp_hidden: int = 32
-    mlp_layers: int = 2
-    time_embedding: str = "learned"
+def model_config(dataset: str = "digits", **overrides: object) -> ModelConfig:
+    """The real ``model`` params section for ``dataset`` (its ``auto`` fields resolved from
+    ``DATASET_DEFAULTS``, as ``load_params`` does), with explicit overrides."""
+    return replace(Params(dataset=dataset).resolved().model, **overrides)
 
 
 # --- timestep_embedding -------------------------------------------------------------------
@@ -320,7 +312,7 @@ def test_unet_rejects_bad_arguments(overrides: dict, pattern: str) -> None:
 @pytest.mark.parametrize("name", ["auto", "mlp"])
 @pytest.mark.parametrize("learn_sigma", [False, True])
 def test_build_model_vector_data(name: str, learn_sigma: bool) -> None:
-    model = build_model(ModelCfg(name=name), (2,), timesteps=100, learn_sigma=learn_sigma)
+    model = build_model(model_config("swissroll", name=name), (2,), timesteps=100, learn_sigma=learn_sigma)
     assert isinstance(model, MLP)
     out = model(torch.randn(3, 2), torch.tensor([0, 50, 99]))
     assert out.shape == (3, 4 if learn_sigma else 2)
@@ -329,18 +321,20 @@ def test_build_model_vector_data(name: str, learn_sigma: bool) -> None:
 @pytest.mark.parametrize("name", ["auto", "unet"])
 @pytest.mark.parametrize("learn_sigma", [False, True])
 def test_build_model_image_data(name: str, learn_sigma: bool) -> None:
-    model = build_model(ModelCfg(name=name), (1, 8, 8), timesteps=100, learn_sigma=learn_sigma)
+    model = build_model(model_config("digits", name=name), (1, 8, 8), timesteps=100, learn_sigma=learn_sigma)
     assert isinstance(model, UNet)
     out = model(torch.randn(2, 1, 8, 8), torch.tensor([0, 99]))
     assert out.shape == (2, 2 if learn_sigma else 1, 8, 8)
 
 
 def test_build_model_passes_settings() -> None:
-    cfg = ModelCfg(mlp_hidden=24, mlp_layers=4, time_embedding="sinusoidal")
+    # Every value differs from the dataset's default, so each must come from the config.
+    cfg = model_config("swissroll", mlp_hidden=24, mlp_layers=4, time_embedding="learned")
     mlp = build_model(cfg, (3,), timesteps=10, learn_sigma=False)
     assert len(mlp.layers) == 4 and mlp.layers[0].linear.out_features == 24
-    unet = build_model(replace(cfg, base_channels=32), (3, 8, 8), timesteps=10, learn_sigma=False)
-    assert unet.base_channels == 32 and unet.in_channels == 3
+    assert all(layer.time_embedding == "learned" for layer in mlp.layers)
+    unet = build_model(model_config("digits", base_channels=48), (3, 8, 8), timesteps=10, learn_sigma=False)
+    assert unet.base_channels == 48 and unet.in_channels == 3
 
 
 @pytest.mark.parametrize(
@@ -354,13 +348,13 @@ def test_build_model_passes_settings() -> None:
     ],
 )
 def test_build_model_rejects_mismatch(name: str, shape: tuple[int, ...], pattern: str) -> None:
-    with pytest.raises(ValueError, match=pattern):
-        build_model(ModelCfg(name=name), shape, timesteps=10, learn_sigma=False)
+    with pytest.raises(ConfigError, match=pattern):
+        build_model(model_config(name=name), shape, timesteps=10, learn_sigma=False)
 
 
 def test_build_model_reports_data_shape_on_unet_error() -> None:
-    cfg = ModelCfg(channel_mult=(1, 2, 2, 2), attn_resolutions=())
-    with pytest.raises(ValueError, match=r"\(1, 28, 28\).*image_size=28 cannot be halved 3 times"):
+    cfg = model_config(channel_mult=(1, 2, 2, 2), attn_resolutions=())
+    with pytest.raises(ConfigError, match=r"\(1, 28, 28\).*image_size=28 cannot be halved 3 times"):
         build_model(cfg, (1, 28, 28), timesteps=10, learn_sigma=False)
 
 

@@ -1,7 +1,9 @@
-"""Tests for ddpm.plotting: every figure is a valid, non-blank PNG written atomically."""
+"""Tests for ddpm.plotting: each figure shows the data it is given (read back from its artists:
+image pixels, line and scatter data, labels, scales), and every PNG is written atomically."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ddpm import plotting
+from ddpm.errors import DataError
 
 T = 50
 DIGITS = {"kind": "image", "num_levels": 17}
@@ -152,159 +155,432 @@ def test_save_image_grid_color_nrow_and_scale(tmp_path: Path) -> None:
     assert_only(tmp_path, "grid.png")
 
 
-# --------------------------------------------------------------------------- figures
+# --------------------------------------------------------------------------- reading figures back
 
 
-@pytest.mark.parametrize(
-    "samples, meta",
-    [(digit_images(10), DIGITS), (color_images(5), CIFAR), (swiss_roll(), VECTOR)],
-    ids=["digits", "color", "vector"],
-)
-def test_plot_samples(tmp_path: Path, samples: np.ndarray, meta: dict) -> None:
-    out = plotting.plot_samples(torch.from_numpy(samples), meta, tmp_path / "samples.png")
-    assert_png(out)
-    assert_only(tmp_path, "samples.png")
+def shown_pixels(x: np.ndarray, num_levels: int) -> np.ndarray:
+    """What the figures must show for images ``x``: display levels, [N, H, W] or [N, H, W, 3]."""
+    pixels = plotting.images_to_uint8(x, num_levels)
+    return pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
 
 
-def test_plot_samples_vector_with_reference_and_diverged_points(tmp_path: Path) -> None:
-    samples = swiss_roll(seed=1)
-    samples[:3, 0] = [1e6, np.nan, -np.inf]
-    assert_png(
-        plotting.plot_samples(samples, VECTOR, tmp_path / "s.png", reference=swiss_roll(seed=2))
-    )
-    assert_only(tmp_path, "s.png")
+def image_grid(fig: Figure) -> np.ndarray:
+    """The pixels of the one image a grid figure shows."""
+    (ax,) = fig.axes
+    (image,) = ax.images
+    return np.asarray(image.get_array())
 
 
-@pytest.mark.parametrize(
+def grid_tiles(grid: np.ndarray, n_rows: int, n_cols: int, size: int) -> np.ndarray:
+    """Cut a padded grid of square ``size`` images into tiles ``[n_rows, n_cols, size, size(, 3)]``,
+    checking that each tile is its image upscaled by a whole number of pixels per pixel."""
+    pad = plotting.GRID_PADDING
+    cell = (grid.shape[1] - (n_cols + 1) * pad) // n_cols
+    assert grid.shape[:2] == (n_rows * cell + (n_rows + 1) * pad, n_cols * cell + (n_cols + 1) * pad)
+    assert cell % size == 0, f"cell of {cell} pixels is not a whole upscaling of {size}"
+    scale = cell // size
+    tiles = np.empty((n_rows, n_cols, size, size) + grid.shape[2:], dtype=grid.dtype)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            tile = grid[pad + r * (cell + pad) :][:cell, pad + c * (cell + pad) :][:, :cell]
+            tiles[r, c] = tile[::scale, ::scale]
+            np.testing.assert_array_equal(tile, tiles[r, c].repeat(scale, 0).repeat(scale, 1))
+    return tiles
+
+
+def tick_labels(ax) -> list[str]:
+    return [label.get_text() for label in ax.get_xticklabels()]
+
+
+def panels(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def offsets(collection) -> np.ndarray:
+    return np.asarray(collection.get_offsets(), dtype=np.float64)
+
+
+def line_data(line) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(line.get_xdata(), dtype=np.float64), np.asarray(line.get_ydata(), dtype=np.float64)
+
+
+def noised(x0: np.ndarray, abar: np.ndarray, i: int, eps: np.ndarray) -> np.ndarray:
+    """Ho et al. eq. 4 at code index i (paper t = i + 1), written out independently."""
+    return np.sqrt(abar[i]) * x0 + np.sqrt(1 - abar[i]) * eps
+
+
+IMAGE_AND_VECTOR_DATA = pytest.mark.parametrize(
     "x0, meta",
     [(digit_images(6), DIGITS), (color_images(3), CIFAR), (swiss_roll(), VECTOR)],
     ids=["digits", "color", "vector"],
 )
-def test_plot_reverse_process(tmp_path: Path, x0: np.ndarray, meta: dict) -> None:
-    steps = np.array([T, 40, 25, 10, 3, 0])
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@pytest.mark.parametrize(
+    "samples, meta, nrow", [(digit_images(10), DIGITS, 4), (color_images(5), CIFAR, 3)], ids=["digits", "color"]
+)
+def test_samples_figure_shows_every_sample_in_its_grid_cell(samples: np.ndarray, meta: dict, nrow: int) -> None:
+    fig = plotting.samples_figure(torch.from_numpy(samples), meta)
+    n, size = len(samples), samples.shape[-1]
+    tiles = grid_tiles(image_grid(fig), -(-n // nrow), nrow, size)
+    expected = shown_pixels(samples, meta["num_levels"])
+    for i in range(n):
+        np.testing.assert_array_equal(tiles[divmod(i, nrow)], expected[i])
+    channels = samples.shape[1]
+    assert fig.axes[0].get_title() == (
+        f"Samples: {n} images, {size}x{size}x{channels}, K = {meta['num_levels']} levels"
+    )
+
+
+def test_samples_figure_shows_only_the_first_max_images() -> None:
+    samples = digit_images(10)
+    fig = plotting.samples_figure(samples, DIGITS, max_images=4)
+    tiles = grid_tiles(image_grid(fig), 2, 2, 8)
+    np.testing.assert_array_equal(tiles.reshape(4, 8, 8), shown_pixels(samples[:4], 17))
+    assert fig.axes[0].get_title().startswith("Samples: 4 of 10 images")
+
+
+def test_samples_figure_vector_scatters_the_samples_over_the_reference() -> None:
+    samples, reference = swiss_roll(seed=1), swiss_roll(n=200, seed=2)
+    samples[:3, 0] = [1e6, np.nan, -np.inf]  # diverged points
+    (ax,) = plotting.samples_figure(samples, VECTOR, reference=torch.from_numpy(reference)).axes
+    behind, points = ax.collections
+    np.testing.assert_array_equal(offsets(points), samples)
+    np.testing.assert_array_equal(offsets(behind), reference)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["held-out data (n=200)", "samples (n=300)"]
+    # The diverged points do not set the view: the roll (radius < 1.5) fills it.
+    (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+    assert -2 < x_low < -1 < 1 < x_high < 2 and -2 < y_low < -1 < 1 < y_high < 2
+    assert [t.get_text() for t in ax.texts] == ["3 point(s) outside view"]
+    assert ax.get_title() == "Samples vs held-out data"
+
+
+def test_samples_figure_vector_without_reference() -> None:
+    samples = swiss_roll()
+    (ax,) = plotting.samples_figure(samples, VECTOR).axes
+    (points,) = ax.collections
+    np.testing.assert_array_equal(offsets(points), samples)
+    assert ax.get_title() == "Samples" and not ax.texts
+
+
+# --------------------------------------------------------------------------- reverse process
+
+
+def reverse_trajectory(x0: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Snapshots [S, n, ...] that differ at every step: x_t drawn from q(x_t | x_0)."""
     abar = np.cumprod(1 - linear_betas())
     rng = np.random.default_rng(0)
-    traj = np.stack(
-        [
-            (
-                x0
-                if s == 0
-                else np.sqrt(abar[s - 1]) * x0
-                + np.sqrt(1 - abar[s - 1]) * rng.standard_normal(x0.shape)
-            )
-            for s in steps
-        ]
-    )
+    return np.stack([x0 if s == 0 else noised(x0, abar, s - 1, rng.standard_normal(x0.shape)) for s in steps])
+
+
+@IMAGE_AND_VECTOR_DATA
+def test_reverse_process_figure_shows_each_snapshot_under_its_timestep(x0: np.ndarray, meta: dict) -> None:
+    steps = np.array([T, 40, 25, 10, 3, 0])
+    traj = reverse_trajectory(x0, steps)
     reference = swiss_roll(seed=3) if meta["kind"] == "vector" else None
-    out = plotting.plot_reverse_process(
-        traj, torch.from_numpy(steps), meta, tmp_path / "reverse.png", reference=reference
-    )
-    assert_png(out)
-    assert_only(tmp_path, "reverse.png")
+    fig = plotting.reverse_process_figure(traj, torch.from_numpy(steps), meta, reference=reference)
+    labels = [f"t={s}" for s in steps]
+    if meta["kind"] == "vector":
+        assert [ax.get_title() for ax in panels(fig)] == labels
+        for ax, frame in zip(panels(fig), traj, strict=True):
+            behind, points = ax.collections
+            np.testing.assert_array_equal(offsets(points), frame)
+            np.testing.assert_array_equal(offsets(behind), reference)
+        return
+    (ax,) = fig.axes
+    assert tick_labels(ax) == labels
+    assert ax.get_xlabel() == "timestep t (reverse steps remaining)"
+    tiles = grid_tiles(image_grid(fig), len(x0), len(steps), x0.shape[-1])
+    for c, frame in enumerate(traj):
+        np.testing.assert_array_equal(tiles[:, c], shown_pixels(frame, meta["num_levels"]))
 
 
-def test_plot_reverse_process_thins_long_trajectories(tmp_path: Path) -> None:
+def test_reverse_process_figure_thins_long_trajectories_keeping_first_and_last() -> None:
     steps = np.arange(T, -1, -1)
-    traj = np.random.default_rng(0).standard_normal((len(steps), 12, 1, 8, 8))
-    assert_png(plotting.plot_reverse_process(traj, steps, DIGITS, tmp_path / "r.png"))
+    traj = np.random.default_rng(0).uniform(-1, 1, (len(steps), 12, 1, 8, 8))
+    fig = plotting.reverse_process_figure(traj, steps, DIGITS, max_examples=8, max_columns=10)
+    columns = np.round(np.linspace(0, T, 10)).astype(int)  # evenly spread indices into steps
+    assert tick_labels(fig.axes[0]) == [f"t={steps[c]}" for c in columns]
+    assert tick_labels(fig.axes[0])[0] == f"t={T}" and tick_labels(fig.axes[0])[-1] == "t=0"
+    tiles = grid_tiles(image_grid(fig), 8, 10, 8)
+    for j, c in enumerate(columns):
+        np.testing.assert_array_equal(tiles[:, j], shown_pixels(traj[c, :8], 17))
 
 
-def test_plot_reverse_process_rejects_mismatched_steps(tmp_path: Path) -> None:
+def test_reverse_process_figure_wraps_vector_panels_into_rows() -> None:
+    steps = np.arange(7, -1, -1)
+    traj = np.random.default_rng(0).standard_normal((len(steps), 50, 2))
+    fig = plotting.reverse_process_figure(traj, steps, VECTOR)
+    assert len(fig.axes) == 2 * plotting.MAX_PANELS_PER_ROW and len(panels(fig)) == len(steps)
+    for ax, frame in zip(panels(fig), traj, strict=True):
+        np.testing.assert_array_equal(offsets(ax.collections[-1]), frame)
+
+
+def test_reverse_process_rejects_mismatched_steps(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="len\\(steps\\)"):
         plotting.plot_reverse_process(np.zeros((3, 4, 2)), [2, 1], VECTOR, tmp_path / "r.png")
     assert_only(tmp_path)
 
 
-@pytest.mark.parametrize(
-    "x0, meta",
-    [(digit_images(6), DIGITS), (color_images(3), CIFAR), (swiss_roll(), VECTOR)],
-    ids=["digits", "color", "vector"],
-)
-def test_plot_forward_process(tmp_path: Path, x0: np.ndarray, meta: dict) -> None:
-    abar = torch.cumprod(1 - torch.from_numpy(linear_betas()), dim=0)
-    out = plotting.plot_forward_process(x0, abar, meta, tmp_path / "forward.png")
-    assert_png(out)
-    assert_only(tmp_path, "forward.png")
+# --------------------------------------------------------------------------- forward process
 
 
-def test_plot_forward_process_is_seeded(tmp_path: Path) -> None:
+@IMAGE_AND_VECTOR_DATA
+def test_forward_process_figure_shows_q_xt_given_x0_at_the_paper_timestep(x0: np.ndarray, meta: dict) -> None:
     abar = np.cumprod(1 - linear_betas())
-    a = plotting.plot_forward_process(
-        swiss_roll(), abar, VECTOR, tmp_path / "a.png", steps=[0, 10, T - 1], seed=3
+    steps = [0, 9, 30, T - 1]  # code indices: paper t = 1, 10, 31, T
+    fig = plotting.forward_process_figure(
+        x0, torch.from_numpy(abar), meta, steps=steps, seed=5, num_examples=2
     )
-    b = plotting.plot_forward_process(
-        swiss_roll(), abar, VECTOR, tmp_path / "b.png", steps=[0, 10, T - 1], seed=3
-    )
-    np.testing.assert_array_equal(assert_png(a), assert_png(b))
+    shown = x0[:2] if meta["kind"] == "image" else x0
+    eps = np.random.default_rng(5).standard_normal(shown.shape)
+    frames = [shown] + [noised(shown, abar, i, eps) for i in steps]
+    labels = ["t=0\n(data)"] + [f"t={i + 1}\n" + rf"$\bar\alpha$={abar[i]:.2g}" for i in steps]
+    if meta["kind"] == "vector":
+        assert [ax.get_title() for ax in panels(fig)] == labels
+        for ax, frame in zip(panels(fig), frames, strict=True):
+            (points,) = ax.collections
+            np.testing.assert_allclose(offsets(points), frame, rtol=0, atol=1e-15)
+        return
+    (ax,) = fig.axes
+    assert tick_labels(ax) == labels
+    tiles = grid_tiles(image_grid(fig), 2, len(frames), x0.shape[-1])
+    for c, frame in enumerate(frames):
+        np.testing.assert_array_equal(tiles[:, c], shown_pixels(frame, meta["num_levels"]))
 
 
-def test_plot_forward_process_rejects_out_of_range_steps(tmp_path: Path) -> None:
+def test_forward_process_figure_default_steps_span_t_1_to_T() -> None:
+    abar = np.cumprod(1 - linear_betas())
+    fig = plotting.forward_process_figure(swiss_roll(), abar, VECTOR)
+    titles = [ax.get_title().split("\n")[0] for ax in panels(fig)]
+    assert titles == ["t=0"] + [f"t={i + 1}" for i in np.round(np.linspace(0, T - 1, 8)).astype(int)]
+    assert titles[1] == "t=1" and titles[-1] == f"t={T}"
+
+
+def test_forward_process_figure_is_seeded() -> None:
+    abar = np.cumprod(1 - linear_betas())
+
+    def noisy_points(seed: int) -> np.ndarray:
+        fig = plotting.forward_process_figure(swiss_roll(), abar, VECTOR, steps=[10], seed=seed)
+        return offsets(panels(fig)[1].collections[0])
+
+    np.testing.assert_array_equal(noisy_points(3), noisy_points(3))
+    assert not np.array_equal(noisy_points(3), noisy_points(4))
+
+
+def test_forward_process_rejects_out_of_range_steps() -> None:
     abar = np.cumprod(1 - linear_betas())
     with pytest.raises(ValueError, match=f"0..{T - 1}"):
-        plotting.plot_forward_process(swiss_roll(), abar, VECTOR, tmp_path / "f.png", steps=[0, T])
+        plotting.forward_process_figure(swiss_roll(), abar, VECTOR, steps=[0, T])
 
 
-def test_plot_schedule(tmp_path: Path) -> None:
-    assert_png(plotting.plot_schedule(torch.from_numpy(linear_betas()), tmp_path / "schedule.png"))
-    assert_only(tmp_path, "schedule.png")
+# --------------------------------------------------------------------------- schedule
 
 
-def test_plot_loss_ignores_extra_columns(tmp_path: Path) -> None:
+def test_schedule_figure_plots_beta_abar_and_log_snr_against_paper_t() -> None:
+    betas = linear_betas()
+    betas[-1] = 1.0  # abar_T = 0 (the jsd schedule): log SNR_T = -inf, drawn without failing
+    fig = plotting.schedule_figure(torch.from_numpy(betas))
+    abar = np.cumprod(1 - betas)
+    with np.errstate(divide="ignore"):
+        expected = [betas, abar, np.log(abar / (1 - abar))]
+    assert len(fig.axes) == 3
+    for ax, values in zip(fig.axes, expected, strict=True):
+        x, y = line_data(ax.lines[0])
+        np.testing.assert_array_equal(x, np.arange(1, T + 1))
+        np.testing.assert_allclose(y[:-1], values[:-1], rtol=1e-12)
+        assert y[-1] == values[-1]
+        assert ax.get_xlabel() == r"timestep $t$ (1..T)"
+    assert fig.axes[2].get_ylabel().endswith("(nats)")
+    assert fig.get_suptitle().startswith(f"Noise schedule (T = {T},")
+
+
+# --------------------------------------------------------------------------- training loss
+
+
+def expected_ema(values: np.ndarray, span: float) -> np.ndarray:
+    """Bias-corrected EMA as a weighted mean: weight beta^(i - j) on value j at step i."""
+    beta = 1 - 2 / (span + 1)
+    i, j = np.meshgrid(np.arange(len(values)), np.arange(len(values)), indexing="ij")
+    weights = np.where(j <= i, beta ** np.abs(i - j), 0.0)
+    return weights @ values / weights.sum(axis=1)
+
+
+def test_loss_figure_plots_loss_against_step_with_its_ema(tmp_path: Path) -> None:
     steps = np.arange(200)
-    loss = 1.0 / (1 + steps / 5) + 0.01 * np.random.default_rng(0).random(
-        200
-    )  # spans > 1 decade: log axis
-    rows = [(s, l, 1e-3) for s, l in zip(steps, loss)] + [(200, "nan", 1e-3), (201, "", 1e-3)]
+    loss = 1.0 / (1 + steps / 5) + 0.01 * np.random.default_rng(0).random(200)  # spans > 1 decade
+    order = np.random.default_rng(1).permutation(200)  # rows out of order: plotted by step
+    rows = [(steps[k], loss[k], 1e-3) for k in order] + [(200, "nan", 1e-3), (201, "", 1e-3)]
     csv_path = write_csv(tmp_path / "loss.csv", "step,loss,lr", rows)
-    assert_png(plotting.plot_loss(csv_path, tmp_path / "loss.png"))
-    assert_only(tmp_path, "loss.csv", "loss.png")
+    (ax,) = plotting.loss_figure(csv_path, ylabel="simple loss (MSE)").axes
+    raw, smooth = ax.lines
+    np.testing.assert_array_equal(line_data(raw)[0], steps)
+    np.testing.assert_array_equal(line_data(raw)[1], loss)
+    np.testing.assert_array_equal(line_data(smooth)[0], steps)
+    np.testing.assert_allclose(line_data(smooth)[1], expected_ema(loss, span=5.0), rtol=1e-12)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["per step", "EMA (span 5 points)"]
+    assert ax.get_yscale() == "log"
+    assert ax.get_xlabel() == "training step" and ax.get_ylabel() == "simple loss (MSE)"
+    assert ax.get_title().endswith("\n2 non-finite value(s) omitted")
 
 
-def test_plot_loss_single_row_and_flat_range(tmp_path: Path) -> None:
-    csv_path = write_csv(tmp_path / "loss.csv", "lr,loss,step", [(1e-3, 0.5, 0)])
-    assert_png(plotting.plot_loss(csv_path, tmp_path / "loss.png"))
+def test_loss_figure_single_row_and_flat_range(tmp_path: Path) -> None:
+    csv_path = write_csv(tmp_path / "loss.csv", "lr,loss,step", [(1e-3, 0.5, 7)])
+    (ax,) = plotting.loss_figure(csv_path).axes
+    (line,) = ax.lines
+    assert line_data(line) == ([7.0], [0.5]) and line.get_marker() == "o"
+    assert ax.get_yscale() == "linear"
+    assert ax.get_title() == "Training loss (1 points, final 0.5)"
 
 
-def test_plot_loss_names_missing_column(tmp_path: Path) -> None:
-    csv_path = write_csv(tmp_path / "loss.csv", "step,mse", [(0, 1.0)])
-    with pytest.raises(ValueError, match="'loss'"):
+@pytest.mark.parametrize(
+    "header, rows, match",
+    [
+        ("step,mse", [(0, 1.0)], "missing column.*'loss'"),
+        ("step,loss", [(0, "high")], r"loss.csv:2: column 'loss' has non-numeric value 'high'"),
+        ("step,loss", [], "no data rows"),
+        ("step,loss", [(0, "nan")], "no finite"),
+    ],
+)
+def test_loss_figure_refuses_a_malformed_report_as_a_data_error(
+    tmp_path: Path, header: str, rows: list, match: str
+) -> None:
+    csv_path = write_csv(tmp_path / "loss.csv", header, rows)
+    with pytest.raises(DataError, match=match):
         plotting.plot_loss(csv_path, tmp_path / "loss.png")
     assert_only(tmp_path, "loss.csv")
 
 
-def bound_rows(decoder: float, num_timesteps: int = T) -> list[tuple]:
+# --------------------------------------------------------------------------- bound terms
+
+
+def bound_terms(decoder: float, num_timesteps: int = T) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = np.arange(1, num_timesteps + 1)
     terms = 0.3 * np.exp(-t / 8) + 1e-4
     terms[0] = decoder
-    return [(int(a), float(b), float(abs(b)) * 0.1) for a, b in zip(t, terms)]
+    return t, terms, 0.1 * np.abs(terms)
 
 
-@pytest.mark.parametrize(
-    "unit, decoder", [("bits/dim", 0.9), ("nats/dim", -1.7), ("nats/dim", 0.0)]
-)
-def test_plot_bound_terms(tmp_path: Path, unit: str, decoder: float) -> None:
-    csv_path = write_csv(tmp_path / "terms.csv", "t,term,stderr", bound_rows(decoder))
-    assert_png(plotting.plot_bound_terms(csv_path, tmp_path / "bound.png", unit))
-    assert_only(tmp_path, "terms.csv", "bound.png")
+def write_terms(path: Path, t: np.ndarray, terms: np.ndarray, stderr: list) -> Path:
+    order = np.random.default_rng(0).permutation(len(t))  # rows out of order: plotted by t
+    return write_csv(path, "t,term,stderr", [(int(t[k]), repr(float(terms[k])), stderr[k]) for k in order])
 
 
-def test_plot_bound_terms_tolerates_missing_stderr_and_nonpositive_kl(tmp_path: Path) -> None:
-    rows = [(t, term, "" if t % 2 else se) for t, term, se in bound_rows(0.5)]
-    rows[5] = (6, -1e-12, 0.0)  # numerical noise in a KL term
-    csv_path = write_csv(tmp_path / "terms.csv", "t,term,stderr", rows)
-    assert_png(plotting.plot_bound_terms(csv_path, tmp_path / "bound.png", "bits/dim"))
+@pytest.mark.parametrize("unit", ["bits/dim", "nats/dim"])
+def test_bound_terms_figure_plots_the_kl_terms_at_paper_t_in_the_given_unit(tmp_path: Path, unit: str) -> None:
+    t, terms, stderr = bound_terms(decoder=0.9)
+    csv_path = write_terms(tmp_path / "terms.csv", t, terms, [repr(float(s)) for s in stderr])
+    (ax,) = plotting.bound_terms_figure(csv_path, unit).axes
+    kl_line = ax.lines[0]
+    np.testing.assert_array_equal(line_data(kl_line)[0], t[1:])  # L_{t-1} at t = 2..T
+    np.testing.assert_array_equal(line_data(kl_line)[1], terms[1:])  # as written, in `unit`
+    band = ax.collections[0].get_paths()[0].vertices
+    for ti, low, high in zip(t[1:], terms[1:] - stderr[1:], terms[1:] + stderr[1:], strict=True):
+        ys = band[band[:, 0] == ti, 1]
+        assert np.isclose(ys, low, rtol=1e-12).any() and np.isclose(ys, high, rtol=1e-12).any()
+    # L_0 at t = 1 with its error bar.
+    (decoder,) = ax.containers
+    np.testing.assert_array_equal(line_data(decoder.lines[0]), ([1.0], [0.9]))
+    np.testing.assert_allclose(decoder.lines[2][0].get_segments()[0], [[1, 0.9 - 0.09], [1, 0.9 + 0.09]], rtol=1e-12)
+    assert ax.get_yscale() == "log"
+    assert ax.get_ylabel() == f"mean term per dimension ({unit})"
+    assert ax.get_title() == f"Variational bound per timestep ({unit})"
+    assert ax.get_xlabel().startswith("timestep $t$ (paper index")
+    title = ax.get_legend().get_title().get_text()
+    assert title.startswith(f"sum of all {T} terms = {terms.sum():.4g} {unit}\n")
 
 
-def test_plot_bound_terms_rejects_unknown_unit(tmp_path: Path) -> None:
-    csv_path = write_csv(tmp_path / "terms.csv", "t,term,stderr", bound_rows(0.5))
+@pytest.mark.parametrize("decoder", [-1.7, 0.0])
+def test_bound_terms_figure_pins_a_non_positive_decoder_term_to_the_bottom(tmp_path: Path, decoder: float) -> None:
+    t, terms, stderr = bound_terms(decoder)
+    csv_path = write_terms(tmp_path / "terms.csv", t, terms, [repr(float(s)) for s in stderr])
+    (ax,) = plotting.bound_terms_figure(csv_path, "nats/dim").axes
+    marker = ax.lines[-1]
+    assert marker.get_marker() == "v" and not ax.containers
+    np.testing.assert_array_equal(line_data(marker), ([1.0], [ax.get_ylim()[0]]))
+    assert ax.get_ylim()[0] == pytest.approx(terms[1:].min() / 3, rel=1e-12)
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[-1] == rf"$L_0$ (decoder, $t=1$) = {decoder:.4g} $\pm$ {abs(decoder) * 0.1:.2g} (off scale)"
+
+
+def test_bound_terms_figure_tolerates_missing_stderr_and_nonpositive_kl(tmp_path: Path) -> None:
+    t, terms, stderr = bound_terms(decoder=0.5)
+    terms[5] = -1e-12  # numerical noise in a KL term (t = 6)
+    cells = ["" if ti % 2 else repr(float(s)) for ti, s in zip(t, stderr, strict=True)]
+    csv_path = write_terms(tmp_path / "terms.csv", t, terms, cells)
+    (ax,) = plotting.bound_terms_figure(csv_path, "bits/dim").axes
+    kept = (t >= 2) & (t != 6)
+    np.testing.assert_array_equal(line_data(ax.lines[0])[0], t[kept])
+    np.testing.assert_array_equal(line_data(ax.lines[0])[1], terms[kept])
+    assert ax.get_legend().get_title().get_text().endswith("\n1 non-positive KL term(s) not drawn")
+    # t = 1 has no standard error (odd t): no error bar, none in the label.
+    (decoder,) = ax.containers
+    np.testing.assert_array_equal(decoder.lines[2][0].get_segments()[0], [[1, 0.5], [1, 0.5]])
+    assert ax.get_legend().get_texts()[-1].get_text() == r"$L_0$ (decoder, $t=1$) = 0.5"
+
+
+def test_bound_terms_rejects_unknown_unit(tmp_path: Path) -> None:
+    t, terms, stderr = bound_terms(decoder=0.5)
+    csv_path = write_terms(tmp_path / "terms.csv", t, terms, list(stderr))
     with pytest.raises(ValueError, match="bits/dim"):
-        plotting.plot_bound_terms(csv_path, tmp_path / "bound.png", "bpd")
+        plotting.bound_terms_figure(csv_path, "bpd")
+
+
+def test_bound_terms_refuses_a_report_with_nothing_to_draw_as_a_data_error(tmp_path: Path) -> None:
+    csv_path = write_csv(tmp_path / "terms.csv", "t,term,stderr", [(1, -0.5, 0.1), (2, 0.0, 0.0)])
+    with pytest.raises(DataError, match="no positive finite term"):
+        plotting.bound_terms_figure(csv_path, "nats/dim")
 
 
 def test_meta_kind_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="meta\\['kind'\\]"):
         plotting.plot_samples(swiss_roll(), {"kind": "points"}, tmp_path / "s.png")
     assert_only(tmp_path)
+
+
+# --------------------------------------------------------------------------- PNG files
+
+
+def loss_csv(folder: Path) -> Path:
+    return write_csv(folder / "loss.csv", "step,loss", [(s, 1.0 / (1 + s)) for s in range(100)])
+
+
+def terms_csv(folder: Path) -> Path:
+    t, terms, stderr = bound_terms(decoder=0.9)
+    return write_terms(folder / "terms.csv", t, terms, list(stderr))
+
+
+ABAR = np.cumprod(1 - linear_betas())
+STEPS = np.array([T, 25, 0])
+PLOT_INPUTS = {  # figure name -> (positional, keyword) arguments, given a folder for report files
+    "loss": lambda folder: ((loss_csv(folder),), {}),
+    "bound_terms": lambda folder: ((terms_csv(folder),), {"unit": "bits/dim"}),
+    "schedule": lambda folder: ((linear_betas(),), {}),
+    "samples": lambda folder: ((swiss_roll(), VECTOR), {"reference": swiss_roll(seed=1)}),
+    "reverse_process": lambda folder: ((reverse_trajectory(digit_images(3), STEPS), STEPS, DIGITS), {}),
+    "forward_process": lambda folder: ((color_images(2), ABAR, CIFAR), {"seed": 1}),
+}
+
+
+def png_pixels(source) -> np.ndarray:
+    with Image.open(source) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("name", list(PLOT_INPUTS))
+def test_every_plot_function_writes_its_figure_as_one_png(tmp_path: Path, name: str) -> None:
+    """``plot_<name>`` writes exactly the figure ``<name>_figure`` builds, and nothing else."""
+    args, kwargs = PLOT_INPUTS[name](tmp_path)
+    png = tmp_path / "figures" / "f.png"
+    assert getattr(plotting, f"plot_{name}")(*args, png, **kwargs) == png
+    assert_only(tmp_path / "figures", "f.png")
+    pixels = assert_png(png)
+    rendered = io.BytesIO()
+    getattr(plotting, f"{name}_figure")(*args, **kwargs).savefig(rendered, format="png", dpi=plotting.DPI)
+    np.testing.assert_array_equal(pixels, png_pixels(rendered))
 
 
 # --------------------------------------------------------------------------- atomic writes

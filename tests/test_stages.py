@@ -3,14 +3,19 @@ clear line and exit code 2 before any work, and leaves no partial outputs."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from stages import evaluate, prepare, sample, train
+from ddpm.checkpoint import check_compatible, load_checkpoint
+from ddpm.errors import CheckpointError
+from ddpm.tracking import Tracker
+from stages import evaluate, plot, prepare, sample, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,24 +71,108 @@ def test_train_rejects_batch_larger_than_dataset_and_bad_image_size(tmp_path, ca
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_sample_and_evaluate_refuse_a_missing_checkpoint(tmp_path, capsys):
+def error_and_hint(stage: str, err: str) -> tuple[str, str]:
+    """The stage's one error line and its hint line (the whole of stderr for a user error)."""
+    error, hint = err.strip().splitlines()
+    assert error.startswith(f"{stage}: error: ") and hint.startswith(f"{stage}: hint: "), err
+    return error, hint
+
+
+def test_sample_and_evaluate_refuse_a_missing_checkpoint_saying_what_is_wrong_and_the_pipeline_hint(
+        tmp_path, capsys):
+    """The library says what is wrong; only the stage names the pipeline command (its hint)."""
     params = write_params(tmp_path / "params.yaml")
-    assert sample.main(["--params", str(params), "--model", str(tmp_path / "none.pt"), "--out", str(tmp_path / "s")]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert evaluate.main(["--params", str(params), "--model", str(tmp_path / "none.pt"), "--data", str(tmp_path),
+    model = str(tmp_path / "none.pt")
+    assert sample.main(["--params", str(params), "--model", model, "--out", str(tmp_path / "s")]) == 2
+    error, hint = error_and_hint("sample", capsys.readouterr().err)
+    assert error == f"sample: error: checkpoint {model!r} does not exist"
+    assert "dvc repro train" in hint
+    assert evaluate.main(["--params", str(params), "--model", model, "--data", str(tmp_path),
                           "--metrics", str(tmp_path / "m.json"), "--terms", str(tmp_path / "t.csv")]) == 2
+    error, hint = error_and_hint("evaluate", capsys.readouterr().err)
+    assert error == f"evaluate: error: checkpoint {model!r} does not exist"
     assert not (tmp_path / "m.json").exists()
+
+
+def test_checkpoint_errors_from_the_library_do_not_name_the_pipeline(tmp_path):
+    path = tmp_path / "model.pt"
+    messages = []
+    for content in (None, b"not a checkpoint"):
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        messages.append(str(err.value))
+    with pytest.raises(CheckpointError) as err:
+        check_compatible(path, {"timesteps": 1000}, {"timesteps": 500})
+    messages.append(str(err.value))
+    assert messages[2].endswith("the current params:\n  timesteps: checkpoint has 1000, params have 500")
+    for message in messages:
+        assert "dvc" not in message and "stages" not in message, message
+
+
+def write_reports(root: Path, loss_csv: str) -> dict[str, Path]:
+    """The plot stage's inputs: prepared digits and the reports the other stages write."""
+    params = write_params(root / "params.yaml")
+    prepared = root / "prep"
+    assert prepare.main(["--params", str(params), "--raw", str(root / "raw"), "--out", str(prepared)]) == 0
+    reports = root / "reports"
+    (reports / "train").mkdir(parents=True)
+    (reports / "train" / "loss.csv").write_text(loss_csv)
+    (reports / "eval").mkdir()
+    (reports / "eval" / "terms.csv").write_text("t,term,stderr\n1,0.9,0.01\n2,0.2,0.01\n")
+    (reports / "metrics.json").write_text(json.dumps({"unit": "bits/dim"}))
+    (reports / "samples").mkdir()
+    frames = np.zeros((2, 4, 1, 8, 8))
+    np.savez(reports / "samples" / "samples.npz", samples=frames[-1], trajectory=frames, steps=np.array([1, 0]))
+    (root / "run.json").write_text(json.dumps({"mlflow_run_id": None}))
+    return {"--params": params, "--data": prepared, "--reports": reports, "--run": root / "run.json",
+            "--out": root / "figures"}
+
+
+def stage_args(paths: dict[str, Path]) -> list[str]:
+    return [str(item) for option, path in paths.items() for item in (option, path)]
+
+
+def test_plot_stage_draws_every_figure_from_the_reports(tmp_path, capsys):
+    paths = write_reports(tmp_path, "step,loss\n0,1.0\n1,0.5\n")
+    assert plot.main(stage_args(paths)) == 0
+    assert sorted(p.name for p in paths["--out"].iterdir()) == sorted(
+        f"{name}.png" for name in ("loss", "bound_terms", "samples", "reverse_process", "forward_process", "schedule"))
+
+
+def test_plot_stage_refuses_a_malformed_report_with_one_line_and_a_hint(tmp_path, capsys):
+    paths = write_reports(tmp_path, "step,mse\n0,1.0\n")
+    assert plot.main(stage_args(paths)) == 2
+    error, hint = error_and_hint("plot", capsys.readouterr().err)
+    assert error == (f"plot: error: {paths['--reports'] / 'train' / 'loss.csv'}: missing column(s) ['loss']; "
+                     "header is ['step', 'mse'], expected at least ['step', 'loss']")
+    assert "dvc repro" in hint
+    assert not paths["--out"].exists()
+
+
+def test_tracking_source_name_comes_from_the_caller(tmp_path, monkeypatch):
+    """The library does not name the pipeline: the stage passes what started the run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    named = Tracker.open("ddpm", None, {}, uri, source_name="dvc repro (stages/train.py)")
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "notebook.py")])
+    default = Tracker.open("ddpm", None, {}, uri)
+    for tracker in (named, default):
+        tracker.finish()
+    sources = [tracker.client.get_run(tracker.run_id).data.tags["mlflow.source.name"] for tracker in (named, default)]
+    assert sources == ["dvc repro (stages/train.py)", str(tmp_path / "notebook.py")]
 
 
 def test_dvc_yaml_lists_every_ddpm_module_each_stage_imports():
     """Declared deps cannot go stale: import each stage in a fresh interpreter and compare."""
     stages_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages_yaml.items():
-        code = ("import sys, stages.{0}; print('\\n'.join(sorted(m for m in sys.modules "
-                "if m == 'ddpm' or m.startswith('ddpm.'))))").format(name)
-        mods = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.split()
-        files = {m.replace(".", "/") + ("/__init__.py" if m in ("ddpm", "ddpm.nn") else ".py") for m in mods}
+        # Each loaded ddpm module's own file (a package's is its __init__.py), relative to the repo.
+        code = (f"import os, sys, stages.{name}; print('\\n'.join(os.path.relpath(m.__file__) for n, m in "
+                "sys.modules.items() if n == 'ddpm' or n.startswith('ddpm.')))")
+        files = set(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                                   check=True).stdout.split())
         declared = {d for d in stage["deps"] if d.startswith("ddpm/")}
         assert files == declared, f"stage {name}: imports {sorted(files - declared)} undeclared, " \
                                   f"declares {sorted(declared - files)} unused"

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from ddpm.errors import ConfigError
 from ddpm.nn.embeddings import timestep_embedding
 from ddpm.nn.mlp import MLP
 from ddpm.nn.unet import UNet
@@ -23,27 +24,11 @@ def build_model(
     ``cfg`` is the ``model`` params section (any object with its attributes). ``name="auto"``
     picks the MLP for vectors and the U-Net for images. ``learn_sigma`` doubles the output
     channels for Improved DDPM's learned variance. ``cfg.time_embedding`` applies to the MLP
-    only; the U-Net always uses the sinusoidal embedding, as in DDPM.
+    only; the U-Net always uses the sinusoidal embedding, as in DDPM. Settings that do not fit
+    the data raise ``ConfigError`` naming the params key.
     """
     data_shape = tuple(data_shape)
-    if cfg.name not in MODEL_NAMES:
-        raise ValueError(
-            f"model.name={cfg.name!r} is not one of {', '.join(map(repr, MODEL_NAMES))}"
-        )
-    if len(data_shape) == 1:
-        kind, fits = "vector", "'mlp' or 'auto'"
-    elif len(data_shape) == 3:
-        kind, fits = "image", "'unet' or 'auto'"
-        if data_shape[1] != data_shape[2]:
-            raise ValueError(f"the U-Net needs square images, got data shape {data_shape}")
-    else:
-        raise ValueError(f"data shape {data_shape} is neither (D,) vectors nor (C, H, W) images")
-    name = {"vector": "mlp", "image": "unet"}[kind] if cfg.name == "auto" else cfg.name
-    if (name == "mlp") != (kind == "vector"):
-        raise ValueError(
-            f"model.name={cfg.name!r} does not fit {kind} data of shape {data_shape}; use {fits}"
-        )
-
+    name = _network_name(cfg.name, data_shape)
     out_factor = 2 if learn_sigma else 1
     try:
         if name == "mlp":
@@ -69,7 +54,25 @@ def build_model(
         )
     except ValueError as err:
         # The constructors name their own arguments; say which params section they come from.
-        raise ValueError(f"model settings do not fit data of shape {data_shape}: {err}") from None
+        raise ConfigError(f"model settings do not fit data of shape {data_shape}: {err}") from None
+
+
+def _network_name(name: str, data_shape: tuple[int, ...]) -> str:
+    """``"mlp"`` or ``"unet"``: the network ``model.name`` asks for, checked against the data."""
+    if name not in MODEL_NAMES:
+        raise ConfigError(f"model.name={name!r} is not one of {', '.join(map(repr, MODEL_NAMES))}")
+    if len(data_shape) == 1:
+        kind, fits = "vector", "'mlp' or 'auto'"
+    elif len(data_shape) == 3:
+        kind, fits = "image", "'unet' or 'auto'"
+        if data_shape[1] != data_shape[2]:
+            raise ConfigError(f"the U-Net needs square images, got data shape {data_shape}")
+    else:
+        raise ConfigError(f"data shape {data_shape} is neither (D,) vectors nor (C, H, W) images")
+    network = {"vector": "mlp", "image": "unet"}[kind] if name == "auto" else name
+    if (network == "mlp") != (kind == "vector"):
+        raise ConfigError(f"model.name={name!r} does not fit {kind} data of shape {data_shape}; use {fits}")
+    return network
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -80,7 +80,7 @@ class MLP(nn.Module):
         widths = [dim] + [hidden] * num_layers
         self.layers = nn.ModuleList(
             ConditionalLinear(w_in, w_out, timesteps, time_embedding)
-            for w_in, w_out in zip(widths[:-1], widths[1:])
+            for w_in, w_out in zip(widths[:-1], widths[1:], strict=True)
         )
         self.out = nn.Linear(hidden, self.out_dim)
 

@@ -84,8 +84,7 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
         # [3, B, heads, HW, C/heads], copied so the channel dim is contiguous: SDPA's fused
         # kernels (flash on the CPU and CUDA) need it; given the strided view, SDPA on the CPU
-        # falls back to its math path, which also upcasts bf16 to fp32 (fwd+bwd of a 16x16x256
-        # block in bf16: 15 ms instead of 23 ms; in fp32 about the same either way).
+        # falls back to its math path, which also upcasts bf16 to fp32 and so is slower in bf16.
         q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(2, 3).reshape(b, c, h, w)
@@ -108,7 +107,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Nearest-neighbour x2 as a broadcast view and one copy: the same values as
-        # F.interpolate(mode="nearest"), which makes two extra copies and is ~2x slower on CPU.
+        # F.interpolate(mode="nearest"), which makes two extra copies and is slower on the CPU.
         b, c, h, w = x.shape
         x = x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
         return self.conv(x)
@@ -146,42 +145,30 @@ class UNet(nn.Module):
         num_heads: int = 1,
     ) -> None:
         super().__init__()
-        channel_mult = tuple(channel_mult)
-        attn_resolutions = tuple(attn_resolutions)
-        _validate(
-            in_channels,
-            out_channels,
-            image_size,
-            base_channels,
-            channel_mult,
-            num_res_blocks,
-            attn_resolutions,
-            dropout,
-            num_heads,
-        )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.image_size = image_size
-        self.base_channels = base_channels
+        channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
+        _validate(in_channels, out_channels, image_size, base_channels, channel_mult, num_res_blocks,
+                  attn_resolutions, dropout, num_heads)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.image_size, self.base_channels = image_size, base_channels
         emb_channels = 4 * base_channels
+
+        def block(in_ch: int, out_ch: int, res: int) -> list[nn.Module]:
+            """A residual block, followed by attention where ``res`` is in attn_resolutions."""
+            layers: list[nn.Module] = [ResBlock(in_ch, out_ch, emb_channels, dropout)]
+            if res in attn_resolutions:
+                layers.append(AttentionBlock(out_ch, num_heads))
+            return layers
 
         self.time_embed = nn.Sequential(
             nn.Linear(base_channels, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels)
         )
-
-        self.input_blocks = nn.ModuleList(
-            [TimestepSequential(nn.Conv2d(in_channels, base_channels, 3, padding=1))]
-        )
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, base_channels, 3, padding=1))])
         skip_channels = [base_channels]
         ch, res = base_channels, image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                out_ch = base_channels * mult
-                layers: list[nn.Module] = [ResBlock(ch, out_ch, emb_channels, dropout)]
-                ch = out_ch
-                if res in attn_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads))
-                self.input_blocks.append(TimestepSequential(*layers))
+                self.input_blocks.append(TimestepSequential(*block(ch, base_channels * mult, res)))
+                ch = base_channels * mult
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
                 self.input_blocks.append(TimestepSequential(Downsample(ch)))
@@ -199,11 +186,8 @@ class UNet(nn.Module):
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
-                out_ch = base_channels * mult
-                layers = [ResBlock(ch + skip_channels.pop(), out_ch, emb_channels, dropout)]
-                ch = out_ch
-                if res in attn_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads))
+                layers = block(ch + skip_channels.pop(), base_channels * mult, res)
+                ch = base_channels * mult
                 if level != 0 and i == num_res_blocks:
                     layers.append(Upsample(ch))
                     res *= 2
@@ -260,6 +244,14 @@ def _validate(
     if not is_number or not 0.0 <= dropout < 1.0:
         raise ValueError(f"UNet: dropout={dropout!r} must be a number in [0, 1)")
 
+    _validate_levels(image_size, base_channels, channel_mult, attn_resolutions, num_heads)
+
+
+def _validate_levels(
+    image_size: int, base_channels: int, channel_mult: tuple[int, ...], attn_resolutions: tuple[int, ...],
+    num_heads: int,
+) -> None:
+    """The levels fit the image size, and the attention blocks fit their resolutions and heads."""
     halvings = len(channel_mult) - 1
     if image_size % 2**halvings:
         # The stride-2 conv rounds odd sizes up, so upsampling would not meet the skip tensor.
