@@ -10,10 +10,11 @@ not a bad parameter.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from ddpm.errors import UserError
 
@@ -24,6 +25,20 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return parser
+
+
+@contextlib.contextmanager
+def progress_bar(desc: str, unit: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar for the library's ``on_step(done, total)`` callbacks (the math modules
+    report progress through a callback and never touch the terminal)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=desc, unit=unit, leave=False, mininterval=2.0, disable=not enabled) as bar:
+        def on_step(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield on_step
 
 
 def user_message(name: str, err: UserError, hints: Hints | None = None) -> str:

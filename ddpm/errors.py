@@ -20,7 +20,8 @@ class ConfigError(UserError, ValueError):
 
 
 class DataError(UserError, ValueError):
-    """Dataset files (raw or prepared) are malformed, truncated or inconsistent."""
+    """Dataset or report files (raw, prepared, or the CSVs the plot stage reads) are malformed,
+    truncated or inconsistent."""
 
 
 class DatasetNotFoundError(UserError, RuntimeError):

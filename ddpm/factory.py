@@ -10,10 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpm.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from ddpm.checkpoint import check_compatible, load_checkpoint
 from ddpm.config import Params
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.errors import CheckpointError
 from ddpm.nn import build_model
+from ddpm.runtime import DistInfo, dist_info, init_distributed, resolve_device, set_threads
 from ddpm.schedules import get_beta_schedule
 
 
@@ -35,8 +37,9 @@ class TrainedModel:
     params: Params                  # the config the model was trained with
     meta: dict[str, Any]            # the prepared data's meta.json
     diffusion: GaussianDiffusion
-    network: nn.Module              # in eval mode, on the requested device
+    network: nn.Module              # in eval mode, on ``device``
     mlflow_run_id: str | None
+    device: torch.device
 
 
 def load_trained(path: str | Path, current: Params, device: torch.device, use_ema: bool = True) -> TrainedModel:
@@ -50,6 +53,17 @@ def load_trained(path: str | Path, current: Params, device: torch.device, use_em
     try:
         network.load_state_dict(weights)
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not fit its own config: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit its own config: {str(err).splitlines()[0]}"
+        ) from None
     network.eval().requires_grad_(False)
-    return TrainedModel(saved, state["meta"], build_diffusion(saved), network, state.get("mlflow_run_id"))
+    return TrainedModel(saved, state["meta"], build_diffusion(saved), network, state.get("mlflow_run_id"), device)
+
+
+def load_for_inference(path: str | Path, params: Params, use_ema: bool) -> tuple[DistInfo, TrainedModel]:
+    """Where the sample and evaluate stages start: this process's place in a torchrun job,
+    its device (``train.device``, threads ``train.num_threads``) and the trained network on it."""
+    dist = dist_info()
+    set_threads(params.train.num_threads)
+    device = init_distributed(resolve_device(params.train.device), dist)
+    return dist, load_trained(path, params, device, use_ema=use_ema)

@@ -9,13 +9,14 @@ import sys
 
 import torch
 
-from ddpm.cli import run_stage, stage_parser
+from ddpm.cli import progress_bar, run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import load_prepared
-from ddpm.evaluation import bound_per_example, merge_parts, summarize_bound, evaluation_inputs
-from ddpm.factory import load_trained
+from ddpm.errors import CheckpointError, DataError, DatasetNotFoundError, EvaluationError
+from ddpm.evaluation import bound_per_example, evaluation_inputs, merge_parts, summarize_bound
+from ddpm.factory import load_for_inference
 from ddpm.io import atomic_write_csv, atomic_write_json
-from ddpm.runtime import dist_info, gather_to_main, init_distributed, resolve_device, set_tf32, set_threads, shard
+from ddpm.runtime import gather_to_main, set_tf32, shard
 from ddpm.tracking import Tracker
 
 
@@ -29,16 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     def body(args) -> None:
         params = load_params(args.params)
         ec = params.evaluate
-        dist = dist_info()
-        set_threads(params.train.num_threads)
         set_tf32(False)  # the reported number is computed in full float32 (and float64 math)
-        device = init_distributed(resolve_device(params.train.device), dist)
-        trained = load_trained(args.model, params, device, use_ema=ec.use_ema)
+        dist, trained = load_for_inference(args.model, params, ec.use_ema)
         x_all = evaluation_inputs(load_prepared(args.data).test, trained.meta, ec.num_images)
-        share = bound_per_example(trained.diffusion, trained.network, x_all, trained.meta,
-                                  indices=shard(len(x_all), dist), batch_size=ec.batch_size,
-                                  clip_denoised=ec.clip_denoised, seed=params.seed, device=device,
-                                  progress=dist.is_main)
+        with progress_bar("bound", "timestep", enabled=dist.is_main) as on_step:
+            share = bound_per_example(trained.diffusion, trained.network, x_all, trained.meta,
+                                      indices=shard(len(x_all), dist), batch_size=ec.batch_size,
+                                      clip_denoised=ec.clip_denoised, seed=params.seed, device=trained.device,
+                                      on_step=on_step)
         shares = gather_to_main(share, dist)
         if dist.distributed:
             torch.distributed.destroy_process_group()
@@ -54,7 +53,16 @@ def main(argv: list[str] | None = None) -> int:
             tracker.log_artifact(args.metrics, "metrics")
             tracker.log_artifact(args.terms, "metrics")
 
-    return run_stage("evaluate", body, parser, argv)
+    return run_stage("evaluate", body, parser, argv, hints=HINTS)
+
+
+HINTS = {
+    CheckpointError: "`dvc repro train` writes models/model.pt; retrain if it is from another config",
+    DataError: "`dvc repro prepare` rewrites data/prepared",
+    DatasetNotFoundError: "`dvc repro prepare` writes data/prepared",
+    EvaluationError: "no examples: check evaluate.num_images and data.test_size; non-finite values: "
+                     "the trained model's outputs are not finite, retrain (`dvc repro train`)",
+}
 
 
 if __name__ == "__main__":

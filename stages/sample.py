@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.cli import run_stage, stage_parser
+from ddpm.cli import progress_bar, run_stage, stage_parser
 from ddpm.config import load_params
-from ddpm.factory import load_trained
+from ddpm.errors import CheckpointError
+from ddpm.factory import load_for_inference
 from ddpm.io import atomic_save_npz
 from ddpm.plotting import plot_reverse_process, plot_samples
-from ddpm.runtime import dist_info, gather_to_main, init_distributed, resolve_device, set_threads, shard
+from ddpm.runtime import gather_to_main, shard
 from ddpm.samplers import draw_samples
 from ddpm.tracking import Tracker
 
@@ -29,18 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     def body(args) -> None:
         params = load_params(args.params)
         sc = params.sample
-        dist = dist_info()
-        set_threads(params.train.num_threads)
-        device = init_distributed(resolve_device(params.train.device), dist)
-        trained = load_trained(args.model, params, device, use_ema=sc.use_ema)
+        dist, trained = load_for_inference(args.model, params, sc.use_ema)
         shape = (sc.num_samples, *trained.meta["shape"])
         indices = shard(sc.num_samples, dist)
-        samples, trajectory = draw_samples(
-            trained.diffusion, trained.network, shape, seed=params.seed, batch_size=sc.batch_size,
-            sampler=sc.sampler, steps=sc.steps, eta=sc.eta,
-            # Clipping to [-1, 1] is for images; continuous data (the Swiss roll) is not bounded there.
-            clip_denoised=sc.clip_denoised and trained.meta["kind"] == "image",
-            trajectory_frames=sc.trajectory_frames, device=device, progress=dist.is_main, indices=indices)
+        with progress_bar("sampling", "step", enabled=dist.is_main) as on_step:
+            samples, trajectory = draw_samples(
+                trained.diffusion, trained.network, shape, seed=params.seed, batch_size=sc.batch_size,
+                sampler=sc.sampler, steps=sc.steps, eta=sc.eta,
+                # Clipping to [-1, 1] is for images; continuous data (the Swiss roll) is not bounded there.
+                clip_denoised=sc.clip_denoised and trained.meta["kind"] == "image",
+                trajectory_frames=sc.trajectory_frames, device=trained.device, on_step=on_step, indices=indices)
         shares = gather_to_main((list(indices), samples, trajectory["x"]), dist)
         if dist.distributed:
             torch.distributed.destroy_process_group()
@@ -59,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("grid.png", "reverse_process.png"):
                 tracker.log_artifact(out / name, "samples")
 
-    return run_stage("sample", body, parser, argv)
+    return run_stage("sample", body, parser, argv, hints=HINTS)
+
+
+HINTS = {CheckpointError: "`dvc repro train` writes models/model.pt; retrain if it is from another config"}
 
 
 if __name__ == "__main__":
