@@ -42,4 +42,5 @@ class TrainingDiverged(UserError, RuntimeError):
 
 
 class EvaluationError(UserError, ValueError):
-    """The bound cannot be reported: no examples to score, or non-finite values."""
+    """A score cannot be reported: no examples, too few samples for the metric's settings, or
+    non-finite values (the bound, features)."""

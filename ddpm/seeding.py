@@ -29,6 +29,7 @@ STREAMS: dict[str, int] = {
     "dropout": 3,       # key: rank; item: step
     "sample": 4,        # item: sample index
     "bound": 5,         # item: test example index (the bound's x_t draws)
+    "metrics": 6,       # subsets and projections of the sample-quality metrics
 }
 
 _SEED_SPACE = 2**63  # torch.manual_seed accepts any non-negative int64
