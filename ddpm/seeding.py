@@ -72,8 +72,19 @@ def randn(shape: Sequence[int], generator: Generator, device: torch.device | str
           dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard normal noise of ``shape`` drawn from ``generator``; a sequence of generators
     draws example ``b`` of the batch from ``generator[b]`` (EDM's StackedRandomGenerator)."""
+    return _draw(torch.randn, shape, generator, device, dtype)
+
+
+def rand(shape: Sequence[int], generator: Generator, device: torch.device | str,
+         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform [0, 1) draws of ``shape``, per example like :func:`randn`."""
+    return _draw(torch.rand, shape, generator, device, dtype)
+
+
+def _draw(fn, shape: Sequence[int], generator: Generator, device: torch.device | str,
+          dtype: torch.dtype) -> torch.Tensor:
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        return fn(tuple(shape), generator=generator, device=device, dtype=dtype)
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+    return torch.stack([fn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])

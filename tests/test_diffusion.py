@@ -397,3 +397,50 @@ def test_core_modules_import_one_way(module):
     if module == "evaluation":
         allowed.add("data")
     assert imported <= allowed, f"ddpm.{module} imports {sorted(imported - allowed)}"
+
+
+_TOY_ABAR = GaussianDiffusion(get_beta_schedule("linear", 10, beta_start=0.05, beta_end=0.5)).alphas_cumprod
+
+
+def _toy_eps_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """0.8 times the exact eps-predictor of N(0, I) data (E[eps | x_t] = sqrt(1 - abar_t) x_t):
+    imperfect, so every term depends on t and on the noise, with moderate variance."""
+    return 0.8 * (1 - _TOY_ABAR.to(x_t.device)[t]).sqrt()[:, None].to(x_t.dtype) * x_t
+
+
+def test_stratified_bound_estimate_is_unbiased_for_the_full_bound():
+    """E[L_T + sum_k n_k L_{t_k}] = L_T + sum_t E[L_t]: the mean of many estimates matches the
+    mean of many full bounds on the same points within 4 combined standard errors."""
+    d = GaussianDiffusion(get_beta_schedule("linear", 10, beta_start=0.05, beta_end=0.5))
+    points = torch.tensor([[0.5, -1.0], [1.5, 0.2], [-0.7, 0.9]], dtype=torch.float64)
+    reps = 20_000
+    x0 = points.repeat(reps, 1)
+    full = d.variational_bound(_toy_eps_model, x0, None, clip_denoised=False,
+                               generator=torch.Generator().manual_seed(0), max_batch=len(x0))["total"]
+    est = d.bound_estimate(_toy_eps_model, x0, None, strata=3, clip_denoised=False,
+                           generator=torch.Generator().manual_seed(1))["total"]
+    for i in range(len(points)):
+        a, b = full[i::len(points)], est[i::len(points)]
+        se = math.sqrt(a.var().item() / reps + b.var().item() / reps)
+        assert abs(a.mean().item() - b.mean().item()) < 4 * se, (i, a.mean().item(), b.mean().item(), se)
+    # The estimate is noisier than the full bound, but it is the same quantity.
+    assert est.var() > full.var()
+
+
+def test_stratified_bound_draws_one_timestep_in_each_block():
+    d = GaussianDiffusion(get_beta_schedule("linear", 10))
+    x0 = torch.zeros(64, 2)
+    t = d.bound_estimate(_toy_eps_model, x0, None, strata=3, generator=torch.Generator().manual_seed(0))["timesteps"]
+    blocks = [(0, 3), (3, 6), (6, 10)]  # floor(k T / strata)
+    for k, (low, high) in enumerate(blocks):
+        assert low <= int(t[:, k].min()) and int(t[:, k].max()) < high
+        assert set(t[:, k].tolist()) == set(range(low, high))  # 64 draws reach every step of the block
+    every = d.bound_estimate(_toy_eps_model, x0[:2], None, strata=10)["timesteps"]
+    assert every.tolist() == [list(range(10))] * 2
+
+
+@pytest.mark.parametrize("strata", [0, 11])
+def test_stratified_bound_refuses_strata_outside_the_timesteps(strata):
+    d = GaussianDiffusion(get_beta_schedule("linear", 10))
+    with pytest.raises(ValueError, match=f"strata={strata} must lie in 1..10"):
+        d.bound_estimate(_toy_eps_model, torch.zeros(2, 2), None, strata=strata)
