@@ -86,6 +86,9 @@ class TrainConfig:
     tf32: bool = True                   # TF32 matmuls/convs on CUDA while training (never in evaluate)
     channels_last: bool | Auto = AUTO   # auto: off (see ddpm.training.uses_channels_last); true for images
     compile: bool = False               # torch.compile the network for training
+    bound_every: int | Auto = AUTO      # steps between estimates of the test bound (learning curve); 0 = off
+    bound_images: int = 100             # test examples in each estimate
+    bound_strata: int = 10              # timesteps per example (stratified; ddpm.diffusion.bound_estimate)
 
 
 @dataclass(frozen=True)
@@ -238,8 +241,12 @@ class Params:
         _finite_at_least("train.hybrid_lambda", t.hybrid_lambda, 0)
         _check(t.device == AUTO or t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device,
                "auto, cpu, cuda or cuda:N")
-        for key in ("log_every", "checkpoint_every"):
+        for key in ("log_every", "checkpoint_every", "bound_images"):
             _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "an integer >= 1")
+        if t.bound_every != AUTO:
+            _check(t.bound_every >= 0, "train.bound_every", t.bound_every, "an integer >= 0 (0 = off) or auto")
+        _check(1 <= t.bound_strata <= d.timesteps, "train.bound_strata", t.bound_strata,
+               f"an integer in 1..timesteps={d.timesteps}")
         _check(t.num_threads >= 0, "train.num_threads", t.num_threads, "an integer >= 0 (0 = torch's default)")
         _check(t.nproc >= 1, "train.nproc", t.nproc, "an integer >= 1 (processes on this machine)")
         s = self.sample
@@ -276,25 +283,25 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "model.name": "unet", "model.base_channels": 32, "model.channel_mult": (1, 2), "model.num_res_blocks": 1,
         "model.attn_resolutions": (4,), "model.dropout": 0.0,
         "train.steps": 3000, "train.batch_size": 128, "train.lr": 1e-3, "train.warmup_steps": 100,
-        "train.ema_decay": 0.995, "train.hflip": False,
+        "train.ema_decay": 0.995, "train.hflip": False, "train.bound_every": 250,
     },
     "swissroll": {
         "model.name": "mlp", "model.base_channels": 32, "model.channel_mult": (1,), "model.num_res_blocks": 1,
         "model.attn_resolutions": (), "model.dropout": 0.0,
         "train.steps": 5000, "train.batch_size": 256, "train.lr": 1e-3, "train.warmup_steps": 100,
-        "train.ema_decay": 0.995, "train.hflip": False,
+        "train.ema_decay": 0.995, "train.hflip": False, "train.bound_every": 250,
     },
     "mnist": {
         "model.name": "unet", "model.base_channels": 64, "model.channel_mult": (1, 2, 2), "model.num_res_blocks": 2,
         "model.attn_resolutions": (14,), "model.dropout": 0.1,
         "train.steps": 50000, "train.batch_size": 128, "train.lr": 2e-4, "train.warmup_steps": 1000,
-        "train.ema_decay": 0.9999, "train.hflip": False,
+        "train.ema_decay": 0.9999, "train.hflip": False, "train.bound_every": 1000,
     },
     "cifar10": {
         "model.name": "unet", "model.base_channels": 128, "model.channel_mult": (1, 2, 2, 2), "model.num_res_blocks": 2,
         "model.attn_resolutions": (16,), "model.dropout": 0.1,
         "train.steps": 800000, "train.batch_size": 128, "train.lr": 2e-4, "train.warmup_steps": 5000,
-        "train.ema_decay": 0.9999, "train.hflip": True,
+        "train.ema_decay": 0.9999, "train.hflip": True, "train.bound_every": 5000,
     },
 }
 DATASET_DEFAULTS["fashion_mnist"] = dict(DATASET_DEFAULTS["mnist"])

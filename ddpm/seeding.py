@@ -30,6 +30,7 @@ STREAMS: dict[str, int] = {
     "sample": 4,        # item: sample index
     "bound": 5,         # item: test example index (the bound's x_t draws)
     "metrics": 6,       # subsets and projections of the sample-quality metrics
+    "bound_curve": 7,   # item: test example index (the learning curve's bound estimates)
 }
 
 _SEED_SPACE = 2**63  # torch.manual_seed accepts any non-negative int64

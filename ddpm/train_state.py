@@ -33,7 +33,7 @@ _TRAINING_SECTIONS = ("dataset", "seed", "beta_schedule", "timesteps", "beta_sta
 # Keys that change how fast, not what, training computes (on the same device), and
 # train.steps, since the schedule does not depend on it: a longer run continues a shorter one.
 _NOT_TRAINING = ("train.steps", "train.log_every", "train.checkpoint_every", "train.device", "train.num_threads",
-                 "train.compile", "train.nproc")
+                 "train.compile", "train.nproc", "train.bound_every", "train.bound_images", "train.bound_strata")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class TrainingState:
     scaler: torch.amp.GradScaler
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # one row per log interval
+    curve: list[dict[str, float]] = field(default_factory=list)    # the bound's learning curve: step + estimate
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def save_training_state(path: str | os.PathLike, state: TrainingState, identity:
     save_checkpoint(path, {
         "fingerprint": identity.fingerprint, "code": code_fingerprint(), "precision": identity.precision,
         "device_type": identity.device_type, "world_size": identity.world_size,
-        "step": state.step, "history": state.history,
+        "step": state.step, "history": state.history, "curve": state.curve,
         "model": state.model.state_dict(), "ema": state.ema.state_dict(),
         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict(),
@@ -112,7 +113,7 @@ def restore_training_state(path: str | os.PathLike, state: TrainingState, identi
     state.optimizer.load_state_dict(saved["optimizer"])  # moves its tensors to the parameters' device
     state.scheduler.load_state_dict(saved["scheduler"])
     state.scaler.load_state_dict(saved["scaler"])
-    state.step, state.history = saved["step"], saved["history"]
+    state.step, state.history, state.curve = saved["step"], saved["history"], saved["curve"]
     print0(f"resuming training from step {state.step} ({path})")
     return True
 

@@ -44,11 +44,13 @@ from ddpm.train_state import (
     training_fingerprint,
 )
 
-__all__ = ["LogCallback", "TrainResult", "Trainer", "batch_draws", "check_batch_size", "code_fingerprint",
+__all__ = ["LogCallback", "Probe", "TrainResult", "Trainer", "batch_draws", "check_batch_size", "code_fingerprint",
            "epoch_order", "rank_batch", "resolved_params", "seed_dropout", "setup_training", "train", "train_step",
            "training_fingerprint", "training_precision", "update_ema", "uses_channels_last"]
 
 LogCallback = Callable[[int, dict[str, float]], None]
+# Scores the EMA network during training (the bound's learning curve): metrics by name.
+Probe = Callable[[nn.Module], dict[str, float]]
 ONE_PROCESS = DistInfo()  # plain ``python``: rank 0 of 1
 
 
@@ -58,6 +60,7 @@ class TrainResult:
     ema: nn.Module                   # its exponential moving average
     step: int
     history: list[dict[str, float]] = field(default_factory=list)  # one row per log interval
+    curve: list[dict[str, float]] = field(default_factory=list)    # the probe's rows: step + metrics
 
 
 @dataclass
@@ -259,14 +262,28 @@ def _log_row(state: TrainingState, mean_loss: float, grad_norm: torch.Tensor | N
     return row
 
 
+def _probe_due(step: int, every: int, steps: int) -> bool:
+    return every > 0 and (step % every == 0 or step == steps)
+
+
+def _run_probe(probe: Probe, state: TrainingState, on_log: LogCallback | None) -> None:
+    """Score the EMA network (the one sampled and evaluated) and record the point."""
+    metrics = probe(state.ema)
+    state.curve.append({"step": state.step, **metrics})
+    if on_log is not None:
+        on_log(state.step, metrics)
+
+
 def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device: torch.device,
           dist: DistInfo = ONE_PROCESS, state_path: str | Path | None = None,
-          on_log: LogCallback | None = None, progress: bool = True) -> TrainResult:
+          on_log: LogCallback | None = None, progress: bool = True, probe: Probe | None = None) -> TrainResult:
     """Train the network of ``params`` on ``train_levels`` (grey levels or vectors).
 
     ``state_path``: where the resumable training state is saved every
     ``train.checkpoint_every`` steps; if it already holds a state from the same training
-    config, training resumes from it.
+    config, training resumes from it. ``probe``: called on rank 0 with the EMA network every
+    ``train.bound_every`` steps and at the last step; its metrics go to ``on_log`` and to the
+    result's ``curve``.
     """
     from tqdm.auto import tqdm
 
@@ -310,8 +327,10 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
                     on_log(step, {k: v for k, v in row.items() if k != "step"})
                 loss_sum.zero_()
                 count, t_last, step_last = 0, time.perf_counter(), step
+            if probe is not None and dist.is_main and _probe_due(step, tc.bound_every, tc.steps):
+                _run_probe(probe, state, on_log)
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 _check_finite(loss_sum, state.model, step, state_path)
                 if state_path is not None and dist.is_main:
                     save_training_state(state_path, state, identity)
-    return TrainResult(model=state.model, ema=state.ema, step=state.step, history=state.history)
+    return TrainResult(model=state.model, ema=state.ema, step=state.step, history=state.history, curve=state.curve)

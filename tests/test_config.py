@@ -108,6 +108,9 @@ def test_flatten_and_round_trip():
     ({"sample": {"steps": 2000}}, ["sample.steps=2000", "timesteps=1000"]),
     ({"sample": {"sampler": "euler"}}, ["sample.sampler='euler'", "ancestral", "ddim"]),
     ({"model": 3}, ["model", "expected a section"]),
+    ({"train": {"bound_every": -1}}, ["train.bound_every=-1", ">= 0 (0 = off)"]),
+    ({"timesteps": 20, "train": {"bound_strata": 21}}, ["train.bound_strata=21", "1..timesteps=20"]),
+    ({"train": {"bound_images": 0}}, ["train.bound_images=0", ">= 1"]),
 ])
 def test_bad_params_name_key_value_and_accepted(raw, fragments):
     with pytest.raises(ConfigError) as err:

@@ -75,3 +75,21 @@ def test_bound_noise_is_the_bound_stream_and_progress_reaches_the_end():
     other = d.bpd(model, x[[2, 5, 7]], num_levels=17, generator=generators(3, "sample", [2, 5, 7]))
     assert (other["terms"][:, 1:] - parts["terms"][:, 1:]).abs().max() > 1e-3
     assert seen[-1] == (200, 200) and all(a[0] < b[0] for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_bound_curve_point_estimates_the_full_bound_with_its_standard_error():
+    """Many examples: the stratified estimate and the full bound agree within 4 combined
+    standard errors, and its standard error is the one of its per-example values."""
+    from ddpm.evaluation import bound_curve_point
+
+    diffusion, model, _ = setup()
+    test = np.random.default_rng(1).integers(0, 17, size=(400, 1, 2, 2), dtype=np.uint8)
+    x = evaluation_inputs(test, META)
+    point = bound_curve_point(diffusion, model, x, META, strata=5, seed=0)
+    full = summarize_bound(bound_per_example(diffusion, model, x, META, seed=0), META, True)["bpd"]
+    se = math.hypot(point["bpd_estimate_stderr"], full["stderr"])
+    assert abs(point["bpd_estimate"] - full["total"]) < 4 * se
+    assert point["bpd_estimate_stderr"] > full["stderr"]  # fewer timesteps: a noisier estimate
+    vectors = bound_curve_point(GaussianDiffusion(get_beta_schedule("linear", 10)), lambda x_t, t: 0 * x_t,
+                                torch.randn(8, 2), {"kind": "vector", "shape": [2], "num_levels": None}, strata=2)
+    assert set(vectors) == {"nll_estimate", "nll_estimate_stderr"}

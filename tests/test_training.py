@@ -212,3 +212,41 @@ def test_ema_update_is_the_exponential_moving_average():
         model.weight.add_(1.0)
     update_ema(ema, model, 0.9)
     torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight)
+
+
+def test_bound_probe_runs_every_bound_every_steps_on_the_ema_and_leaves_training_unchanged():
+    """The learning curve's probe sees the EMA network at steps 4, 8 and the last (10), its
+    metrics reach on_log and the result's curve, and training computes the same weights as
+    without it (the probe draws from its own streams)."""
+    data = levels()
+    seen, logged = [], []
+
+    def probe(network):
+        seen.append({k: v.clone() for k, v in network.state_dict().items()})
+        return {"bpd_estimate": float(len(seen))}
+
+    p = params(steps=10, bound_every=4)
+    with_probe = train(p, data, digits_meta(), torch.device("cpu"), progress=False, probe=probe,
+                       on_log=lambda step, m: logged.append((step, m)))
+    without = train(p, data, digits_meta(), torch.device("cpu"), progress=False)
+    assert [row["step"] for row in with_probe.curve] == [4, 8, 10]
+    assert [row["bpd_estimate"] for row in with_probe.curve] == [1.0, 2.0, 3.0]
+    assert [(s, m) for s, m in logged if "bpd_estimate" in m] == [(4, {"bpd_estimate": 1.0}),
+                                                                  (8, {"bpd_estimate": 2.0}),
+                                                                  (10, {"bpd_estimate": 3.0})]
+    assert_same_weights(seen[-1], with_probe.ema.state_dict())
+    assert_same_weights(with_probe.model.state_dict(), without.model.state_dict())
+    assert without.curve == []
+
+
+def test_resumed_run_keeps_the_learning_curve_of_its_first_part(tmp_path):
+    data, state = levels(), tmp_path / "state.pt"
+    probe = lambda network: {"bpd_estimate": float(sum(p.double().sum() for p in network.parameters()))}
+    first = train(params(steps=8, bound_every=4), data, digits_meta(), torch.device("cpu"), state_path=state,
+                  progress=False, probe=probe)
+    resumed = train(params(steps=12, bound_every=4), data, digits_meta(), torch.device("cpu"), state_path=state,
+                    progress=False, probe=probe)
+    whole = train(params(steps=12, bound_every=4), data, digits_meta(), torch.device("cpu"), progress=False,
+                  probe=probe)
+    assert [r["step"] for r in first.curve] == [4, 8]
+    assert resumed.curve == whole.curve and [r["step"] for r in whole.curve] == [4, 8, 12]
