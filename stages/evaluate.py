@@ -17,7 +17,7 @@ from ddpm.evaluation import bound_per_example, evaluation_inputs, merge_parts, s
 from ddpm.factory import load_for_inference
 from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.runtime import gather_to_main, set_tf32, shard
-from ddpm.tracking import Tracker
+from ddpm.tracking import Tracker, report_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         ec = params.evaluate
         set_tf32(False)  # the reported number is computed in full float32 (and float64 math)
         dist, trained = load_for_inference(args.model, params, ec.use_ema)
+        # Found or made before the work, so an unusable store is reported before the bound.
+        tracker = Tracker.for_experiment(trained.mlflow_run_id, params.mlflow.experiment, params.flatten(),
+                                         params.mlflow.tracking_uri) if dist.is_main else None
         x_all = evaluation_inputs(load_prepared(args.data).test, trained.meta, ec.num_images)
         with progress_bar("bound", "timestep", enabled=dist.is_main) as on_step:
             share = bound_per_example(trained.diffusion, trained.network, x_all, trained.meta,
@@ -46,12 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         report = summarize_bound(merge_parts(shares), trained.meta, ec.clip_denoised)
         atomic_write_csv(args.terms, ["t", "term", "stderr"], report.pop("terms_rows"))
         atomic_write_json(args.metrics, report)
-        tracker = Tracker.resume(trained.mlflow_run_id, params.mlflow.experiment, params.mlflow.tracking_uri)
         if tracker is not None:
-            metric = report["metric"]
-            tracker.log_metrics({metric if k == "total" else f"{metric}_{k}": v for k, v in report[metric].items()})
+            tracker.log_metrics(report_metrics(report))
             tracker.log_artifact(args.metrics, "metrics")
             tracker.log_artifact(args.terms, "metrics")
+            tracker.finish()
 
     return run_stage("evaluate", body, parser, argv, hints=HINTS)
 

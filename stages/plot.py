@@ -15,7 +15,7 @@ from ddpm.config import load_params
 from ddpm.data import load_prepared, to_model_space
 from ddpm.errors import DataError, DatasetNotFoundError
 from ddpm.schedules import get_beta_schedule
-from ddpm.tracking import Tracker
+from ddpm.tracking import Tracker, report_metrics
 
 HINTS = {
     DataError: "`dvc repro` rewrites data/prepared and the reports this stage reads (it reruns a stage whose "
@@ -54,9 +54,14 @@ def main(argv: list[str] | None = None) -> int:
                                           seed=params.seed),
             plotting.plot_schedule(betas, out / "schedule.png"),
         ]
+        # After the figures (quick): a malformed report stops the stage before any run is made.
         run_id = json.loads(Path(args.run).read_text())["mlflow_run_id"]
-        tracker = Tracker.resume(run_id, params.mlflow.experiment, params.mlflow.tracking_uri)
+        tracker = Tracker.for_experiment(run_id, params.mlflow.experiment, params.flatten(),
+                                         params.mlflow.tracking_uri)
         if tracker is not None:
+            # The last stage completes the run when evaluate was reused from DVC's cache (this
+            # experiment changed only sample keys, say): the run shows its bound all the same.
+            tracker.log_missing_metrics(report_metrics(metrics))
             for fig in figures:
                 tracker.log_artifact(fig, "figures")
             tracker.finish()

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         sc = params.sample
         dist, trained = load_for_inference(args.model, params, sc.use_ema)
+        # Found or made before the work, so an unusable store is reported before sampling.
+        tracker = Tracker.for_experiment(trained.mlflow_run_id, params.mlflow.experiment, params.flatten(),
+                                         params.mlflow.tracking_uri) if dist.is_main else None
         shape = (sc.num_samples, *trained.meta["shape"])
         indices = shard(sc.num_samples, dist)
         with progress_bar("sampling", "step", enabled=dist.is_main) as on_step:
@@ -53,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         atomic_save_npz(out / "samples.npz", samples=samples, trajectory=frames, steps=steps)
         plot_samples(samples, trained.meta, out / "grid.png")
         plot_reverse_process(frames, steps, trained.meta, out / "reverse_process.png")
-        tracker = Tracker.resume(trained.mlflow_run_id, params.mlflow.experiment, params.mlflow.tracking_uri)
         if tracker is not None:
             for name in ("grid.png", "reverse_process.png"):
                 tracker.log_artifact(out / name, "samples")
+            tracker.finish()
 
     return run_stage("sample", body, parser, argv, hints=HINTS)
 

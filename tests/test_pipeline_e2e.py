@@ -43,8 +43,11 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> tuple[Path, dict]:
+    return make_workspace(tmp_path_factory.mktemp("e2e") / "repo")
+
+
+def make_workspace(root: Path) -> tuple[Path, dict]:
     """A fresh git + DVC repository holding this repo's tracked files and tiny params."""
-    root = tmp_path_factory.mktemp("e2e") / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
@@ -147,3 +150,69 @@ def test_dvc_exp_run_sweeps_a_param(workspace):
     assert len(runs) == 2
     assert runs[-1].data.params["beta_schedule"] == "cosine"
     assert runs[-1].data.tags.get("dvc_experiment") == cosine[0]["name"]
+
+
+def run_record(client, run_) -> dict:
+    """What a reader of the UI sees of a run: params, tags, every metric's history, artifacts."""
+    run_ = client.get_run(run_.info.run_id)
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(run_.info.run_id, k)]
+               for k in run_.data.metrics}
+
+    def artifacts(path=None):
+        for f in client.list_artifacts(run_.info.run_id, path):
+            yield from artifacts(f.path) if f.is_dir else [(f.path, f.file_size)]
+
+    return {"params": run_.data.params, "tags": run_.data.tags, "metrics": history, "artifacts": sorted(artifacts()),
+            "status": run_.info.status}
+
+
+def test_experiment_reusing_the_model_gets_its_own_run(workspace):
+    """Issue 10: an experiment that changes only sample.* keys reuses the trained model from
+    DVC's cache; it gets a run of its own, linked to the training run, and the baseline's
+    run is left exactly as it was. A plain `dvc repro` after editing a sample key does too."""
+    root, env = workspace
+    if not (root / "dvc.lock").exists():  # run alone (-k): make the baseline here
+        dvc(["repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline for the sampling experiment"], root, env)
+    client, runs = mlflow_runs(root)
+    baseline = client.get_run(json.loads((root / "models" / "run.json").read_text())["mlflow_run_id"])
+    before = run_record(client, baseline)
+
+    out = dvc(["exp", "run", "-S", "sample.sampler=ddim", "-S", "sample.steps=5"], root, env)
+    assert "Running stage 'train'" not in out.stdout and "Running stage 'sample'" in out.stdout, out.stdout
+    client, after = mlflow_runs(root)
+    assert len(after) == len(runs) + 1
+    assert run_record(client, baseline) == before
+    new = run_record(client, after[-1])
+    exp_name = new["tags"]["dvc_experiment"]
+    show = json.loads(dvc(["exp", "show", "--json"], root, env).stdout)
+    revs = [r for b in show for e in (b.get("experiments") or []) if e.get("name") == exp_name for r in e["revs"]]
+    assert revs, json.dumps(show)[:2000]
+    exp_bpd = revs[0]["data"]["metrics"]["reports/metrics.json"]["data"]["bpd"]["total"]
+    assert new["tags"]["trained_by_run"] == baseline.info.run_id
+    assert new["params"]["sample.sampler"] == "ddim" and new["params"]["sample.steps"] == "5"
+    # The training keys read as they do in the training run (auto resolved), so the two compare.
+    assert all(new["params"][k] == v for k, v in before["params"].items() if not k.startswith("sample."))
+    assert new["metrics"]["bpd"] == [(0, pytest.approx(exp_bpd))]
+    assert new["metrics"]["loss"] == before["metrics"]["loss"]  # the model's curve, copied
+    assert {p for p, _ in new["artifacts"]} >= {"samples/grid.png", "figures/samples.png", "figures/loss.png"}
+    assert "model/model.pt" not in {p for p, _ in new["artifacts"]}  # the model stays in the run that made it
+    assert new["status"] == "FINISHED"
+
+    # Back in the workspace, a plain repro after editing one sample key: one more run.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["sample"]["num_samples"] = 8
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(["repro"], root, env)
+    assert "Running stage 'train'" not in out.stdout and "Running stage 'evaluate'" not in out.stdout, out.stdout
+    client, last = mlflow_runs(root)
+    assert len(last) == len(after) + 1
+    assert run_record(client, baseline) == before
+    third = run_record(client, last[-1])
+    assert third["tags"]["trained_by_run"] == baseline.info.run_id
+    assert third["params"]["sample.num_samples"] == "8" and "dvc_experiment" not in third["tags"]
+    # evaluate was cached: the run still shows the experiment's bound (from reports/metrics.json).
+    assert third["metrics"]["bpd"] == [(0, pytest.approx(before["metrics"]["bpd"][0][1]))]
+    assert dvc(["repro"], root, env).stdout.count("Running stage") == 0
+    assert len(mlflow_runs(root)[1]) == len(last)
