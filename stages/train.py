@@ -1,6 +1,7 @@
 """DVC stage `train`: prepared data + params -> models/model.pt (EMA and raw weights, the
-resolved config, the data meta, the MLflow run id), models/run.json and
-reports/train/loss.csv. Runs unchanged under `python -m` and `torchrun -m`."""
+resolved config, the data meta, the MLflow run id), models/run.json,
+reports/train/loss.csv and reports/train/bound.csv (the bound's learning curve, estimated on
+test examples every train.bound_every steps). Runs unchanged under `python -m` and `torchrun -m`."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from ddpm.cli import run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import load_prepared
 from ddpm.errors import CheckpointError, DataError, DatasetNotFoundError
+from ddpm.evaluation import bound_curve_point, evaluation_inputs
 from ddpm.factory import build_diffusion, build_network
 from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.nn import count_parameters
 from ddpm.runtime import dist_info, init_distributed, launch_torchrun, print0, resolve_device, set_threads
-from ddpm.tracking import Tracker
-from ddpm.training import check_batch_size, resolved_params, train
+from ddpm.tracking import KEY_TAG, Tracker, experiment_key
+from ddpm.training import Probe, check_batch_size, resolved_params, train
 
 HINTS = {
     CheckpointError: "the resumable training state is --state (checkpoints/train_state.pt by default): continue it "
@@ -56,14 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         precision = used.train.precision
         tracker = None
         if dist.is_main:
+            # The key lets sample, evaluate and plot of this experiment find this run.
             tracker = Tracker.open(params.mlflow.experiment, None, used.flatten(), params.mlflow.tracking_uri,
                                    tags={"num_parameters": str(num_params), "device": str(device),
-                                         "world_size": str(dist.world_size), "precision": precision})
+                                         "world_size": str(dist.world_size), "precision": precision,
+                                         KEY_TAG: experiment_key(params.flatten())})
             print0(f"training {num_params:,} parameters on {device} x{dist.world_size} ({precision}); "
                    f"mlflow run {tracker.run_id} in {tracker.uri}")
         try:
             result = train(params, prepared.train, prepared.meta, device, dist, state_path=args.state,
-                           on_log=(lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None)
+                           on_log=(lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None,
+                           probe=bound_probe(params, prepared, device) if dist.is_main else None)
         except BaseException as err:
             if tracker is not None:
                 tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", error=err)
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.distributed.destroy_process_group()
         if not dist.is_main:
             return
+        tracker.mark_training_curves()
         model_path = Path(args.out) / "model.pt"
         save_checkpoint(model_path, {
             "params": used.to_dict(), "meta": prepared.meta, "step": result.step,
@@ -82,9 +88,26 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(Path(args.out) / "run.json", {"mlflow_run_id": tracker.run_id})
         header = ["step", "loss", "lr", "grad_norm", "images_per_s"]
         atomic_write_csv(Path(args.reports) / "loss.csv", header, [[row[k] for k in header] for row in result.history])
+        # Columns named for both units (bits/dim for images, nats/dim for vectors), so one
+        # dvc.yaml plot serves every dataset; MLflow has them as bpd_/nll_estimate.
+        unit = "bpd" if prepared.meta["kind"] == "image" else "nll"
+        atomic_write_csv(Path(args.reports) / "bound.csv", ["step", "bound_estimate", "stderr"],
+                         [[r["step"], r[f"{unit}_estimate"], r[f"{unit}_estimate_stderr"]] for r in result.curve])
         tracker.log_artifact(model_path, "model")
 
     return run_stage("train", body, parser, argv, hints=HINTS)
+
+
+def bound_probe(params, prepared, device: torch.device) -> Probe | None:
+    """The learning curve's probe: the bound of the first ``train.bound_images`` test examples,
+    estimated from ``train.bound_strata`` timesteps each, with pred_x0 clipped as the evaluate
+    stage does by default. None when switched off or without two test examples."""
+    if params.train.bound_every == 0 or len(prepared.test) < 2:
+        return None
+    x = evaluation_inputs(prepared.test, prepared.meta, params.train.bound_images)
+    diffusion = build_diffusion(params)
+    return lambda network: bound_curve_point(diffusion, network, x, prepared.meta, params.train.bound_strata,
+                                             seed=params.seed, device=device)
 
 
 if __name__ == "__main__":
