@@ -5,10 +5,11 @@ interrupted by SIGINT/SIGTERM) never sees a half-written file."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,13 @@ def _csv_cell(v: Any) -> str:
     if isinstance(v, float):
         return repr(v)
     return str(v)
+
+
+def files_digest(root: Path, paths: Iterable[Path]) -> str:
+    """SHA-256 over the files ``paths`` under ``root``, each as its path relative to ``root``
+    and its bytes, in sorted order: a fingerprint of code as it is on disk (uncommitted edits
+    and temporary copies included)."""
+    digest = hashlib.sha256()
+    for path in sorted(set(paths)):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

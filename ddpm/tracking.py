@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpm.errors import TrackingError
+from ddpm.io import files_digest
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 KEY_TAG = "ddpm.experiment_key"
@@ -71,11 +72,7 @@ def git_revision() -> str | None:
 def code_fingerprint(root: Path) -> str:
     """A hash of the code the stages run, from the files themselves, so uncommitted edits
     and the temporary copies of queued experiments count as what they are."""
-    digest = hashlib.sha256()
-    files = sorted({p for pattern in CODE_GLOBS for p in root.glob(pattern) if p.is_file()})
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return files_digest(root, (p for pattern in CODE_GLOBS for p in root.glob(pattern) if p.is_file()))
 
 
 def experiment_key(params: dict[str, Any], code_root: str | Path = ".") -> str:

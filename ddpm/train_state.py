@@ -12,7 +12,6 @@ scaler, and the logged history; all of it is loaded on the CPU and moved by
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import Params
 from ddpm.errors import CheckpointError
+from ddpm.io import files_digest
 from ddpm.runtime import DistInfo, print0
 
 # Sections whose values change what training computes; a saved training state is only
@@ -73,10 +73,7 @@ def code_fingerprint(root: Path | None = None) -> str:
     train stage, which must train anew rather than pick up the finished state of the old code's
     run."""
     root = Path(__file__).resolve().parent if root is None else root
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return files_digest(root, root.rglob("*.py"))
 
 
 def save_training_state(path: str | os.PathLike, state: TrainingState, identity: RunIdentity) -> None:
