@@ -34,7 +34,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ddpm.data.registry import DATASETS
+from ddpm.data.registry import DATASET_INFO, DATASETS
 from ddpm.errors import ConfigError
 from ddpm.schedules import SCHEDULES
 
@@ -93,7 +93,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    num_samples: int = 64
+    num_samples: int = 256              # also the sample size of every quality metric and its floor
     batch_size: int = 256
     sampler: Literal["ancestral", "ddim"] = "ancestral"
     steps: int = 0                      # 0 = all T steps; fewer respaces the process
@@ -109,6 +109,30 @@ class EvaluateConfig:
     batch_size: int = 512               # examples per network call (timesteps are batched)
     clip_denoised: bool = True          # images only; recorded with every reported number
     use_ema: bool = True
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The small classifier whose features score sample quality on labelled image datasets."""
+
+    steps: int | Auto = AUTO            # optimizer steps (auto: per dataset)
+    batch_size: int = 128
+    lr: float = 1e-3                    # Adam
+    width: int = 32                     # channels of the first convolution
+    feature_dim: int = 64               # penultimate features: the space the quality metrics work in
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Sample-quality metrics of the sample stage's samples, and of the sweep's settings."""
+
+    metrics: tuple[str, ...] | Auto = AUTO  # families: classifier | inception | raw (auto: per dataset)
+    sweep: tuple[str, ...] = ("ddim:10", "ddim:20", "ddim:50", "ddim:100")  # sampler:steps, scored vs NFE
+    batch_size: int = 256               # network batch for the sweep's samples and the features
+    kid_subset_size: int = 50           # samples per KID subset (at most sample.num_samples)
+    kid_subsets: int | Auto = AUTO      # auto: sample.num_samples // kid_subset_size, disjoint subsets
+    nearest_k: int = 5                  # neighbours for precision/recall and density/coverage
+    inception_weights: str = ""         # path to torch-fidelity's Inception weights; empty: Inception skipped
 
 
 @dataclass(frozen=True)
@@ -138,6 +162,8 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -260,17 +286,95 @@ class Params:
         _check(e.num_images >= 0, "evaluate.num_images", e.num_images, "an integer >= 0 (0 = the whole test split)")
         _check(e.batch_size >= 1, "evaluate.batch_size", e.batch_size, "an integer >= 1")
         _check(bool(self.mlflow.experiment.strip()), "mlflow.experiment", self.mlflow.experiment, "a non-empty name")
+        _validate_classifier(self.classifier)
+        _validate_quality(self)
 
     def resolved(self) -> Params:
         """Replace every ``auto`` with the dataset's default, except ``RUNTIME_RESOLVED``."""
         defaults = DATASET_DEFAULTS[self.dataset]
         sections = {}
-        for name in ("model", "train"):
+        for name in ("model", "train", "classifier"):
             section = getattr(self, name)
             updates = {f.name: defaults[f"{name}.{f.name}"] for f in fields(section)
                        if getattr(section, f.name) == AUTO and f"{name}.{f.name}" in defaults}
             sections[name] = dataclasses.replace(section, **updates)
+        q = self.quality
+        sections["quality"] = dataclasses.replace(
+            q,
+            metrics=default_quality_metrics(self.dataset) if q.metrics == AUTO else q.metrics,
+            kid_subsets=self.sample.num_samples // q.kid_subset_size if q.kid_subsets == AUTO else q.kid_subsets,
+        )
         return dataclasses.replace(self, **sections)
+
+
+# ---------------------------------------------------------------------- sample quality
+# Metric families of the quality stage, each with the datasets it can serve: features of the
+# classifier the pipeline trains (labelled images), of the Inception network whose weights
+# the user supplies (3-channel images), or distances between the raw points (vectors).
+QUALITY_FAMILIES: dict[str, str] = {
+    "classifier": "labelled image datasets (a Frechet distance, KID, precision/recall, density/coverage "
+                  "and the label distribution in the features of the classifier stage's network)",
+    "inception": "3-channel image datasets (FID, KID and IS with quality.inception_weights)",
+    "raw": "vector datasets (energy distance and sliced Wasserstein distance of the points)",
+}
+SAMPLERS = ("ancestral", "ddim")
+
+
+def quality_families_for(dataset: str) -> tuple[str, ...]:
+    """The metric families ``dataset`` can serve."""
+    info = DATASET_INFO[dataset]
+    if info.kind == "vector":
+        return ("raw",)
+    return ("classifier", "inception") if info.shape[0] == 3 else ("classifier",)
+
+
+def default_quality_metrics(dataset: str) -> tuple[str, ...]:
+    """``quality.metrics: auto``: every family the dataset serves (Inception is then skipped,
+    with a line saying how to enable it, unless its weights are given)."""
+    return quality_families_for(dataset)
+
+
+def parse_sampler_setting(text: str, timesteps: int) -> tuple[str, int]:
+    """``"ddim:50"`` -> ("ddim", 50); ``"ancestral"`` -> ("ancestral", 0), 0 meaning all T steps.
+
+    ConfigError for anything else, naming the accepted forms."""
+    name, _, steps = str(text).partition(":")
+    accepted = (f"'sampler' or 'sampler:steps' with sampler one of {', '.join(SAMPLERS)} "
+                f"and steps in 1..timesteps={timesteps}, e.g. ddim:50")
+    if name not in SAMPLERS or (steps and not (steps.isdigit() and 1 <= int(steps) <= timesteps)):
+        raise ConfigError(f"quality.sweep entry {text!r} is not accepted; expected {accepted}")
+    return name, (int(steps) if steps and int(steps) < timesteps else 0)
+
+
+def _validate_classifier(c: ClassifierConfig) -> None:
+    if c.steps != AUTO:
+        _check(c.steps >= 1, "classifier.steps", c.steps, "an integer >= 1 or auto")
+    for key in ("batch_size", "width", "feature_dim"):
+        _check(getattr(c, key) >= 1, f"classifier.{key}", getattr(c, key), "an integer >= 1")
+    _check(0 < c.lr < 1, "classifier.lr", c.lr, "a number in (0, 1)")
+
+
+def _validate_quality(params: Params) -> None:
+    q, n = params.quality, params.sample.num_samples
+    servable = quality_families_for(params.dataset)
+    if q.metrics != AUTO:
+        for family in q.metrics:
+            _check(family in QUALITY_FAMILIES, "quality.metrics", list(q.metrics),
+                   f"a list of families from {', '.join(QUALITY_FAMILIES)}, or auto")
+            _check(family in servable, "quality.metrics", list(q.metrics),
+                   f"families that dataset={params.dataset} can serve: {', '.join(servable)} "
+                   f"('{family}' serves {QUALITY_FAMILIES[family]})")
+        _check("inception" not in q.metrics or bool(q.inception_weights.strip()), "quality.inception_weights",
+               q.inception_weights, "the path of the Inception weights file when quality.metrics lists inception")
+    for entry in q.sweep:
+        parse_sampler_setting(entry, params.diffusion.timesteps)
+    _check(q.batch_size >= 1, "quality.batch_size", q.batch_size, "an integer >= 1")
+    _check(q.nearest_k >= 1, "quality.nearest_k", q.nearest_k, "an integer >= 1")
+    _check(2 <= q.kid_subset_size <= n, "quality.kid_subset_size", q.kid_subset_size,
+           f"an integer in 2..sample.num_samples={n} (KID's subsets are drawn from the samples; "
+           "draw more samples or use smaller subsets)")
+    if q.kid_subsets != AUTO:
+        _check(q.kid_subsets >= 1, "quality.kid_subsets", q.kid_subsets, "an integer >= 1 or auto")
 
 
 # Per-dataset defaults for the ``auto`` fields. CIFAR-10 follows Ho et al. 2020 (App. B):
@@ -283,25 +387,26 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "model.name": "unet", "model.base_channels": 32, "model.channel_mult": (1, 2), "model.num_res_blocks": 1,
         "model.attn_resolutions": (4,), "model.dropout": 0.0,
         "train.steps": 3000, "train.batch_size": 128, "train.lr": 1e-3, "train.warmup_steps": 100,
-        "train.ema_decay": 0.995, "train.hflip": False, "train.bound_every": 250,
+        "train.ema_decay": 0.995, "train.hflip": False, "train.bound_every": 250, "classifier.steps": 1500,
     },
     "swissroll": {
         "model.name": "mlp", "model.base_channels": 32, "model.channel_mult": (1,), "model.num_res_blocks": 1,
         "model.attn_resolutions": (), "model.dropout": 0.0,
         "train.steps": 5000, "train.batch_size": 256, "train.lr": 1e-3, "train.warmup_steps": 100,
         "train.ema_decay": 0.995, "train.hflip": False, "train.bound_every": 250,
+        "classifier.steps": 0,  # no classifier: the Swiss roll has no labels (its metrics use the points)
     },
     "mnist": {
         "model.name": "unet", "model.base_channels": 64, "model.channel_mult": (1, 2, 2), "model.num_res_blocks": 2,
         "model.attn_resolutions": (14,), "model.dropout": 0.1,
         "train.steps": 50000, "train.batch_size": 128, "train.lr": 2e-4, "train.warmup_steps": 1000,
-        "train.ema_decay": 0.9999, "train.hflip": False, "train.bound_every": 1000,
+        "train.ema_decay": 0.9999, "train.hflip": False, "train.bound_every": 1000, "classifier.steps": 4000,
     },
     "cifar10": {
         "model.name": "unet", "model.base_channels": 128, "model.channel_mult": (1, 2, 2, 2), "model.num_res_blocks": 2,
         "model.attn_resolutions": (16,), "model.dropout": 0.1,
         "train.steps": 800000, "train.batch_size": 128, "train.lr": 2e-4, "train.warmup_steps": 5000,
-        "train.ema_decay": 0.9999, "train.hflip": True, "train.bound_every": 5000,
+        "train.ema_decay": 0.9999, "train.hflip": True, "train.bound_every": 5000, "classifier.steps": 20000,
     },
 }
 DATASET_DEFAULTS["fashion_mnist"] = dict(DATASET_DEFAULTS["mnist"])
@@ -382,7 +487,7 @@ def _describe(hint: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in get_args(hint))
     if origin is tuple:
-        return "a list of integers"
+        return "a list of strings" if get_args(hint)[0] is str else "a list of integers"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
@@ -405,6 +510,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif origin is Literal:
         if value in get_args(hint):
             return value
+    elif origin is tuple and get_args(hint)[0] is str:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
     elif origin is tuple:
         if isinstance(value, (list, tuple)) and all(_integral(v) for v in value):
             return tuple(int(v) for v in value)
@@ -424,7 +532,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 __all__ = [
-    "AUTO", "RUNTIME_RESOLVED", "ConfigError", "DataConfig", "DiffusionConfig", "EvaluateConfig", "MlflowConfig",
-    "ModelConfig", "Params", "ParamsLoader", "SampleConfig", "TrainConfig", "DATASET_DEFAULTS", "load_params",
+    "AUTO", "QUALITY_FAMILIES", "RUNTIME_RESOLVED", "SAMPLERS", "ClassifierConfig", "ConfigError", "DataConfig",
+    "DiffusionConfig", "EvaluateConfig", "MlflowConfig", "ModelConfig", "Params", "ParamsLoader", "QualityConfig",
+    "SampleConfig", "TrainConfig", "DATASET_DEFAULTS", "default_quality_metrics", "load_params",
+    "parse_sampler_setting", "quality_families_for",
 ]
 _ = typing  # typing is imported for get_type_hints' evaluation of postponed annotations

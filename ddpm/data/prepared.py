@@ -33,6 +33,8 @@ class Prepared:
     train: np.ndarray
     test: np.ndarray
     meta: dict[str, Any]
+    train_labels: np.ndarray | None = None  # int64 [N] class indices, for labelled datasets
+    test_labels: np.ndarray | None = None
 
     @property
     def info(self) -> DatasetInfo:
