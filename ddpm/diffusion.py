@@ -116,6 +116,23 @@ def _checked_betas(betas: torch.Tensor, mean_type: str, var_type: str, loss_type
     return betas
 
 
+def bound_strata_edges(num_timesteps: int, strata: int) -> torch.Tensor:
+    """Block edges 0 = e_0 < e_1 < ... < e_strata = T of :meth:`GaussianDiffusion.bound_estimate`:
+    block k holds code timesteps e_k .. e_{k+1} - 1. L_0 (the decoder) is a block of its own
+    and the others grow geometrically, e_k ~ T^((k - 1) / (strata - 1)), each at least one
+    step long and leaving one step for every later block."""
+    T = num_timesteps
+    if not 1 <= strata <= T:
+        raise ValueError(f"strata={strata} must lie in 1..{T} (the timesteps)")
+    if strata == 1:
+        return torch.tensor([0, T])
+    edges = [0]
+    for k in range(1, strata + 1):
+        geometric = round(T ** ((k - 1) / (strata - 1)))
+        edges.append(min(max(edges[-1] + 1, geometric), T - (strata - k)))
+    return torch.tensor(edges)
+
+
 class GaussianDiffusion:
     """The DDPM forward and reverse processes for a given beta schedule.
 
@@ -476,11 +493,12 @@ class GaussianDiffusion:
         timesteps per example instead of T (one network call on B * strata inputs).
 
         Stratified sampling: the T terms are split into ``strata`` contiguous blocks of sizes
-        n_k, one timestep t_k is drawn uniformly in each block, and n_k L_{t_k} estimates the
-        block's sum (its expectation over t_k and x_t is exactly that sum), so
-        L_T + sum_k n_k L_{t_k} is unbiased for the bound. Neighbouring terms are alike, so the
-        strata remove most of the variance that uniform timestep sampling has (Nichol & Dhariwal
-        2021, sec. 3.3, discuss the variance of the bound's timestep sampling). With
+        n_k (``bound_strata_edges``), one timestep t_k is drawn uniformly in each block, and
+        n_k L_{t_k} estimates the block's sum (its expectation over t_k and x_t is exactly that
+        sum), so L_T + sum_k n_k L_{t_k} is unbiased for the bound. The blocks grow
+        geometrically from L_0, which is a block of its own: the terms are largest and change
+        fastest at small t, so small blocks there remove most of the variance that uniform
+        timestep sampling has (Nichol & Dhariwal 2021, sec. 3.3, discuss that variance). With
         ``strata = T`` every term is computed once, as in :meth:`variational_bound`.
 
         Returns ``total`` and ``prior`` [B] and the drawn code ``timesteps`` [B, strata]. Averaged
@@ -488,9 +506,7 @@ class GaussianDiffusion:
         timestep and noise draws.
         """
         B, T = x0.shape[0], self.num_timesteps
-        if not 1 <= strata <= T:
-            raise ValueError(f"strata={strata} must lie in 1..{T} (the timesteps)")
-        edges = torch.div(torch.arange(strata + 1) * T, strata, rounding_mode="floor").to(x0.device)
+        edges = bound_strata_edges(T, strata).to(x0.device)
         sizes = (edges[1:] - edges[:-1]).to(torch.float64)
         draw_device = x0.device if generator is None else generator_device(generator)
         u = rand((B, strata), generator, draw_device, torch.float64).to(x0.device)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion import GaussianDiffusion, bound_strata_edges
 from ddpm.schedules import SCHEDULES, get_beta_schedule
 from ddpm.seeding import generators
 
@@ -431,12 +431,24 @@ def test_stratified_bound_draws_one_timestep_in_each_block():
     d = GaussianDiffusion(get_beta_schedule("linear", 10))
     x0 = torch.zeros(64, 2)
     t = d.bound_estimate(_toy_eps_model, x0, None, strata=3, generator=torch.Generator().manual_seed(0))["timesteps"]
-    blocks = [(0, 3), (3, 6), (6, 10)]  # floor(k T / strata)
+    blocks = [(0, 1), (1, 3), (3, 10)]  # L_0 alone, then geometric: round(10 ** (1 / 2)) = 3
     for k, (low, high) in enumerate(blocks):
         assert low <= int(t[:, k].min()) and int(t[:, k].max()) < high
         assert set(t[:, k].tolist()) == set(range(low, high))  # 64 draws reach every step of the block
     every = d.bound_estimate(_toy_eps_model, x0[:2], None, strata=10)["timesteps"]
     assert every.tolist() == [list(range(10))] * 2
+
+
+@pytest.mark.parametrize("T, strata", [(1000, 10), (1000, 2), (1000, 999), (1000, 1000), (7, 1), (4000, 10)])
+def test_bound_strata_are_contiguous_blocks_growing_from_the_decoder_alone(T, strata):
+    edges = bound_strata_edges(T, strata).tolist()
+    sizes = [b - a for a, b in zip(edges, edges[1:], strict=False)]
+    assert edges[0] == 0 and edges[-1] == T and len(sizes) == strata and min(sizes) >= 1
+    if strata > 1:
+        assert sizes[0] == 1  # L_0 is its own block
+    if (T, strata) == (1000, 10):
+        # e_k = round(1000 ** ((k - 1) / 9)) for k = 1..10
+        assert edges == [0, 1, 2, 5, 10, 22, 46, 100, 215, 464, 1000]
 
 
 @pytest.mark.parametrize("strata", [0, 11])
