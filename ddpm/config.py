@@ -337,11 +337,13 @@ def default_quality_metrics(dataset: str) -> tuple[str, ...]:
 def parse_sampler_setting(text: str, timesteps: int) -> tuple[str, int]:
     """``"ddim:50"`` -> ("ddim", 50); ``"ancestral"`` -> ("ancestral", 0), 0 meaning all T steps.
 
-    ConfigError for anything else, naming the accepted forms."""
+    Steps of T or more also mean all T steps, so the default sweep stays valid for a run with
+    fewer timesteps (``-S timesteps=50``); settings that coincide are scored once. ConfigError
+    for anything else, naming the accepted forms."""
     name, _, steps = str(text).partition(":")
     accepted = (f"'sampler' or 'sampler:steps' with sampler one of {', '.join(SAMPLERS)} "
-                f"and steps in 1..timesteps={timesteps}, e.g. ddim:50")
-    if name not in SAMPLERS or (steps and not (steps.isdigit() and 1 <= int(steps) <= timesteps)):
+                "and steps an integer >= 1 (steps >= timesteps: all of them), e.g. ddim:50")
+    if name not in SAMPLERS or (steps and not (steps.isdigit() and int(steps) >= 1)):
         raise ConfigError(f"quality.sweep entry {text!r} is not accepted; expected {accepted}")
     return name, (int(steps) if steps and int(steps) < timesteps else 0)
 

@@ -1,4 +1,5 @@
-"""DVC stage `prepare`: the dataset named in params -> data/prepared (arrays + meta.json)."""
+"""DVC stage `prepare`: the dataset named in params -> data/prepared (arrays, class labels of
+labelled datasets, meta.json)."""
 
 from __future__ import annotations
 

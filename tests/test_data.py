@@ -7,7 +7,10 @@ name the pipeline; a caller's bug (an unknown name, float levels) stays a plain 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
+import json
 import pickle
 import socket
 import struct
@@ -23,6 +26,8 @@ from sklearn.datasets import load_digits
 from ddpm.data import (
     DATASET_INFO,
     DATASETS,
+    TEST_LABELS_FILE,
+    TRAIN_LABELS_FILE,
     DataError,
     DatasetInfo,
     DatasetNotFoundError,
@@ -108,6 +113,7 @@ def test_digits_prepare_shapes_levels_and_meta() -> None:
         "kind": "image",
         "shape": [1, 8, 8],
         "num_levels": 17,
+        "num_classes": 10,
         "train_size": 1497,
         "test_size": 300,
         "source": prepared.meta["source"],
@@ -132,6 +138,42 @@ def test_digits_split_is_a_seeded_partition_of_the_bundled_images() -> None:
     np.testing.assert_array_equal(np.unique(rows, axis=0), np.unique(bundled, axis=0))
 
 
+def test_digits_labels_follow_their_images() -> None:
+    # The 1797 bundled images are all distinct, so each prepared image names the one sklearn
+    # image it is; its label must be sklearn's target of that image, in whichever split and
+    # position the seeded split put it.
+    digits = load_digits()
+    index_of = {image.tobytes(): i for i, image in enumerate(digits.images.astype(np.uint8))}
+    assert len(index_of) == 1797
+    for seed, test_size in ((0, 300), (7, 1), (1, 1796)):
+        prepared = prepare_dataset("digits", "unused", seed=seed, test_size=test_size)
+        assert prepared.meta["num_classes"] == 10
+        for split in ("train", "test"):
+            images, labels = getattr(prepared, split), getattr(prepared, f"{split}_labels")
+            assert labels.dtype == np.int64 and labels.shape == (len(images),)
+            np.testing.assert_array_equal(labels, digits.target[[index_of[image[0].tobytes()] for image in images]])
+
+
+# SHA-256 of train.npy and test.npy as written by the code before labels existed (commit
+# a9895f2; (0, 300) are params.yaml's seed and data.test_size, whose files dvc.lock records):
+# storing labels must not change one byte of the images that training reads.
+OLD_IMAGE_DIGESTS = {
+    (0, 300): ("e0ad525f4ed683e68974b96c32a0b2ad5edc0fdebdc9d9f222a1ec1647ac599a",
+               "aab9e90549892863c701361f6def0cf10d83ea7a08a3e32bafe60ab877888555"),
+    (3, 100): ("b88861d8bbdecb02d9f13c937f5937e736c81e23c41625be18bd28f0100e4105",
+               "c6e97478f8fbbec16278a9ff41f8d25805d35c6d39a6fd331ee3aafdf9b89ad9"),
+}
+
+
+@pytest.mark.parametrize(("seed", "test_size"), list(OLD_IMAGE_DIGESTS))
+def test_digits_image_files_are_byte_identical_to_those_written_before_labels(
+    tmp_path: Path, seed: int, test_size: int
+) -> None:
+    write_prepared(tmp_path, prepare_dataset("digits", "unused", seed=seed, test_size=test_size))
+    digests = tuple(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("train.npy", "test.npy"))
+    assert digests == OLD_IMAGE_DIGESTS[seed, test_size]
+
+
 @pytest.mark.parametrize("test_size", [0, 1797, 5000])
 def test_digits_rejects_a_test_size_that_leaves_no_split(test_size: int) -> None:
     with pytest.raises(ConfigError, match=rf"data\.test_size={test_size} is not accepted for digits.*1\.\.1796"):
@@ -148,6 +190,8 @@ def test_swissroll_shapes_and_determinism() -> None:
     assert prepared.train.shape == (200, 2) and prepared.test.shape == (50, 2)
     assert prepared.train.dtype == np.float32 and prepared.test.dtype == np.float32
     assert prepared.meta["kind"] == "vector" and prepared.meta["num_levels"] is None
+    assert prepared.meta["num_classes"] is None  # unlabelled: no classes, no labels
+    assert prepared.train_labels is None and prepared.test_labels is None
     assert (prepared.meta["train_size"], prepared.meta["test_size"]) == (200, 50)
     again = prepare_dataset("swissroll", "unused", seed=0, test_size=50, num_train_vectors=200)
     other = prepare_dataset("swissroll", "unused", seed=1, test_size=50, num_train_vectors=200)
@@ -219,15 +263,56 @@ def digits_dir(tmp_path: Path) -> Path:
 
 
 def test_write_load_round_trip(tmp_path: Path) -> None:
+    label_files = {"digits": ["test_labels.npy", "train_labels.npy"], "swissroll": []}
     for name in ("digits", "swissroll"):
         prepared = prepare_dataset(name, "unused", seed=1, test_size=30, num_train_vectors=100)
         write_prepared(tmp_path / name, prepared)
-        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["meta.json", "test.npy", "train.npy"]
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted(
+            ["meta.json", "test.npy", "train.npy", *label_files[name]])
         loaded = load_prepared(tmp_path / name)
         assert loaded.meta == prepared.meta
         for split in ("train", "test"):
             np.testing.assert_array_equal(getattr(loaded, split), getattr(prepared, split))
             assert getattr(loaded, split).dtype == getattr(prepared, split).dtype
+        if name == "swissroll":
+            assert loaded.train_labels is None and loaded.test_labels is None
+            continue
+        for split, file in (("train", TRAIN_LABELS_FILE), ("test", TEST_LABELS_FILE)):
+            labels = getattr(loaded, f"{split}_labels")
+            assert labels.dtype == np.int64 and np.load(tmp_path / name / file).dtype == np.int64
+            np.testing.assert_array_equal(labels, getattr(prepared, f"{split}_labels"))
+
+
+def test_write_stores_labels_as_int64_and_drops_those_of_a_previous_dataset(tmp_path: Path) -> None:
+    prepared = prepare_dataset("digits", "unused", seed=0, test_size=300)
+    narrow = dataclasses.replace(prepared, train_labels=prepared.train_labels.astype(np.uint8))
+    write_prepared(tmp_path, narrow)
+    assert np.load(tmp_path / TRAIN_LABELS_FILE).dtype == np.int64
+    np.testing.assert_array_equal(load_prepared(tmp_path).train_labels, prepared.train_labels)
+    # Label files left beside an unlabelled dataset would label nothing: they go.
+    write_prepared(tmp_path, prepare_dataset("swissroll", "unused", seed=0, test_size=30, num_train_vectors=100))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "test.npy", "train.npy"]
+    assert load_prepared(tmp_path).train_labels is None
+
+
+def test_an_interrupted_rewrite_is_not_taken_for_a_complete_dataset(tmp_path: Path, monkeypatch) -> None:
+    # Rewriting seed 0's split with seed 1's: the sizes agree, so only meta.json's absence can
+    # tell that train.npy (seed 1) and test.npy (seed 0) no longer belong together.
+    import ddpm.data.prepared as prepared_module
+
+    write_prepared(tmp_path, prepare_dataset("digits", "unused", seed=0, test_size=300))
+    save = prepared_module.atomic_save_npy
+
+    def fail_on_test(path: Path, array: np.ndarray) -> Path:
+        if Path(path).name == "test.npy":
+            raise KeyboardInterrupt
+        return save(path, array)
+
+    monkeypatch.setattr(prepared_module, "atomic_save_npy", fail_on_test)
+    with pytest.raises(KeyboardInterrupt):
+        write_prepared(tmp_path, prepare_dataset("digits", "unused", seed=1, test_size=300))
+    with pytest.raises(DatasetNotFoundError, match="meta.json not found"):
+        load_prepared(tmp_path)
 
 
 def _train_with_a_level_above_16(prepared: Path) -> np.ndarray:
@@ -255,6 +340,10 @@ def test_load_rejects_an_array_that_disagrees_with_meta(digits_dir: Path, file: 
     ("meta.json", b"[1, 2]", r"meta\.json: expected a JSON object, found list"),
     ("meta.json", b'{"dataset": "digits"}', r"meta\.json: missing keys \['kind'"),
     ("train.npy", b"not an array", r"train\.npy: not a readable \.npy array"),
+    ("test_labels.npy", b"not an array", r"test_labels\.npy: not a readable \.npy array"),
+    ("meta.json", b'{"dataset": "digits", "kind": "image", "shape": [1, 8, 8], "num_levels": 17, "num_classes": 1, '
+                  b'"train_size": 1497, "test_size": 300, "source": "x", "seed": 0}',
+     r"meta\.json: num_classes: bad value 1; accepted: an integer >= 2, or null"),
 ])
 def test_load_rejects_unreadable_files_as_data_errors(digits_dir: Path, file: str, content: bytes,
                                                       pattern: str) -> None:
@@ -282,6 +371,60 @@ def test_write_rejects_arrays_that_disagree_with_meta(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "meta.json").exists()
 
 
+@pytest.mark.parametrize(("file", "make", "pattern"), [
+    ("train_labels.npy", lambda d: np.load(d / "train_labels.npy")[:-1],
+     r"train_labels\.npy \(checked against .*meta\.json\): meta\.json says train_size=1497, i\.e\. labels of "
+     r"shape \[1497\]; found shape \[1496\]"),
+    ("test_labels.npy", lambda d: np.load(d / "test_labels.npy")[:, None],
+     r"test_labels\.npy.*test_size=300.*\[300\]; found shape \[300, 1\]"),
+    ("test_labels.npy", lambda d: np.where(np.arange(300) == 7, 10, np.load(d / "test_labels.npy")),
+     r"test_labels\.npy.*num_classes=10, so class indices in 0\.\.9; found values from 0 to 10"),
+    ("train_labels.npy", lambda d: np.where(np.arange(1497) == 0, -1, np.load(d / "train_labels.npy")),
+     r"train_labels\.npy.*0\.\.9; found values from -1 to 9"),
+    ("train_labels.npy", lambda d: np.load(d / "train_labels.npy").astype(np.float64),
+     r"train_labels\.npy.*num_classes=10 \(integer class indices\), found dtype float64"),
+], ids=["length", "shape", "above-range", "negative", "float"])
+def test_load_rejects_labels_that_disagree_with_meta(digits_dir: Path, file: str, make, pattern: str) -> None:
+    atomic_save_npy(digits_dir / file, make(digits_dir))
+    with pytest.raises(DataError, match=pattern) as info:
+        load_prepared(digits_dir)
+    assert "dvc" not in str(info.value)
+
+
+@pytest.mark.parametrize("missing", [TRAIN_LABELS_FILE, TEST_LABELS_FILE])
+def test_load_names_a_missing_labels_file_and_what_meta_says(digits_dir: Path, missing: str) -> None:
+    (digits_dir / missing).unlink()
+    with pytest.raises(DataError) as info:
+        load_prepared(digits_dir)
+    message = str(info.value)
+    assert message.startswith(f"{digits_dir / missing}: not found")
+    assert "meta.json says num_classes=10" in message and "dvc" not in message
+
+
+def test_load_refuses_a_dataset_prepared_before_labels_naming_the_missing_key(digits_dir: Path) -> None:
+    # The layout the code wrote before labels: no labels files, no num_classes in meta.json.
+    meta = json.loads((digits_dir / "meta.json").read_text())
+    del meta["num_classes"]
+    (digits_dir / "meta.json").write_text(json.dumps(meta))
+    for file in (TRAIN_LABELS_FILE, TEST_LABELS_FILE):
+        (digits_dir / file).unlink()
+    with pytest.raises(DataError, match=r"meta\.json: missing keys \['num_classes'\]; expected \[.*'num_classes'"):
+        load_prepared(digits_dir)
+
+
+@pytest.mark.parametrize(("dataset", "labels", "pattern"), [
+    ("digits", None, r"Prepared\.train_labels: meta\.json says num_classes=10.*found NoneType"),
+    ("swissroll", np.zeros(100, dtype=np.int64), r"Prepared\.train_labels: meta\.json says num_classes=null"),
+    ("digits", np.zeros(1496, dtype=np.int64), r"Prepared\.train_labels: .*train_size=1497.*found shape \[1496\]"),
+])
+def test_write_rejects_labels_that_disagree_with_meta(tmp_path: Path, dataset: str, labels, pattern: str) -> None:
+    prepared = prepare_dataset(dataset, "unused", seed=0, test_size=300, num_train_vectors=100)
+    with pytest.raises(ValueError, match=pattern) as info:
+        write_prepared(tmp_path / "out", dataclasses.replace(prepared, train_labels=labels))
+    assert not isinstance(info.value, UserError)  # labels built by code: a caller's bug
+    assert not (tmp_path / "out").exists()
+
+
 # --- torchvision datasets on files in their real formats -------------------------------------
 
 
@@ -292,7 +435,14 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def write_mnist_like(root: Path, folder: str, n_train: int = 20, n_test: int = 10) -> dict[str, np.ndarray]:
+def write_mnist_like(
+    root: Path, folder: str, n_train: int = 20, n_test: int = 10
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """IDX image and label files of random images; returns (images, labels) keyed "train", "t10k".
+
+    The labels are a shuffled 0, 1, ..., 9, 0, 1, ...: each 10 consecutive images have
+    distinct labels, so labels shifted or read in another order than the images show.
+    """
     rng = np.random.default_rng(0)
     images = {
         "train": rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8),
@@ -300,10 +450,11 @@ def write_mnist_like(root: Path, folder: str, n_train: int = 20, n_test: int = 1
     }
     images["train"][0] = 0
     images["train"][1] = 255
+    labels = {split: rng.permutation(len(array)) % 10 for split, array in images.items()}
     for split, array in images.items():
         write_idx(root / folder / "raw" / f"{split}-images-idx3-ubyte", array)
-        write_idx(root / folder / "raw" / f"{split}-labels-idx1-ubyte", np.arange(len(array)) % 10)
-    return images
+        write_idx(root / folder / "raw" / f"{split}-labels-idx1-ubyte", labels[split])
+    return images, labels
 
 
 @pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
@@ -311,7 +462,7 @@ def write_mnist_like(root: Path, folder: str, n_train: int = 20, n_test: int = 1
 def test_idx_datasets_read_exactly_what_was_written(
     tmp_path: Path, no_network: None, name: str, folder: str, download: bool
 ) -> None:
-    images = write_mnist_like(tmp_path, folder)
+    images, _ = write_mnist_like(tmp_path, folder)
     prepared = prepare_dataset(name, tmp_path, seed=0, test_size=0, download=download)
     assert prepared.train.dtype == np.uint8 and prepared.train.shape == (20, 1, 28, 28)
     np.testing.assert_array_equal(prepared.train[:, 0], images["train"])
@@ -321,7 +472,7 @@ def test_idx_datasets_read_exactly_what_was_written(
 
 
 def test_official_test_split_subset_is_seeded_and_bounded(tmp_path: Path) -> None:
-    images = write_mnist_like(tmp_path, "MNIST")
+    images, _ = write_mnist_like(tmp_path, "MNIST")
     subset = prepare_dataset("mnist", tmp_path, seed=5, test_size=4, download=False)
     again = prepare_dataset("mnist", tmp_path, seed=5, test_size=4, download=False)
     np.testing.assert_array_equal(subset.test, again.test)
@@ -330,6 +481,36 @@ def test_official_test_split_subset_is_seeded_and_bounded(tmp_path: Path) -> Non
     assert matches == sorted(set(matches))
     with pytest.raises(ConfigError, match=r"data\.test_size=11 is not accepted for mnist.*1\.\.10"):
         prepare_dataset("mnist", tmp_path, seed=5, test_size=11, download=False)
+
+
+def _positions(written: np.ndarray, images: np.ndarray) -> list[int]:
+    """For each image, the position of the identical one among those written (all distinct)."""
+    flat = written.reshape(len(written), -1)
+    return [int(np.flatnonzero((flat == image.reshape(-1)).all(axis=1))[0]) for image in images]
+
+
+@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+@pytest.mark.parametrize("test_size", [0, 4])
+def test_idx_labels_follow_their_images(tmp_path: Path, name: str, folder: str, test_size: int) -> None:
+    images, labels = write_mnist_like(tmp_path, folder)
+    prepared = prepare_dataset(name, tmp_path, seed=5, test_size=test_size, download=False)
+    assert prepared.meta["num_classes"] == 10
+    for split, key in (("train", "train"), ("test", "t10k")):
+        got = getattr(prepared, f"{split}_labels")
+        positions = _positions(images[key], getattr(prepared, split)[:, 0])
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, labels[key][positions])
+    # The seeded subset is not the first test_size images, so labels cut without its indices fail.
+    assert test_size == 0 or positions != list(range(test_size))
+
+
+def test_idx_labels_outside_the_ten_classes_are_named(tmp_path: Path) -> None:
+    _, labels = write_mnist_like(tmp_path, "MNIST")
+    labels["t10k"][3] = 12
+    write_idx(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", labels["t10k"])
+    pattern = r"t10k-labels-idx1-ubyte: labels must be class indices 0\.\.9, found values from 0 to 12"
+    with pytest.raises(DataError, match=pattern):
+        prepare_dataset("mnist", tmp_path, seed=0, test_size=0, download=False)
 
 
 @pytest.mark.parametrize("download", [False, True])
@@ -396,32 +577,39 @@ def write_cifar_pickle(path: Path, obj: dict) -> None:
     path.write_bytes(buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
 
 
-def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6) -> dict[str, np.ndarray]:
+def write_cifar10(
+    root: Path, per_batch: int = 4, n_test: int = 6
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """CIFAR-10 python batches: dicts with b"data" uint8 [N, 3072] (1024 red, 1024 green, 1024
-    blue values, each plane row-major), b"labels", b"batch_label", b"filenames"."""
+    blue values, each plane row-major), b"labels", b"batch_label", b"filenames". Returns the
+    rows and the labels of each split ("train", "test"); labels are distinct within a batch
+    (for per_batch, n_test <= 10), so labels attached to the wrong image show."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
     rows = {"train": rng.integers(0, 256, size=(5 * per_batch, 3072), dtype=np.uint8),
             "test": rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)}
     rows["train"][0] = np.repeat(np.array([10, 20, 30], dtype=np.uint8), 1024)  # a flat (R, G, B) image
-    batches = [(f"data_batch_{i + 1}", rows["train"][i * per_batch:(i + 1) * per_batch]) for i in range(5)]
-    for name, data in batches + [("test_batch", rows["test"])]:
+    labels = {"train": np.concatenate([rng.permutation(10)[:per_batch] for _ in range(5)]),
+              "test": rng.permutation(10)[:n_test]}
+    batches = [(f"data_batch_{i + 1}", slice(i * per_batch, (i + 1) * per_batch), "train") for i in range(5)]
+    for name, rows_of_batch, split in batches + [("test_batch", slice(None), "test")]:
+        data = rows[split][rows_of_batch]
         write_cifar_pickle(folder / name, {
             b"batch_label": f"{name} (test data)".encode(),
-            b"labels": [int(v) for v in rng.integers(0, 10, size=len(data))],
+            b"labels": [int(v) for v in labels[split][rows_of_batch]],
             b"data": data,
             b"filenames": [f"image_{j}.png".encode() for j in range(len(data))],
         })
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
     write_cifar_pickle(folder / "batches.meta", {b"num_cases_per_batch": per_batch, b"label_names": names,
                                                  b"num_vis": 3072})
-    return rows
+    return rows, labels
 
 
 @pytest.mark.parametrize("download", [False, True])
 def test_cifar10_reads_exactly_what_was_written_in_rgb_planes(tmp_path: Path, no_network: None, download: bool) -> None:
-    rows = write_cifar10(tmp_path)
+    rows, _ = write_cifar10(tmp_path)
     prepared = prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=download)
     assert prepared.train.dtype == np.uint8
     assert prepared.train.shape == (20, 3, 32, 32) and prepared.test.shape == (6, 3, 32, 32)
@@ -430,6 +618,35 @@ def test_cifar10_reads_exactly_what_was_written_in_rgb_planes(tmp_path: Path, no
         planes = rows[split].reshape(-1, 3, 1024)
         np.testing.assert_array_equal(getattr(prepared, split).reshape(-1, 3, 1024), planes)
     assert prepared.meta["shape"] == [3, 32, 32] and prepared.meta["num_levels"] == 256
+
+
+@pytest.mark.parametrize("test_size", [0, 3])
+def test_cifar10_labels_follow_their_images(tmp_path: Path, test_size: int) -> None:
+    rows, labels = write_cifar10(tmp_path)
+    prepared = prepare_dataset("cifar10", tmp_path, seed=2, test_size=test_size, download=False)
+    assert prepared.meta["num_classes"] == 10
+    for split in ("train", "test"):
+        got = getattr(prepared, f"{split}_labels")
+        positions = _positions(rows[split], getattr(prepared, split))
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, labels[split][positions])
+    assert test_size == 0 or positions != list(range(test_size))
+
+
+@pytest.mark.parametrize(("bad", "pattern"), [
+    (10, r"b'labels' of test_batch: labels must be class indices 0\.\.9, found values from \d to 10"),
+    (b"cat", r"b'labels' of test_batch: labels must be a list of integer class indices"),
+])
+def test_cifar10_labels_that_are_not_class_indices_are_named(tmp_path: Path, bad, pattern: str) -> None:
+    rows, labels = write_cifar10(tmp_path)
+    write_cifar_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": [int(v) for v in labels["test"][:-1]] + [bad],
+        b"data": rows["test"],
+        b"filenames": [b"x.png"] * len(rows["test"]),
+    })
+    with pytest.raises(DataError, match=pattern):
+        prepare_dataset("cifar10", tmp_path, seed=0, test_size=0, download=False)
 
 
 def test_missing_cifar10_files_fail_fast_with_their_names(tmp_path: Path, no_network: None) -> None:

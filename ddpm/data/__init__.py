@@ -5,10 +5,11 @@ One concern per module:
 
 - ``registry``: the dataset names and what their examples look like (no third-party imports);
 - ``scaling``: grey levels ``v in {0..K-1}`` <-> model space ``x = 2 v / (K - 1) - 1``;
-- ``prepared``: train.npy, test.npy and meta.json, written atomically and checked on load;
-- ``prepare``: building the arrays of each dataset (sklearn, or torchvision's files);
+- ``prepared``: train.npy, test.npy, the class labels of labelled datasets and meta.json,
+  written atomically and checked on load;
+- ``prepare``: building the arrays and labels of each dataset (sklearn, or torchvision's files);
 - ``idx``, ``cifar``: checking MNIST's IDX files and CIFAR-10's pickles before torchvision
-  reads them; ``download``: presence of raw files and torchvision downloads.
+  reads them; ``download``: presence of raw files, torchvision downloads, label checks.
 
 The public names below are imported on first use, so that ``ddpm.config`` (which needs only
 ``DATASETS``) and each stage load, and so depend on, only the modules they use.
@@ -30,7 +31,9 @@ _EXPORTS = {
     "to_model_space": "scaling",
     "META_FILE": "prepared",
     "TEST_FILE": "prepared",
+    "TEST_LABELS_FILE": "prepared",
     "TRAIN_FILE": "prepared",
+    "TRAIN_LABELS_FILE": "prepared",
     "Prepared": "prepared",
     "load_prepared": "prepared",
     "write_prepared": "prepared",

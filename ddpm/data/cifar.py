@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm.data.download import ensure_files
+from ddpm.data.download import LabelledSplit, class_indices, ensure_files
 from ddpm.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
+NUM_CLASSES = 10
 # The only globals that the official CIFAR-10 pickles (Python 2 cPickle, protocol 2) import;
 # NumPy 2 moved numpy.core to numpy._core, so copies re-pickled since may name that one.
 _PICKLE_GLOBALS = frozenset(
@@ -28,11 +29,12 @@ _PICKLE_GLOBALS = frozenset(
 _PICKLE_IMPORT_OPCODES = frozenset({"GLOBAL", "INST", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"})
 
 
-def read_cifar10(raw_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray, str]:
-    """The official train and test images (uint8 [N, 3, 32, 32]) and a source line.
+def read_cifar10(raw_dir: Path, download: bool) -> tuple[LabelledSplit, LabelledSplit, str]:
+    """The official train and test splits (images uint8 [N, 3, 32, 32], labels) and a source line.
 
     The batches live in ``raw_dir/cifar-10-batches-py``. DatasetNotFoundError when they are
-    missing, DataError when one is truncated, imports other code or holds other arrays.
+    missing, DataError when one is truncated, imports other code, holds other arrays or labels
+    outside 0..9.
     """
     cls = _cifar10_class()
     folder = raw_dir / FOLDER
@@ -48,11 +50,11 @@ def read_cifar10(raw_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray,
         scan_cifar10_pickle(folder / file)
     splits = [_read_split(cls, raw_dir, train, names)
               for train, names in ((True, TRAIN_FILES), (False, (TEST_FILE,)))]
-    source = f"torchvision.datasets.CIFAR10: official train split ({len(splits[0])} images)"
+    source = f"torchvision.datasets.CIFAR10: official train split ({len(splits[0].images)} images)"
     return splits[0], splits[1], source
 
 
-def _read_split(cls: type, raw_dir: Path, train: bool, names: tuple[str, ...]) -> np.ndarray:
+def _read_split(cls: type, raw_dir: Path, train: bool, names: tuple[str, ...]) -> LabelledSplit:
     folder = raw_dir / FOLDER
     try:
         dataset = cls(os.fspath(raw_dir), train=train, download=False)
@@ -70,7 +72,8 @@ def _read_split(cls: type, raw_dir: Path, train: bool, names: tuple[str, ...]) -
             f"{folder}: {', '.join(names)} hold {len(dataset.targets)} labels for {len(data)} images of "
             f"3 x 32 x 32 bytes; each b'data' row must hold 3072 bytes (1024 red, 1024 green, 1024 blue)"
         )
-    return np.ascontiguousarray(data.transpose(0, 3, 1, 2))  # back to [N, 3, 32, 32]
+    labels = class_indices(dataset.targets, NUM_CLASSES, f"{folder}: b'labels' of {', '.join(names)}")
+    return LabelledSplit(np.ascontiguousarray(data.transpose(0, 3, 1, 2)), labels)  # back to [N, 3, 32, 32]
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""Presence of raw dataset files, and downloading them through torchvision when allowed."""
+"""What the torchvision readers share: presence of raw dataset files, downloading them
+through torchvision when allowed, and the check of the class labels read from them."""
 
 from __future__ import annotations
 
@@ -6,12 +7,22 @@ import contextlib
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
-from ddpm.errors import DatasetNotFoundError
+import numpy as np
+
+from ddpm.errors import DataError, DatasetNotFoundError
 
 # torchvision downloads without a socket timeout; on a firewalled machine every attempt
 # would then hang for the OS connect timeout (minutes, several URLs in turn).
 DOWNLOAD_TIMEOUT_S = 30.0
+
+
+class LabelledSplit(NamedTuple):
+    """One official split as a reader returns it: the images and their class labels, row by row."""
+
+    images: np.ndarray  # uint8 [N, C, H, W]
+    labels: np.ndarray  # int64 [N] class indices
 
 
 def ensure_files(
@@ -63,3 +74,19 @@ def default_socket_timeout(seconds: float) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def class_indices(values: object, num_classes: int, where: str) -> np.ndarray:
+    """The labels read from raw files as int64 class indices, checked to lie in 0..num_classes-1.
+
+    DataError naming ``where`` (the files they came from) when they are not integers or
+    fall outside that range.
+    """
+    labels = np.asarray(values)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: labels must be a list of integer class indices, found {labels.dtype} "
+                        f"values of shape {list(labels.shape)}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{where}: labels must be class indices 0..{num_classes - 1}, "
+                        f"found values from {labels.min()} to {labels.max()}")
+    return labels.astype(np.int64)

@@ -9,19 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm.data.download import ensure_files
+from ddpm.data.download import LabelledSplit, class_indices, ensure_files
 from ddpm.errors import DataError
 
 IMAGE_FILES = ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
 LABEL_FILES = ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte")
+NUM_CLASSES = 10  # MNIST's digits 0..9; Fashion-MNIST's ten kinds of clothing
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_idx_dataset(cls: type, raw_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray, str]:
-    """The official train and test images (uint8 [N, 1, 28, 28]) and a source line.
+def read_idx_dataset(cls: type, raw_dir: Path, download: bool) -> tuple[LabelledSplit, LabelledSplit, str]:
+    """The official train and test splits (images uint8 [N, 1, 28, 28], labels) and a source line.
 
     ``cls`` is torchvision's dataset class; its files live in ``raw_dir/<ClassName>/raw``.
-    DatasetNotFoundError when they are missing, DataError when one is malformed.
+    DatasetNotFoundError when they are missing, DataError when one is malformed or a label
+    lies outside 0..9.
     """
     folder = raw_dir / cls.__name__ / "raw"
     files = (IMAGE_FILES[0], LABEL_FILES[0], IMAGE_FILES[1], LABEL_FILES[1])
@@ -44,15 +46,17 @@ def read_idx_dataset(cls: type, raw_dir: Path, download: bool) -> tuple[np.ndarr
                 f"{folder / labels_file}: holds {n_labels} labels, but {images_file} holds {n_images} images"
             )
     splits = []
-    for train in (True, False):
+    for train, labels_file in zip((True, False), LABEL_FILES, strict=True):
         try:
-            data = cls(os.fspath(raw_dir), train=train, download=False).data
+            dataset = cls(os.fspath(raw_dir), train=train, download=False)
         except (AssertionError, RuntimeError, TypeError, ValueError) as exc:
             raise DataError(
                 f"{folder}: torchvision could not read the IDX files: {type(exc).__name__}: {exc}"
             ) from None
-        splits.append(data.numpy()[:, None])  # uint8 [N, 28, 28] -> [N, 1, 28, 28]
-    source = f"torchvision.datasets.{cls.__name__}: official train split ({len(splits[0])} images)"
+        images = dataset.data.numpy()[:, None]  # uint8 [N, 28, 28] -> [N, 1, 28, 28]
+        labels = class_indices(dataset.targets.numpy(), NUM_CLASSES, str(folder / labels_file))
+        splits.append(LabelledSplit(images, labels))
+    source = f"torchvision.datasets.{cls.__name__}: official train split ({len(splits[0].images)} images)"
     return splits[0], splits[1], source
 
 

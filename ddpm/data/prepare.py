@@ -3,6 +3,8 @@
 ``digits`` (sklearn's bundled 8x8 digits, K = 17) and ``swissroll`` need no files;
 ``mnist``, ``fashion_mnist`` and ``cifar10`` are read from ``raw_dir`` through
 torchvision's own dataset classes, which download them on first use when allowed.
+Every dataset but the Swiss roll is labelled: its class labels go through the same split
+and subset as its images, row for row.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from ddpm.data.cifar import read_cifar10
-from ddpm.data.idx import read_idx_dataset
+from ddpm.data import cifar, idx
+from ddpm.data.download import LabelledSplit
 from ddpm.data.prepared import Prepared
 from ddpm.data.registry import DATASET_INFO, check_name
 from ddpm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+# Classes of the labelled datasets; the Swiss roll has none.
+NUM_CLASSES: dict[str, int] = {
+    "digits": 10, "mnist": idx.NUM_CLASSES, "fashion_mnist": idx.NUM_CLASSES, "cifar10": cifar.NUM_CLASSES,
+}
 
 
 def prepare_dataset(
@@ -39,14 +46,15 @@ def prepare_dataset(
     Writes nothing itself; only torchvision writes, when it downloads into ``raw_dir``.
 
     - ``digits``: the 1797 images split at random (``seed``) into ``test_size`` test images
-      and the rest for training; ``raw_dir`` is unused.
+      and the rest for training, with sklearn's ``target`` as labels; ``raw_dir`` is unused.
     - ``swissroll``: ``num_train_vectors`` training and ``test_size`` test points, two
       independent draws of ``make_swiss_roll(n, noise=noise)`` seeded from ``seed``, columns
       [0, 2] divided by 10; ``raw_dir`` is unused.
     - ``mnist``, ``fashion_mnist``, ``cifar10``: the official train and test splits read from
-      ``raw_dir``. ``test_size=0`` keeps the whole official test split; ``0 < test_size <=``
-      its size keeps a random subset of that many test images (``seed``, original order),
-      because the full bound costs T network calls per image.
+      ``raw_dir``, with the labels in their files. ``test_size=0`` keeps the whole official
+      test split; ``0 < test_size <=`` its size keeps a random subset of that many test
+      images and their labels (``seed``, original order), because the full bound costs T
+      network calls per image.
 
     ``download=True`` lets torchvision fetch missing files; when they stay missing,
     DatasetNotFoundError says which files to place where, and DataError names a malformed
@@ -57,23 +65,28 @@ def prepare_dataset(
     _check_int("seed", seed, minimum=0)
     _check_int("test_size", test_size, minimum=0)
     start = time.perf_counter()
-    if name == "digits":
-        train, test, source = _prepare_digits(seed, test_size)
-    elif name == "swissroll":
+    if name == "swissroll":
         _check_int("num_train_vectors", num_train_vectors, minimum=1)
         if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0):
             raise ValueError(f"noise: bad value {noise!r}; accepted: a number >= 0")
         train, test, source = _prepare_swissroll(seed, test_size, num_train_vectors, float(noise))
+        prepared = Prepared(train=train, test=test, meta=_meta(name, train, test, source, seed))
     else:
-        train, official_test, source = _read_torchvision(name, Path(raw_dir), download)
-        test, test_source = _official_test_subset(name, official_test, test_size, seed)
-        source = f"{source}; {test_source}"
-    meta = _meta(name, train, test, source, seed)
+        if name == "digits":
+            train_split, test_split, source = _prepare_digits(seed, test_size)
+        else:
+            train_split, official_test, source = _read_torchvision(name, Path(raw_dir), download)
+            test_split, test_source = _official_test_subset(name, official_test, test_size, seed)
+            source = f"{source}; {test_source}"
+        meta = _meta(name, train_split.images, test_split.images, source, seed)
+        prepared = Prepared(train=train_split.images, test=test_split.images, meta=meta,
+                            train_labels=train_split.labels, test_labels=test_split.labels)
     logger.info(
         "prepared %s: %d train, %d test examples of shape %s in %.2f s",
-        name, meta["train_size"], meta["test_size"], tuple(meta["shape"]), time.perf_counter() - start,
+        name, prepared.meta["train_size"], prepared.meta["test_size"], tuple(prepared.meta["shape"]),
+        time.perf_counter() - start,
     )
-    return Prepared(train=train, test=test, meta=meta)
+    return prepared
 
 
 def _meta(name: str, train: np.ndarray, test: np.ndarray, source: str, seed: int) -> dict[str, Any]:
@@ -83,6 +96,7 @@ def _meta(name: str, train: np.ndarray, test: np.ndarray, source: str, seed: int
         "kind": info.kind,
         "shape": list(info.shape),
         "num_levels": info.num_levels,
+        "num_classes": NUM_CLASSES.get(name),
         "train_size": int(train.shape[0]),
         "test_size": int(test.shape[0]),
         "source": source,
@@ -102,12 +116,14 @@ def _test_size_error(test_size: int, dataset: str, accepted: str) -> ConfigError
 # --- sklearn datasets -------------------------------------------------------------------
 
 
-def _prepare_digits(seed: int, test_size: int) -> tuple[np.ndarray, np.ndarray, str]:
+def _prepare_digits(seed: int, test_size: int) -> tuple[LabelledSplit, LabelledSplit, str]:
     # Imported here: sklearn.datasets is slow to import, and the stages that only load
     # prepared arrays (train, sample, evaluate) should not pay for it.
     from sklearn.datasets import load_digits
 
-    images = load_digits().images  # float64 [1797, 8, 8] holding the integers 0..16
+    digits = load_digits()
+    images = digits.images  # float64 [1797, 8, 8] holding the integers 0..16
+    labels = digits.target.astype(np.int64)  # the digit 0..9 drawn in each image
     n = images.shape[0]
     if not 1 <= test_size <= n - 1:
         raise _test_size_error(test_size, "digits", f"1..{n - 1} of its {n} images (both splits non-empty)")
@@ -116,7 +132,8 @@ def _prepare_digits(seed: int, test_size: int) -> tuple[np.ndarray, np.ndarray, 
     # Sorted indices keep each split in the bundled order, so an image is easy to trace back.
     test_idx, train_idx = np.sort(order[:test_size]), np.sort(order[test_size:])
     source = f"sklearn.datasets.load_digits: {n} images, random split of {test_size} test images"
-    return levels[train_idx], levels[test_idx], source
+    train, test = (LabelledSplit(levels[split_idx], labels[split_idx]) for split_idx in (train_idx, test_idx))
+    return train, test, source
 
 
 def _prepare_swissroll(
@@ -142,24 +159,25 @@ def _prepare_swissroll(
     return draw(num_train_vectors, train_seed), draw(test_size, test_seed), source
 
 
-def _official_test_subset(name: str, test: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, str]:
-    n = test.shape[0]
+def _official_test_subset(name: str, test: LabelledSplit, test_size: int, seed: int) -> tuple[LabelledSplit, str]:
+    n = test.images.shape[0]
     if test_size == 0:
         return test, f"official test split ({n} images)"
     if test_size > n:
         raise _test_size_error(test_size, name, f"0 (the whole official test split) or 1..{n}")
-    idx = np.sort(np.random.default_rng(seed).choice(n, size=test_size, replace=False))
-    return test[idx], f"random subset of {test_size} of the {n} official test images"
+    keep = np.sort(np.random.default_rng(seed).choice(n, size=test_size, replace=False))
+    source = f"random subset of {test_size} of the {n} official test images"
+    return LabelledSplit(test.images[keep], test.labels[keep]), source
 
 
 # --- torchvision datasets ---------------------------------------------------------------
 
 
-def _read_torchvision(name: str, raw_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_torchvision(name: str, raw_dir: Path, download: bool) -> tuple[LabelledSplit, LabelledSplit, str]:
     if name == "cifar10":
-        return read_cifar10(raw_dir, download)
+        return cifar.read_cifar10(raw_dir, download)
     # Imported here for the same reason as sklearn: only the prepare stage needs torchvision.
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
-    return read_idx_dataset(cls, raw_dir, download)
+    return idx.read_idx_dataset(cls, raw_dir, download)

@@ -1,9 +1,12 @@
-"""Prepared datasets on disk: train.npy, test.npy and the meta.json that describes them,
-written atomically and checked against each other when read.
+"""Prepared datasets on disk: train.npy, test.npy, the class labels of labelled datasets
+and the meta.json that describes them, written atomically and checked against each other
+when read.
 
 Images are stored as their integer grey levels (uint8, [N, C, H, W]): the discretized
 decoder needs K, and integers keep the prepared data exact and checkable. The Swiss roll
-is continuous and stored as float32 [N, 2].
+is continuous and stored as float32 [N, 2]. A labelled dataset (meta.json's num_classes
+is an integer, null otherwise) also stores train_labels.npy and test_labels.npy: int64
+[N] class indices, row i labelling example i of its split.
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ from ddpm.io import atomic_save_npy, atomic_write_json
 
 TRAIN_FILE = "train.npy"
 TEST_FILE = "test.npy"
+TRAIN_LABELS_FILE = "train_labels.npy"
+TEST_LABELS_FILE = "test_labels.npy"
 META_FILE = "meta.json"
-_META_KEYS = ("dataset", "kind", "shape", "num_levels", "train_size", "test_size", "source", "seed")
+_LABEL_FILES = {"train": TRAIN_LABELS_FILE, "test": TEST_LABELS_FILE}
+_META_KEYS = ("dataset", "kind", "shape", "num_levels", "num_classes", "train_size", "test_size", "source", "seed")
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A prepared dataset: train and test arrays and their ``meta.json`` description."""
+    """A prepared dataset: train and test arrays, their class labels (None for unlabelled
+    data) and their ``meta.json`` description."""
 
     train: np.ndarray
     test: np.ndarray
@@ -42,18 +49,32 @@ class Prepared:
 
 
 def write_prepared(out_dir: str | os.PathLike[str], prepared: Prepared) -> None:
-    """Validate ``prepared`` and write train.npy, test.npy and meta.json into ``out_dir``.
+    """Validate ``prepared`` and write train.npy, test.npy, the labels files of a labelled
+    dataset (int64) and meta.json into ``out_dir``.
 
-    Each file is written atomically; meta.json goes last, and load_prepared checks the
-    arrays against it, so an interrupted write cannot pass for a complete one. Arrays that
-    disagree with their meta are the caller's bug: ValueError.
+    Each file is written atomically; a previous meta.json is removed first and the new one
+    goes last, and load_prepared checks the arrays against it, so an interrupted write
+    cannot pass for a complete one. Label files of a previous labelled dataset are removed
+    when this one has none. Arrays or labels that disagree with their meta are the
+    caller's bug: ValueError, before anything is written.
     """
     out = Path(out_dir)
     _check_meta(prepared.meta, "Prepared.meta", ValueError)
-    _check_split(prepared.train, "train", prepared.meta, "Prepared.train", ValueError)
-    _check_split(prepared.test, "test", prepared.meta, "Prepared.test", ValueError)
+    for split in ("train", "test"):
+        _check_split(getattr(prepared, split), split, prepared.meta, f"Prepared.{split}", ValueError)
+        _check_labels(getattr(prepared, f"{split}_labels"), split, prepared.meta, f"Prepared.{split}_labels",
+                      ValueError)
+    # A previous meta.json would describe a rewrite interrupted midway: old and new files
+    # of the same sizes (another seed's split, labels of other images) would load as one.
+    (out / META_FILE).unlink(missing_ok=True)
     atomic_save_npy(out / TRAIN_FILE, prepared.train)
     atomic_save_npy(out / TEST_FILE, prepared.test)
+    for split, file in _LABEL_FILES.items():
+        labels = getattr(prepared, f"{split}_labels")
+        if labels is None:
+            (out / file).unlink(missing_ok=True)  # a previous labelled dataset's, which meta.json no longer describes
+        else:
+            atomic_save_npy(out / file, labels.astype(np.int64))
     atomic_write_json(out / META_FILE, prepared.meta)
 
 
@@ -61,8 +82,9 @@ def load_prepared(out_dir: str | os.PathLike[str]) -> Prepared:
     """Read a prepared dataset written by write_prepared and check it against meta.json.
 
     DatasetNotFoundError when a file is missing; DataError naming the file, what meta.json
-    says and what was found when a file is unreadable or shapes, sizes, dtypes or grey
-    levels disagree.
+    says and what was found when a file is unreadable or shapes, sizes, dtypes, grey levels
+    or class labels disagree (a labels file missing where meta.json has num_classes, too).
+    The labels come back as int64, or None when meta.json's num_classes is null.
     """
     out = Path(out_dir)
     paths = {name: out / name for name in (META_FILE, TRAIN_FILE, TEST_FILE)}
@@ -80,12 +102,27 @@ def load_prepared(out_dir: str | os.PathLike[str]) -> Prepared:
     _check_meta(meta, str(meta_path), DataError)
     arrays = {}
     for split, file in (("train", TRAIN_FILE), ("test", TEST_FILE)):
-        try:
-            arrays[split] = np.load(paths[file], allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{paths[file]}: not a readable .npy array ({exc})") from None
+        arrays[split] = _load_npy(paths[file])
         _check_split(arrays[split], split, meta, f"{paths[file]} (checked against {meta_path})", DataError)
-    return Prepared(train=arrays["train"], test=arrays["test"], meta=meta)
+    if meta["num_classes"] is not None:
+        for split, file in _LABEL_FILES.items():
+            path = out / file
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: not found, but {meta_path} says num_classes={meta['num_classes']}: a labelled "
+                    f"dataset stores its class labels in {TRAIN_LABELS_FILE} and {TEST_LABELS_FILE}"
+                )
+            labels = _load_npy(path)
+            _check_labels(labels, split, meta, f"{path} (checked against {meta_path})", DataError)
+            arrays[f"{split}_labels"] = labels.astype(np.int64, copy=False)
+    return Prepared(meta=meta, **arrays)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
 
 
 def _check_meta(meta: Any, where: str, error: type[ValueError]) -> None:
@@ -103,6 +140,10 @@ def _check_meta(meta: Any, where: str, error: type[ValueError]) -> None:
         raise error(f"{where}: num_levels: bad value {num_levels!r}; accepted for images: an integer >= 2")
     if kind == "vector" and num_levels is not None:
         raise error(f"{where}: num_levels: bad value {num_levels!r}; accepted for vectors: null")
+    num_classes = meta["num_classes"]
+    if num_classes is not None and not (_is_int(num_classes) and num_classes >= 2):
+        raise error(f"{where}: num_classes: bad value {num_classes!r}; accepted: an integer >= 2, "
+                    "or null for data without class labels")
     for key in ("train_size", "test_size"):
         if not (_is_int(meta[key]) and meta[key] >= 1):
             raise error(f"{where}: {key}: bad value {meta[key]!r}; accepted: an integer >= 1")
@@ -136,3 +177,25 @@ def _check_split(array: Any, split: str, meta: dict[str, Any], where: str, error
             raise error(f"{where}: meta.json says kind 'vector' (floating point), found dtype {array.dtype}")
         if not np.isfinite(array).all():
             raise error(f"{where}: meta.json says kind 'vector'; found non-finite values (NaN or inf)")
+
+
+def _check_labels(labels: Any, split: str, meta: dict[str, Any], where: str, error: type[ValueError]) -> None:
+    """Check one split's labels against meta: none for num_classes null, else [N] integers in 0..num_classes-1."""
+    num_classes, size = meta["num_classes"], meta[f"{split}_size"]
+    if num_classes is None:
+        if labels is not None:
+            raise error(f"{where}: meta.json says num_classes=null (no class labels), found labels")
+        return
+    if not isinstance(labels, np.ndarray):
+        raise error(f"{where}: meta.json says num_classes={num_classes}, so a NumPy array of class indices; "
+                    f"found {type(labels).__name__}")
+    if labels.shape != (size,):
+        raise error(f"{where}: meta.json says {split}_size={size}, i.e. labels of shape [{size}]; "
+                    f"found shape {list(labels.shape)}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise error(f"{where}: meta.json says num_classes={num_classes} (integer class indices), "
+                    f"found dtype {labels.dtype}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > num_classes - 1:
+        raise error(f"{where}: meta.json says num_classes={num_classes}, so class indices in "
+                    f"0..{num_classes - 1}; found values from {low} to {high}")
