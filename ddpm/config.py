@@ -50,20 +50,22 @@ class DataConfig:
     test_size: int = 300              # digits: held-out images; mnist/cifar: 0 = the official test split
     swissroll_train_size: int = 10000  # points drawn for the Swiss roll's training set
     swissroll_noise: float = 0.5       # sklearn make_swiss_roll noise
+    folder: str = ""                   # dataset=folder: the folder of PNG/JPEG images (class subfolders = labels)
+    image_size: int = 32               # dataset=folder: images resized (shorter side) and centre-cropped to this
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["auto", "mlp", "unet"] = "auto"          # auto: MLP for vectors, U-Net for images
+    name: Literal["auto", "mlp", "unet", "rbf_mlp", "shufflenet_unet"] = "auto"  # auto: MLP (vectors), U-Net (images)
     base_channels: int | Auto = AUTO
     channel_mult: tuple[int, ...] | Auto = AUTO
     num_res_blocks: int | Auto = AUTO
     attn_resolutions: tuple[int, ...] | Auto = AUTO
     dropout: float | Auto = AUTO
     num_heads: int = 1
-    mlp_hidden: int = 128
-    mlp_layers: int = 3
-    time_embedding: Literal["learned", "sinusoidal"] = "sinusoidal"  # MLP only
+    mlp_hidden: int = 128               # mlp: width of each layer; rbf_mlp: number of RBF units
+    mlp_layers: int = 3                 # mlp only
+    time_embedding: Literal["learned", "sinusoidal"] = "sinusoidal"  # mlp; shufflenet_unet: its time MLP's input
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ class Params:
         _check(self.data.swissroll_train_size >= 1, "data.swissroll_train_size", self.data.swissroll_train_size,
                "an integer >= 1")
         _finite_at_least("data.swissroll_noise", self.data.swissroll_noise, 0)
+        _validate_image_folder(self)
         m = self.model
         _positive_or_auto("model.base_channels", m.base_channels)
         _positive_or_auto("model.num_res_blocks", m.num_res_blocks)
@@ -356,6 +359,18 @@ def _validate_classifier(c: ClassifierConfig) -> None:
     _check(0 < c.lr < 1, "classifier.lr", c.lr, "a number in (0, 1)")
 
 
+def _validate_image_folder(params: Params) -> None:
+    """data.image_size; for dataset=folder with the default U-Net, a size it can take (the folder
+    itself is checked by the prepare stage, the one that reads it)."""
+    size, m = params.data.image_size, params.model
+    _check(size >= 1, "data.image_size", size, "an integer >= 1")
+    if params.dataset == "folder" and m.name in (AUTO, "unet") and AUTO == m.channel_mult == m.attn_resolutions:
+        _check(size in FOLDER_IMAGE_SIZES, "data.image_size", size,
+               f"one of {', '.join(map(str, FOLDER_IMAGE_SIZES))} for dataset=folder with the default U-Net "
+               "(it halves the image 3 times and attends at 16 x 16), or set model.channel_mult and "
+               "model.attn_resolutions for this size")
+
+
 def _validate_quality(params: Params) -> None:
     q, n = params.quality, params.sample.num_samples
     servable = quality_families_for(params.dataset)
@@ -366,8 +381,6 @@ def _validate_quality(params: Params) -> None:
             _check(family in servable, "quality.metrics", list(q.metrics),
                    f"families that dataset={params.dataset} can serve: {', '.join(servable)} "
                    f"('{family}' serves {QUALITY_FAMILIES[family]})")
-        _check("inception" not in q.metrics or bool(q.inception_weights.strip()), "quality.inception_weights",
-               q.inception_weights, "the path of the Inception weights file when quality.metrics lists inception")
     for entry in q.sweep:
         parse_sampler_setting(entry, params.diffusion.timesteps)
     _check(q.batch_size >= 1, "quality.batch_size", q.batch_size, "an integer >= 1")
@@ -389,7 +402,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "model.name": "unet", "model.base_channels": 32, "model.channel_mult": (1, 2), "model.num_res_blocks": 1,
         "model.attn_resolutions": (4,), "model.dropout": 0.0,
         "train.steps": 3000, "train.batch_size": 128, "train.lr": 1e-3, "train.warmup_steps": 100,
-        "train.ema_decay": 0.995, "train.hflip": False, "train.bound_every": 250, "classifier.steps": 1500,
+        "train.ema_decay": 0.995, "train.hflip": False, "train.bound_every": 250, "classifier.steps": 500,
     },
     "swissroll": {
         "model.name": "mlp", "model.base_channels": 32, "model.channel_mult": (1,), "model.num_res_blocks": 1,
@@ -412,6 +425,18 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 DATASET_DEFAULTS["fashion_mnist"] = dict(DATASET_DEFAULTS["mnist"])
+# A folder of one's own images: CIFAR-10's U-Net at half the width (about a quarter of the
+# parameters) and an eighth of its steps, since such folders are usually far smaller than
+# CIFAR-10's 50,000 images; flips as for CIFAR-10 and in lucidrains' image-folder Dataset.
+# Its channel_mult and attn_resolutions fit the sizes FOLDER_IMAGE_SIZES (16 x 16 occurs
+# among the U-Net's resolutions); other sizes set those two keys.
+DATASET_DEFAULTS["folder"] = {
+    "model.name": "unet", "model.base_channels": 64, "model.channel_mult": (1, 2, 2, 2), "model.num_res_blocks": 2,
+    "model.attn_resolutions": (16,), "model.dropout": 0.1,
+    "train.steps": 100000, "train.batch_size": 64, "train.lr": 2e-4, "train.warmup_steps": 1000,
+    "train.ema_decay": 0.9999, "train.hflip": True, "train.bound_every": 2000, "classifier.steps": 4000,
+}
+FOLDER_IMAGE_SIZES = (16, 32, 64, 128)
 
 
 class ParamsLoader(yaml.SafeLoader):

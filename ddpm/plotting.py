@@ -758,6 +758,66 @@ def forward_process_figure(
     return _vector_strip_figure(frames, labels, title, None)
 
 
+# --------------------------------------------------------------------------- sample quality
+
+QUALITY_ID_COLUMNS = ("setting", "sampler", "nfe")
+
+
+def _read_quality_rows(csv_path: PathLike) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
+    """The quality stage's nfe.csv: (metric names, sampler of each row, numeric columns)."""
+    with open(csv_path, newline="") as f:
+        header = [h.strip() for h in (next(csv.reader(f), None) or [])]
+    missing = [c for c in QUALITY_ID_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {missing}; header is {header}")
+    numeric = [c for c in header if c not in ("setting", "sampler")]
+    cols = _read_csv_columns(csv_path, numeric)
+    with open(csv_path, newline="") as f:
+        samplers = [row["sampler"].strip() for row in csv.DictReader(f)]
+    names = [c for c in numeric if c != "nfe" and not c.endswith("_stderr")]
+    if not names:
+        raise DataError(f"{csv_path}: no metric columns besides {list(QUALITY_ID_COLUMNS)}")
+    return names, samplers, cols
+
+
+def quality_nfe_figure(csv_path: PathLike, floors: Mapping[str, float]) -> Figure:
+    """Each sample-quality metric against the network evaluations per sample (NFE, log
+    axis), one panel per metric and one line per sampler, with standard errors where the
+    metric has one, and its floor (the same metric between two draws of real data of the
+    same size: what a perfect model scores) as a dashed line.
+
+    Args:
+        csv_path: the quality stage's table, e.g. ``reports/quality/nfe.csv``
+            (columns ``setting``, ``sampler``, ``nfe``, one per metric, ``<metric>_stderr``).
+        floors: ``<metric>_floor`` values (a metric without one is drawn without a floor).
+    """
+    names, samplers, cols = _read_quality_rows(csv_path)
+    n_cols = min(len(names), 3)
+    n_rows = math.ceil(len(names) / n_cols)
+    fig = Figure(figsize=(4.0 * n_cols, 3.0 * n_rows), dpi=DPI, layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    nfe = cols["nfe"]
+    for ax, name in zip(axes, names, strict=False):
+        for sampler in dict.fromkeys(samplers):
+            rows = np.array([s == sampler for s in samplers])
+            order = np.argsort(nfe[rows])
+            err = cols.get(f"{name}_stderr")
+            ax.errorbar(nfe[rows][order], cols[name][rows][order], yerr=None if err is None else err[rows][order],
+                        marker="o", markersize=4, capsize=3, label=sampler)
+        floor = floors.get(f"{name}_floor")
+        if floor is not None:
+            ax.axhline(floor, color=REFERENCE_COLOR, linestyle="--", label="floor (real vs real)")
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations per sample (NFE)")
+        ax.set_title(name)
+        ax.grid(True, which="both", alpha=0.25)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    axes[0].legend(loc="best", fontsize="small")
+    fig.suptitle("Sample quality against sampling cost")
+    return fig
+
+
 # --------------------------------------------------------------------------- PNG files
 # Each writes its ``*_figure`` (same arguments) to ``png_path`` atomically and returns ``png_path``.
 
@@ -775,6 +835,11 @@ def plot_bound_terms(csv_path: PathLike, png_path: PathLike, unit: str) -> Path:
 def plot_schedule(betas: ArrayLike, png_path: PathLike) -> Path:
     """See :func:`schedule_figure`."""
     return _save_figure(schedule_figure(betas), png_path)
+
+
+def plot_quality_nfe(csv_path: PathLike, floors: Mapping[str, float], png_path: PathLike) -> Path:
+    """See :func:`quality_nfe_figure`."""
+    return _save_figure(quality_nfe_figure(csv_path, floors), png_path)
 
 
 def plot_samples(samples: ArrayLike, meta: Mapping[str, Any], png_path: PathLike, **options: Any) -> Path:

@@ -31,6 +31,8 @@ STREAMS: dict[str, int] = {
     "bound": 5,         # item: test example index (the bound's x_t draws)
     "metrics": 6,       # subsets and projections of the sample-quality metrics
     "bound_curve": 7,   # item: test example index (the learning curve's bound estimates)
+    "classifier": 8,    # key 0: the feature classifier's initial weights; key 1, item: epoch -> its data order
+    "data_split": 9,    # the random train/test split of a dataset prepared from files (an image folder)
 }
 
 _SEED_SPACE = 2**63  # torch.manual_seed accepts any non-negative int64

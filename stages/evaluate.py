@@ -1,6 +1,7 @@
 """DVC stage `evaluate`: the full variational bound (all T terms) of the test split under
-the trained model -> reports/metrics.json (bits/dim for images, nats/dim for vectors:
-total, prior, decoder, standard error, number of examples) and reports/eval/terms.csv.
+the trained model -> reports/eval/bound.json (bits/dim for images, nats/dim for vectors:
+total, prior, decoder, standard error, number of examples; the report stage puts it into
+reports/metrics.json) and reports/eval/terms.csv.
 Under torchrun the test images are spread over the ranks and gathered on rank 0."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--model", default="models/model.pt")
     parser.add_argument("--data", default="data/prepared")
-    parser.add_argument("--metrics", default="reports/metrics.json")
+    parser.add_argument("--metrics", default="reports/eval/bound.json")
     parser.add_argument("--terms", default="reports/eval/terms.csv")
 
     def body(args) -> None:

@@ -1,5 +1,6 @@
 """DVC stage `plot`: report files -> reports/figures/*.png (training loss, bound per
-timestep, samples, reverse and forward processes, beta schedule), logged to MLflow."""
+timestep, samples, reverse and forward processes, beta schedule, sample quality against
+NFE), logged to MLflow."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ddpm.cli import run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import load_prepared, to_model_space
 from ddpm.errors import DataError, DatasetNotFoundError
+from ddpm.quality import tracking_metrics
 from ddpm.schedules import get_beta_schedule
 from ddpm.tracking import Tracker, report_metrics
 
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                                           seed=params.seed),
             plotting.plot_schedule(betas, out / "schedule.png"),
         ]
+        if metrics["quality"]["families"]:  # none for data no metric applies to (the quality stage said so)
+            figures.append(plotting.plot_quality_nfe(reports / "quality" / "nfe.csv", metrics["quality"]["samples"],
+                                                     out / "quality_nfe.png"))
         # After the figures (quick): a malformed report stops the stage before any run is made.
         run_id = json.loads(Path(args.run).read_text())["mlflow_run_id"]
         tracker = Tracker.for_experiment(run_id, params.mlflow.experiment, params.flatten(),
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if tracker is not None:
             # The last stage completes the run when evaluate was reused from DVC's cache (this
             # experiment changed only sample keys, say): the run shows its bound all the same.
-            tracker.log_missing_metrics(report_metrics(metrics))
+            tracker.log_missing_metrics({**report_metrics(metrics), **tracking_metrics(metrics["quality"])})
             for fig in figures:
                 tracker.log_artifact(fig, "figures")
             tracker.finish()

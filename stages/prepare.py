@@ -12,8 +12,8 @@ from ddpm.errors import ConfigError, DataError, DatasetNotFoundError
 
 HINTS = {
     DatasetNotFoundError: "once the files are in place (or the network is reachable), run `dvc repro prepare` again",
-    DataError: "replace the damaged raw file named above with the official one (or delete it to download it "
-               "again), then `dvc repro prepare`",
+    DataError: "replace the damaged file named above (a raw download: with the official one, or delete it to "
+               "download it again; an image of data.folder: fix or remove it), then `dvc repro prepare`",
     ConfigError: "fix the key in params.yaml, or set it for one run with `dvc exp run -S key=value`",
 }
 
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         prepared = prepare_dataset(params.dataset, args.raw, seed=params.seed, test_size=params.data.test_size,
                                    num_train_vectors=params.data.swissroll_train_size,
-                                   noise=params.data.swissroll_noise)
+                                   noise=params.data.swissroll_noise, folder=params.data.folder,
+                                   image_size=params.data.image_size)
         write_prepared(args.out, prepared)
 
     return run_stage("prepare", body, parser, argv, hints=HINTS)

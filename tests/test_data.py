@@ -64,7 +64,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registry_lists_every_dataset_with_its_info() -> None:
-    assert DATASETS == ("digits", "swissroll", "mnist", "fashion_mnist", "cifar10")
+    assert DATASETS == ("digits", "swissroll", "mnist", "fashion_mnist", "cifar10", "folder")
     assert set(DATASET_INFO) == set(DATASETS)
     assert dataset_info("digits") == DatasetInfo("image", (1, 8, 8), 17)
     assert dataset_info("swissroll") == DatasetInfo("vector", (2,), None)

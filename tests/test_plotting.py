@@ -652,3 +652,33 @@ def test_import_and_plot_leave_matplotlib_global_state_alone(tmp_path: Path) -> 
     repo_root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
     assert_png(tmp_path / "s.png")
+
+
+def test_quality_nfe_figure_draws_each_metric_per_sampler_against_nfe_with_its_floor(tmp_path: Path) -> None:
+    csv_path = tmp_path / "nfe.csv"
+    csv_path.write_text("setting,sampler,nfe,fd_classifier,kid_classifier,kid_classifier_stderr\n"
+                        "ddim_50,ddim,50,4.0,0.03,0.01\n"
+                        "ancestral_1000,ancestral,1000,2.0,0.01,0.005\n"
+                        "ddim_10,ddim,10,9.0,0.08,0.02\n")
+    fig = plotting.quality_nfe_figure(csv_path, {"fd_classifier_floor": 0.5, "kid_classifier_floor": 0.001})
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(panels) == {"fd_classifier", "kid_classifier"}
+    fd = panels["fd_classifier"]
+    # Each sampler is an errorbar container (its data line first); the floor a plain line.
+    lines = {c.get_label(): c.lines[0] for c in fd.containers} | {line.get_label(): line for line in fd.get_lines()}
+    assert np.array_equal(lines["ddim"].get_xdata(), [10, 50])  # sorted by NFE
+    assert np.array_equal(lines["ddim"].get_ydata(), [9.0, 4.0])
+    assert np.array_equal(lines["ancestral"].get_xdata(), [1000])
+    assert np.array_equal(lines["ancestral"].get_ydata(), [2.0])
+    assert np.allclose(lines["floor (real vs real)"].get_ydata(), 0.5)
+    assert fd.get_xscale() == "log"
+    # KID's standard errors are drawn as error bars: ddim's bar at NFE 10 spans 0.08 +- 0.02.
+    segments = [seg for coll in panels["kid_classifier"].collections for seg in coll.get_segments()]
+    assert any(np.allclose(seg, [[10, 0.06], [10, 0.10]]) for seg in segments)
+
+
+def test_quality_nfe_figure_refuses_a_table_without_metrics(tmp_path: Path) -> None:
+    csv_path = tmp_path / "nfe.csv"
+    csv_path.write_text("setting,sampler,nfe\nddim_10,ddim,10\n")
+    with pytest.raises(DataError, match="no metric columns"):
+        plotting.quality_nfe_figure(csv_path, {})

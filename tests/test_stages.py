@@ -35,7 +35,8 @@ def write_params(path: Path, **overrides) -> Path:
 def test_prepare_writes_arrays_and_meta(tmp_path):
     params = write_params(tmp_path / "params.yaml")
     assert prepare.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "prep")]) == 0
-    assert sorted(p.name for p in (tmp_path / "prep").iterdir()) == ["meta.json", "test.npy", "train.npy"]
+    assert sorted(p.name for p in (tmp_path / "prep").iterdir()) == [
+        "meta.json", "test.npy", "test_labels.npy", "train.npy", "train_labels.npy"]
 
 
 @pytest.mark.parametrize("overrides, fragment", [
@@ -121,7 +122,12 @@ def write_reports(root: Path, loss_csv: str) -> dict[str, Path]:
     (reports / "train" / "loss.csv").write_text(loss_csv)
     (reports / "eval").mkdir()
     (reports / "eval" / "terms.csv").write_text("t,term,stderr\n1,0.9,0.01\n2,0.2,0.01\n")
-    (reports / "metrics.json").write_text(json.dumps({"unit": "bits/dim"}))
+    quality = {"families": ["classifier"],
+               "samples": {"sampler": "ancestral", "nfe": 1000, "fd_classifier": 2.0, "fd_classifier_floor": 0.5}}
+    (reports / "metrics.json").write_text(json.dumps({"unit": "bits/dim", "quality": quality}))
+    (reports / "quality").mkdir()
+    (reports / "quality" / "nfe.csv").write_text("setting,sampler,nfe,fd_classifier\nddim_10,ddim,10,3.0\n"
+                                                 "ancestral_1000,ancestral,1000,2.0\n")
     (reports / "samples").mkdir()
     frames = np.zeros((2, 4, 1, 8, 8))
     np.savez(reports / "samples" / "samples.npz", samples=frames[-1], trajectory=frames, steps=np.array([1, 0]))
@@ -138,7 +144,8 @@ def test_plot_stage_draws_every_figure_from_the_reports(tmp_path, capsys):
     paths = write_reports(tmp_path, "step,loss\n0,1.0\n1,0.5\n")
     assert plot.main(stage_args(paths)) == 0
     assert sorted(p.name for p in paths["--out"].iterdir()) == sorted(
-        f"{name}.png" for name in ("loss", "bound_terms", "samples", "reverse_process", "forward_process", "schedule"))
+        f"{name}.png" for name in ("loss", "bound_terms", "samples", "reverse_process", "forward_process", "schedule",
+                                   "quality_nfe"))
 
 
 def test_plot_stage_refuses_a_malformed_report_with_one_line_and_a_hint(tmp_path, capsys):

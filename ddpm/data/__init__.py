@@ -8,6 +8,7 @@ One concern per module:
 - ``prepared``: train.npy, test.npy, the class labels of labelled datasets and meta.json,
   written atomically and checked on load;
 - ``prepare``: building the arrays and labels of each dataset (sklearn, or torchvision's files);
+- ``folder``: the user's own PNG and JPEG files, resized and centre-cropped;
 - ``idx``, ``cifar``: checking MNIST's IDX files and CIFAR-10's pickles before torchvision
   reads them; ``download``: presence of raw files, torchvision downloads, label checks.
 

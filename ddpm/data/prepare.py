@@ -2,9 +2,10 @@
 
 ``digits`` (sklearn's bundled 8x8 digits, K = 17) and ``swissroll`` need no files;
 ``mnist``, ``fashion_mnist`` and ``cifar10`` are read from ``raw_dir`` through
-torchvision's own dataset classes, which download them on first use when allowed.
-Every dataset but the Swiss roll is labelled: its class labels go through the same split
-and subset as its images, row for row.
+torchvision's own dataset classes, which download them on first use when allowed;
+``folder`` reads the user's own PNG and JPEG files (``ddpm.data.folder``).
+Every dataset but the Swiss roll is labelled (a folder when it has class subfolders): the
+class labels go through the same split and subset as the images, row for row.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Any
 import numpy as np
 
 from ddpm.data import cifar, idx
+from ddpm.data import folder as image_folder
 from ddpm.data.download import LabelledSplit
 from ddpm.data.prepared import Prepared
 from ddpm.data.registry import DATASET_INFO, check_name
 from ddpm.errors import ConfigError
+from ddpm.seeding import stream_seed
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ def prepare_dataset(
     num_train_vectors: int = 10000,
     noise: float = 0.5,
     download: bool = True,
+    folder: str | os.PathLike[str] = "",
+    image_size: int = 32,
 ) -> Prepared:
     """Build the train and test arrays of dataset ``name`` and their meta.
 
@@ -55,10 +60,16 @@ def prepare_dataset(
       test split; ``0 < test_size <=`` its size keeps a random subset of that many test
       images and their labels (``seed``, original order), because the full bound costs T
       network calls per image.
+    - ``folder``: the PNG and JPEG files in ``folder`` (flat, or class subfolders as labels),
+      each resized and centre-cropped to ``image_size`` x ``image_size`` (ddpm.data.folder),
+      split at random (stream "data_split" of ``seed``) into ``test_size`` test images and
+      the rest for training, each split in sorted file order; ``raw_dir`` is unused.
 
     ``download=True`` lets torchvision fetch missing files; when they stay missing,
     DatasetNotFoundError says which files to place where, and DataError names a malformed
-    one. A ``test_size`` this dataset cannot honour raises ConfigError (``data.test_size``);
+    one (for a folder: each unreadable, too small or refused image file; an empty or missing
+    folder is DatasetNotFoundError). A ``test_size`` this dataset cannot honour, or an empty
+    ``folder`` for dataset ``folder``, raises ConfigError (``data.test_size``, ``data.folder``);
     arguments no params file can produce (an unknown name, a negative seed) ValueError.
     """
     check_name(name)
@@ -71,6 +82,9 @@ def prepare_dataset(
             raise ValueError(f"noise: bad value {noise!r}; accepted: a number >= 0")
         train, test, source = _prepare_swissroll(seed, test_size, num_train_vectors, float(noise))
         prepared = Prepared(train=train, test=test, meta=_meta(name, train, test, source, seed))
+    elif name == "folder":
+        _check_int("image_size", image_size, minimum=1)
+        prepared = _prepare_folder(folder, image_size, seed, test_size)
     else:
         if name == "digits":
             train_split, test_split, source = _prepare_digits(seed, test_size)
@@ -168,6 +182,30 @@ def _official_test_subset(name: str, test: LabelledSplit, test_size: int, seed: 
     keep = np.sort(np.random.default_rng(seed).choice(n, size=test_size, replace=False))
     source = f"random subset of {test_size} of the {n} official test images"
     return LabelledSplit(test.images[keep], test.labels[keep]), source
+
+
+def _prepare_folder(folder: str | os.PathLike[str], image_size: int, seed: int, test_size: int) -> Prepared:
+    if not str(folder).strip():
+        raise ConfigError("data.folder='' is not accepted for dataset=folder; expected the path of a folder "
+                          "of PNG or JPEG images (flat, or in class subfolders)")
+    found = image_folder.find_images(folder)
+    n = len(found.files)
+    if not 1 <= test_size <= n - 1:
+        raise _test_size_error(test_size, f"the folder {folder}", f"1..{n - 1} of its {n} images (both splits "
+                                                                   "non-empty)")
+    images = image_folder.read_images(found.files, image_size)
+    order = np.random.default_rng(stream_seed(seed, "data_split")).permutation(n)
+    # Sorted indices keep each split in sorted file order, so an image is easy to trace back.
+    test_idx, train_idx = np.sort(order[:test_size]), np.sort(order[test_size:])
+    classes = (f"{len(found.class_names)} class subfolders" if found.labels is not None
+               else "no class subfolders (no labels)")
+    source = (f"image folder {folder}: {n} images, {classes}, resized (shorter side, bicubic) and centre-cropped "
+              f"to {image_size} x {image_size}; random split of {test_size} test images")
+    train, test = images[train_idx], images[test_idx]
+    meta = {**_meta("folder", train, test, source, seed), "shape": list(images.shape[1:]),
+            "num_classes": len(found.class_names) or None, "class_names": list(found.class_names) or None}
+    labels = (None, None) if found.labels is None else (found.labels[train_idx], found.labels[test_idx])
+    return Prepared(train=train, test=test, meta=meta, train_labels=labels[0], test_labels=labels[1])
 
 
 # --- torchvision datasets ---------------------------------------------------------------

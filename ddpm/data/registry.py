@@ -2,6 +2,11 @@
 
 A leaf with no third-party imports, so that ``ddpm.config`` can validate ``dataset``
 without loading NumPy, torch or the readers.
+
+``folder`` (the user's own images) is the one dataset whose examples' shape is not fixed:
+it depends on ``data.image_size`` and on the images (1 channel when all are grey, else 3),
+so its entry holds the largest case at the default size (3 channels, 32 x 32), and the
+prepared ``meta.json`` holds the real shape.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Literal
 
-DATASETS: tuple[str, ...] = ("digits", "swissroll", "mnist", "fashion_mnist", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "swissroll", "mnist", "fashion_mnist", "cifar10", "folder")
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("image", (1, 28, 28), 256),
     "fashion_mnist": DatasetInfo("image", (1, 28, 28), 256),
     "cifar10": DatasetInfo("image", (3, 32, 32), 256),
+    "folder": DatasetInfo("image", (3, 32, 32), 256),  # shape: 3 channels at data.image_size's default
 }
 
 
