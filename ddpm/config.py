@@ -117,7 +117,7 @@ class EvaluateConfig:
 class ClassifierConfig:
     """The small classifier whose features score sample quality on labelled image datasets."""
 
-    steps: int | Auto = AUTO            # optimizer steps (auto: per dataset)
+    steps: int | Auto = AUTO            # optimizer steps (auto: per dataset; 0 for data without labels)
     batch_size: int = 128
     lr: float = 1e-3                    # Adam
     width: int = 32                     # channels of the first convolution
@@ -353,7 +353,7 @@ def parse_sampler_setting(text: str, timesteps: int) -> tuple[str, int]:
 
 def _validate_classifier(c: ClassifierConfig) -> None:
     if c.steps != AUTO:
-        _check(c.steps >= 1, "classifier.steps", c.steps, "an integer >= 1 or auto")
+        _check(c.steps >= 0, "classifier.steps", c.steps, "an integer >= 0 (0: no classifier) or auto")
     for key in ("batch_size", "width", "feature_dim"):
         _check(getattr(c, key) >= 1, f"classifier.{key}", getattr(c, key), "an integer >= 1")
     _check(0 < c.lr < 1, "classifier.lr", c.lr, "a number in (0, 1)")

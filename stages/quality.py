@@ -45,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         prepared = load_prepared(args.data)
         meta = prepared.meta
         names = _families_to_run(params, meta)
+        samples = _load_samples(args.samples)
+        real, real_draws = quality.real_reference(prepared.train, len(samples), params.seed)
         set_tf32(False)  # the reported numbers are computed in full float32
         dist, trained = load_for_inference(args.model, params, params.sample.use_ema)
         # Found or made before the work, so an unusable store is reported before any sampling.
         tracker = Tracker.for_experiment(trained.mlflow_run_id, params.mlflow.experiment, params.flatten(),
                                          params.mlflow.tracking_uri)
-        samples = _load_samples(args.samples)
-        real, real_draws = quality.real_reference(prepared.train, len(samples), params.seed)
         reference = quality.to_model_inputs(real, meta)
         families, info = _families(names, params, meta, args.classifier, trained.device)
         floors = quality.floor_scores(families, [quality.to_model_inputs(d, meta) for d in real_draws], reference)
