@@ -21,9 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "timesteps": 10,
     "model": {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [4]},
-    "train": {"steps": 30, "batch_size": 32, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 20},
+    "train": {"steps": 30, "batch_size": 32, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 20,
+              "bound_every": 10},
     "sample": {"num_samples": 16, "trajectory_frames": 4},
     "evaluate": {"num_images": 40},
+    "classifier": {"steps": 20},
+    "quality": {"kid_subset_size": 4, "sweep": ["ddim:5"]},
 }
 
 pytestmark = pytest.mark.slow
@@ -96,7 +99,7 @@ def test_dvc_repro_end_to_end(workspace):
         assert path.exists(), f"declared output {path.relative_to(root)} was not written"
     figures = {p.name for p in (root / "reports" / "figures").glob("*.png")}
     assert figures == {"loss.png", "bound_terms.png", "samples.png", "reverse_process.png",
-                       "forward_process.png", "schedule.png"}
+                       "forward_process.png", "schedule.png", "quality_nfe.png"}
 
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     assert metrics["unit"] == "bits/dim" and metrics["num_images"] == 40 and metrics["timesteps"] == 10
@@ -106,6 +109,13 @@ def test_dvc_repro_end_to_end(workspace):
     assert bpd["total"] == pytest.approx(bpd["prior"] + bpd["decoder"] + bpd["kl_terms"], rel=1e-9)
     terms = (root / "reports" / "eval" / "terms.csv").read_text().splitlines()
     assert terms[0] == "t,term,stderr" and len(terms) == 1 + 10
+    # Sample quality in the same metrics file: each metric named after its features, beside its floor.
+    quality = metrics["quality"]
+    assert quality["classifier_test_accuracy"] == json.loads((root / "reports" / "classifier.json").read_text())[
+        "test_accuracy"]
+    for key in ("fd_classifier", "kid_classifier", "precision_classifier", "coverage_classifier"):
+        assert math.isfinite(quality["samples"][key]) and math.isfinite(quality["samples"][f"{key}_floor"])
+    assert quality["samples"]["nfe"] == 10 and list(quality["sweep"]) == ["ddim_5"]
 
     client, runs = mlflow_runs(root)
     assert len(runs) == 1
@@ -115,6 +125,13 @@ def test_dvc_repro_end_to_end(workspace):
     assert run_.data.metrics["bpd"] == pytest.approx(bpd["total"])
     assert "loss" in run_.data.metrics
     assert len(client.get_metric_history(run_.info.run_id, "loss")) == 3
+    # The bound's learning curve, every train.bound_every = 10 steps, and quality against NFE.
+    assert [m.step for m in client.get_metric_history(run_.info.run_id, "bpd_estimate")] == [10, 20, 30]
+    assert run_.data.metrics["fd_classifier"] == pytest.approx(quality["samples"]["fd_classifier"])
+    assert run_.data.metrics["fd_classifier_floor"] == pytest.approx(quality["samples"]["fd_classifier_floor"])
+    assert run_.data.metrics["classifier_test_accuracy"] == pytest.approx(quality["classifier_test_accuracy"])
+    nfe_curve = client.get_metric_history(run_.info.run_id, "fd_classifier_vs_nfe")
+    assert sorted(m.step for m in nfe_curve) == [5, 10]
     assert run_.data.tags.get("git_revision")
     # train.precision is auto; the run records what it resolved to on this machine.
     assert run_.data.tags.get("precision") == ("bf16" if cpu_has_bf16_units() else "fp32")
@@ -196,6 +213,10 @@ def test_experiment_reusing_the_model_gets_its_own_run(workspace):
     assert all(new["params"][k] == v for k, v in before["params"].items() if not k.startswith("sample."))
     assert new["metrics"]["bpd"] == [(0, pytest.approx(exp_bpd))]
     assert new["metrics"]["loss"] == before["metrics"]["loss"]  # the model's curve, copied
+    # Its own samples are scored (the quality stage reran on them); the baseline keeps its numbers.
+    exp_quality = revs[0]["data"]["metrics"]["reports/metrics.json"]["data"]["quality"]["samples"]
+    assert exp_quality["sampler"] == "ddim" and exp_quality["nfe"] == 5
+    assert new["metrics"]["fd_classifier"] == [(0, pytest.approx(exp_quality["fd_classifier"]))]
     assert {p for p, _ in new["artifacts"]} >= {"samples/grid.png", "figures/samples.png", "figures/loss.png"}
     assert "model/model.pt" not in {p for p, _ in new["artifacts"]}  # the model stays in the run that made it
     assert new["status"] == "FINISHED"
