@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         prepared = load_prepared(args.data)
         meta = prepared.meta
-        if meta["num_classes"] is None:  # the Swiss roll, a folder of images without class subfolders
+        # Data that may come without labels: vectors (the Swiss roll), a folder of images without
+        # class subfolders. The built-in image datasets always have them (labelled_splits checks).
+        if meta["num_classes"] is None and (meta["kind"] == "vector" or meta["dataset"] == "folder"):
             reason = f"dataset {meta['dataset']!r} has no class labels, so there is no classifier to train"
             save_classifier(args.out, None, {"applicable": False, "reason": reason, "dataset": meta["dataset"]})
             atomic_write_json(args.metrics, {"applicable": False, "reason": reason})
