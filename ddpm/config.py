@@ -131,7 +131,7 @@ class QualityConfig:
     metrics: tuple[str, ...] | Auto = AUTO  # families: classifier | inception | raw (auto: per dataset)
     sweep: tuple[str, ...] = ("ddim:10", "ddim:20", "ddim:50", "ddim:100")  # sampler:steps, scored vs NFE
     batch_size: int = 256               # network batch for the sweep's samples and the features
-    kid_subset_size: int = 50           # samples per KID subset (at most sample.num_samples)
+    kid_subset_size: int | Auto = AUTO  # samples per KID subset (auto: sample.num_samples // 5 in 2..1000)
     kid_subsets: int | Auto = AUTO      # auto: sample.num_samples // kid_subset_size, disjoint subsets
     nearest_k: int = 5                  # neighbours for precision/recall and density/coverage
     inception_weights: str = ""         # path to torch-fidelity's Inception weights; empty: Inception skipped
@@ -301,11 +301,14 @@ class Params:
             updates = {f.name: defaults[f"{name}.{f.name}"] for f in fields(section)
                        if getattr(section, f.name) == AUTO and f"{name}.{f.name}" in defaults}
             sections[name] = dataclasses.replace(section, **updates)
-        q = self.quality
+        q, n = self.quality, self.sample.num_samples
+        # KID's usual 1000-sample subsets, or five disjoint subsets when there are fewer samples.
+        subset = min(1000, max(2, n // 5)) if q.kid_subset_size == AUTO else q.kid_subset_size
         sections["quality"] = dataclasses.replace(
             q,
             metrics=default_quality_metrics(self.dataset) if q.metrics == AUTO else q.metrics,
-            kid_subsets=self.sample.num_samples // q.kid_subset_size if q.kid_subsets == AUTO else q.kid_subsets,
+            kid_subset_size=subset,
+            kid_subsets=n // subset if q.kid_subsets == AUTO else q.kid_subsets,
         )
         return dataclasses.replace(self, **sections)
 
@@ -385,9 +388,11 @@ def _validate_quality(params: Params) -> None:
         parse_sampler_setting(entry, params.diffusion.timesteps)
     _check(q.batch_size >= 1, "quality.batch_size", q.batch_size, "an integer >= 1")
     _check(q.nearest_k >= 1, "quality.nearest_k", q.nearest_k, "an integer >= 1")
-    _check(2 <= q.kid_subset_size <= n, "quality.kid_subset_size", q.kid_subset_size,
-           f"an integer in 2..sample.num_samples={n} (KID's subsets are drawn from the samples; "
-           "draw more samples or use smaller subsets)")
+    _check(n >= 2, "sample.num_samples", n, "an integer >= 2 (KID compares pairs of samples)")
+    if q.kid_subset_size != AUTO:
+        _check(2 <= q.kid_subset_size <= n, "quality.kid_subset_size", q.kid_subset_size,
+               f"an integer in 2..sample.num_samples={n} (KID's subsets are drawn from the samples; "
+               "draw more samples or use smaller subsets), or auto")
     if q.kid_subsets != AUTO:
         _check(q.kid_subsets >= 1, "quality.kid_subsets", q.kid_subsets, "an integer >= 1 or auto")
 

@@ -17,6 +17,13 @@ Tracking must never cost a result: the store is checked before any expensive wor
 (``Tracker.open`` and ``Tracker.for_experiment`` fail fast with a clear message), and an
 error in the middle of a run is reported once on stderr and further logging is skipped,
 while the stage goes on to write its outputs.
+
+What the MLflow UI shows first (``compare_view_url``): the experiment is tagged as model
+training, and it holds a saved view of the runs table (MLflow's "Views" menu) with the numbers
+runs are judged by and the swept params side by side (``HEADLINE_METRICS``, ``COMPARE_PARAMS``,
+``MORE_METRICS``), lowest bound first. Each run has its dataset as its input (the table's
+Dataset column), its sample images as MLflow images (the chart view shows them side by side
+across runs) and a description with its numbers and links to the images.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,26 @@ TRAINED_BY_TAG = "trained_by_run"
 TRAINING_METRICS_TAG = "ddpm.training_metrics"
 # What the stages run: a change here makes a new experiment even with the same params.
 CODE_GLOBS = ("dvc.yaml", "ddpm/**/*.py", "stages/**/*.py")
+
+# MLflow's own names (its UI reads them).
+KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # one experiment tag per saved view of the runs table
+# The saved view this module keeps in the experiment; the URL names it.
+COMPARE_VIEW_ID = "ddpm-compare"
+COMPARE_VIEW_NAME = "ddpm: compare runs"
+SAMPLES_ARTIFACTS = "samples"  # the artifact folder whose images a run's description links
+# The runs table of the comparison view, in this order: the bound and each metric family's main
+# distance, the params experiments sweep, the other sample-quality metrics. A metric no run has
+# shows no column.
+HEADLINE_METRICS = ("bpd", "bpd_stderr", "nll", "nll_stderr", "fd_classifier", "kid_classifier", "fid",
+                    "energy_distance")
+COMPARE_PARAMS = ("beta_schedule", "timesteps", "mean_type", "var_type", "loss_type",
+                  "sample.sampler", "sample.steps", "train.steps", "train.lr")
+MORE_METRICS = ("precision_classifier", "recall_classifier", "density_classifier", "coverage_classifier",
+                "classes_covered", "kid_inception", "inception_score", "sliced_wasserstein")
+UNITS = {"bpd": "bits/dim", "nll": "nats/dim"}
 
 
 def repo_root() -> Path:
@@ -107,6 +135,111 @@ def merged_params(current: dict[str, Any], trained: dict[str, str]) -> dict[str,
     return {k: trained.get(k, v) if v == "auto" else v for k, v in current.items()}
 
 
+def compare_view_state() -> dict[str, Any]:
+    """The comparison view as MLflow's UI stores a view of the runs table: its search (every
+    active run, lowest bound first) and its columns (``params.`name```, ``metrics.`name```).
+    The charts are left to the UI, which makes one per metric and an image grid per image key."""
+    columns = ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in HEADLINE_METRICS),
+               *(f"params.`{p}`" for p in COMPARE_PARAMS), *(f"metrics.`{m}`" for m in MORE_METRICS)]
+    # Wide enough for the column's name (the UI's default cuts most of them); the dataset's
+    # name, digest and split.
+    widths = {c: max(90, 28 + 7 * len(c.split("`")[1])) for c in columns} | {"attributes.`Dataset`": 230}
+    # What differs from the UI's defaults (which fill in the rest: every active run, all time).
+    return {"orderByKey": "metrics.`bpd`", "orderByAsc": True,
+            "selectedColumns": columns, "columnOrder": columns, "columnWidths": widths}
+
+
+def compare_view_tag() -> str:
+    """The value of the view's experiment tag: MLflow's saved-view record (name, times, state)."""
+    now_ms = int(time.time() * 1000)
+    return json.dumps({"name": COMPARE_VIEW_NAME, "createdAt": now_ms, "updatedAt": now_ms,
+                       "state": json.dumps(compare_view_state())})
+
+
+def saved_view_state(tag_value: str | None) -> dict[str, Any] | None:
+    """The state of a saved view's tag value, None when there is none or it is not one."""
+    try:
+        return json.loads(json.loads(tag_value)["state"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def compare_view_url(experiment_id: str, server: str = "http://127.0.0.1:5000", charts: bool = False) -> str:
+    """The link that opens the comparison view of an experiment in ``mlflow ui`` at ``server``.
+
+    ``workflowType=machine_learning``: MLflow 3 chooses between its GenAI pages and its model
+    training pages by a setting of the browser (GenAI unless the user switched), not by the
+    experiment; the link switches it. ``charts``: the chart view (sample grids, curves, bars).
+    """
+    query = {"workflowType": "machine_learning", "viewStateShareKey": COMPARE_VIEW_ID}
+    if charts:
+        query["compareRunsMode"] = "CHART"
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+
+def run_url(experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """A link to a run's page (or one of its artifacts) relative to the UI's address, in the
+    model-training pages (see ``compare_view_url``)."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    return page + "?workflowType=machine_learning"
+
+
+def _with_error(value: float, error: float | None) -> str:
+    return f"{value:.4g} ± {error:.2g}" if error is not None else f"{value:.4g}"
+
+
+def describe_run(metrics: dict[str, float], params: dict[str, str], links: dict[str, str]) -> str:
+    """A run's description (markdown, shown on its page, whose first lines show before "Show
+    more"): the bound; the sampler and ``links`` (label -> URL: the sample grid, the run that
+    trained the model); a table of the sample-quality metrics that have a floor: each value
+    (± ``<name>_stderr``) next to ``<name>_floor`` (± its spread over real draws, ``<name>_floor_std``)."""
+    lines = [f"**{_with_error(metrics[m], metrics.get(f'{m}_stderr'))} {unit}** (test bound)"
+             for m, unit in UNITS.items() if m in metrics]
+    sampling = []
+    if "sample.sampler" in params:
+        steps = params.get("sample.steps", "0")
+        sampling.append(f"Sampler: {params['sample.sampler']}, {'all' if steps == '0' else steps} steps")
+    sampling += [f"[{label}]({url})" for label, url in links.items()]
+    if sampling:
+        lines.append(" · ".join(sampling))
+    rank = {name: i for i, name in enumerate(HEADLINE_METRICS + MORE_METRICS)}
+    scored = sorted((k for k in metrics if f"{k}_floor" in metrics), key=lambda k: (rank.get(k, len(rank)), k))
+    if scored:
+        lines += ["", "| sample quality | value | floor (real vs real) |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {_with_error(metrics[k], metrics.get(f'{k}_stderr'))} | "
+                  f"{_with_error(metrics[f'{k}_floor'], metrics.get(f'{k}_floor_std'))} |" for k in scored]
+    if "classifier_test_accuracy" in metrics:
+        lines.append(f"\nClassifier test accuracy: {metrics['classifier_test_accuracy']:.4g}")
+    return "\n".join(lines).strip()
+
+
+def experiment_tags(current: dict[str, str]) -> dict[str, str]:
+    """The experiment tags to set, given the ``current`` ones: the model-training kind where the
+    experiment has no kind (a kind the user chose stays), and the comparison view where it is
+    missing or differs from this code's (the view belongs to the code: a user's own layout is
+    saved under another name)."""
+    tags = {}
+    if KIND_TAG not in current:
+        # For MLflow 3 UIs that choose an experiment's pages by its kind; 3.17's UI ignores it and
+        # follows a switch in the browser instead (see compare_view_url).
+        tags[KIND_TAG] = MODEL_TRAINING
+    view = VIEW_TAG_PREFIX + COMPARE_VIEW_ID
+    if saved_view_state(current.get(view)) != compare_view_state():
+        tags[view] = compare_view_tag()
+    return tags
+
+
+def _update_experiment_tags(client: Any, exp_id: str, current: dict[str, str]) -> None:
+    """Set ``experiment_tags`` on an existing experiment (made by older code, say). Only how the UI
+    shows it: a store that refuses (no permission) gets a note, and the stage goes on."""
+    try:
+        for key, value in experiment_tags(current).items():
+            client.set_experiment_tag(exp_id, key, value)
+    except Exception as err:
+        print(f"mlflow: could not set the experiment's view tags ({type(err).__name__}: {err}); the runs are "
+              f"tracked all the same", file=sys.stderr)
+
+
 def _entry_point() -> str:
     """The script this process runs (``sys.argv[0]``), or ``python`` when there is none."""
     return sys.argv[0] if sys.argv and sys.argv[0] else "python"
@@ -116,10 +249,11 @@ class Tracker:
     """A handle on one MLflow run. Create it with ``Tracker.open`` (a new run, for the train
     stage) or ``Tracker.for_experiment`` (the run of the experiment, for the later stages)."""
 
-    def __init__(self, client: Any, run_id: str, uri: str) -> None:
+    def __init__(self, client: Any, run_id: str, uri: str, experiment_id: str = "") -> None:
         self.client = client
         self.run_id = run_id
         self.uri = uri
+        self.experiment_id = experiment_id
         self.failed = False
         self.metric_names: set[str] = set()
 
@@ -138,9 +272,8 @@ class Tracker:
                     # temporary copies write them to the original repository.
                     db = Path(uri[len("sqlite:///"):])
                     artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
-                # The tag makes the MLflow 3 UI open the experiment as model training, not GenAI.
                 exp_id = client.create_experiment(experiment, artifact_location=artifact_location,
-                                                  tags={"mlflow.experimentKind": "custom_model_development"})
+                                                  tags=experiment_tags({}))
             else:
                 exp_id = exp.experiment_id
         except Exception as err:  # mlflow raises many types: connection, SQL, malformed URI
@@ -149,6 +282,8 @@ class Tracker:
                 f"{str(err).splitlines()[0] if str(err) else ''}). Set {ENV_URI} to a reachable store, "
                 f"or unset it to use sqlite:///mlflow.db at the repository root."
             ) from None
+        if exp is not None:
+            _update_experiment_tags(client, exp_id, exp.tags)
         return client, exp_id
 
     @staticmethod
@@ -167,7 +302,7 @@ class Tracker:
             run = client.create_run(exp_id, run_name=run_name or tags.get("dvc_experiment"), tags=tags)
         except Exception as err:
             raise TrackingError(f"cannot create an MLflow run in {uri!r}: {err}") from None
-        return cls(client, run.info.run_id, uri)
+        return cls(client, run.info.run_id, uri, exp_id)
 
     @classmethod
     def open(cls, experiment: str, run_name: str | None, params: dict[str, Any],
@@ -208,16 +343,15 @@ class Tracker:
             raise TrackingError(f"cannot search the MLflow runs in {uri!r}: {err}") from None
         for run in runs:
             if run.info.run_id == model_run_id or run.data.tags.get(TRAINED_BY_TAG) == model_run_id:
-                return cls(client, run.info.run_id, uri)
+                return cls(client, run.info.run_id, uri, exp_id)
         trained = cls._training_run(client, model_run_id)
         tags = cls._standard_tags(source_name) | {KEY_TAG: key, TRAINED_BY_TAG: model_run_id}
-        if trained is not None:
-            tags["mlflow.note.content"] = (f"The model was trained by run {trained.info.run_name} ({model_run_id}) "
-                                           f"and reused from DVC's cache; its training curves are copied here.")
         tracker = cls._create(client, exp_id, uri, None, tags)
         tracker.log_params(merged_params(params, trained.data.params if trained else {}))
         if trained is not None:
             tracker.copy_training_curves(trained)
+            tracker.copy_inputs(trained)
+        tracker.describe()
         return tracker
 
     @staticmethod
@@ -280,15 +414,77 @@ class Tracker:
             for i in range(0, len(history), 1000):  # MLflow's batch limit
                 self.client.log_batch(self.run_id, metrics=history[i:i + 1000])
 
+    def copy_inputs(self, trained: Any) -> None:
+        """Give this run the datasets ``trained`` (an MLflow run) was trained on as its inputs."""
+        if trained.inputs and trained.inputs.dataset_inputs:
+            self._safely("copying the dataset inputs", self.client.log_inputs, self.run_id,
+                         trained.inputs.dataset_inputs)
+
+    def log_dataset(self, name: str, source: str, splits: dict[str, tuple[Any, Any]]) -> None:
+        """Log a dataset as the run's input, one entry per split (``{"train": (features, labels or
+        None)}``; the split is the entry's context): MLflow records a digest of the arrays, their
+        shapes and dtypes, and the UI shows the dataset in the runs table's Dataset column.
+        ``source``: where the arrays are (a local path)."""
+        self._safely("logging the dataset", self._log_dataset, name, source, splits)
+
+    def _log_dataset(self, name: str, source: str, splits: dict[str, tuple[Any, Any]]) -> None:
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for split, (features, labels) in splits.items():
+            with warnings.catch_warnings():  # a local path matches two of MLflow's source types, both local
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_numpy(features, source=source, targets=labels, name=name)
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", split)]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._safely(f"logging {path}", self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_image(self, path: str | Path, artifact_path: str) -> None:
+        """Log an image file as an artifact (as ``log_artifact``) and as an MLflow image with the key
+        ``<artifact_path>/<file stem>``, which the chart view shows side by side for every run
+        (in a section named ``artifact_path``)."""
+        self.log_artifact(path, artifact_path)
+        self._safely(f"logging the image {path}", self._log_image, Path(path), artifact_path)
+
+    def _log_image(self, path: Path, artifact_path: str) -> None:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            self.client.log_image(self.run_id, image.convert("RGB"), key=f"{artifact_path}/{path.stem}", step=0)
+
+    def describe(self) -> None:
+        """Write the run's description (``describe_run``) from what the run holds now."""
+        self._safely("writing the run's description", self._describe)
+
+    def _describe(self) -> None:
+        run = self.client.get_run(self.run_id)
+        exp_id = run.info.experiment_id
+        links = {f.path: run_url(exp_id, self.run_id, f.path)
+                 for f in self.client.list_artifacts(self.run_id, SAMPLES_ARTIFACTS) if f.path.endswith(".png")}
+        trained = run.data.tags.get(TRAINED_BY_TAG)
+        if trained:
+            links["the run that trained the model"] = run_url(exp_id, trained)
+        text = describe_run(run.data.metrics, run.data.params, links)
+        if trained:
+            text += "\n\nThe model was reused from DVC's cache (trained by the run linked above)."
+        self.client.set_tag(self.run_id, NOTE_TAG, text)
+
+    def view_url(self, server: str = "http://127.0.0.1:5000") -> str:
+        """``compare_view_url`` of this run's experiment."""
+        return compare_view_url(self.experiment_id, server)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self._safely("setting tags", self.client.set_tag, self.run_id, k, v)
 
     def finish(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
-        """Close the run; a failed run records why (tag ``error``), so the UI says it."""
+        """Close the run; a failed run records why (tag ``error``), so the UI says it. Each
+        stage that finishes rewrites the description with what the run holds by then."""
         if error is not None:
             self.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
+        else:
+            self.describe()
         self._safely("closing the run", self.client.set_terminated, self.run_id, status)

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_reverse_process(frames, steps, trained.meta, out / "reverse_process.png")
         if tracker is not None:
             for name in ("grid.png", "reverse_process.png"):
-                tracker.log_artifact(out / name, "samples")
+                tracker.log_image(out / name, "samples")  # an artifact, and an image of the chart view
             tracker.finish()
 
     return run_stage("sample", body, parser, argv, hints=HINTS)

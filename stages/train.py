@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
                                          "world_size": str(dist.world_size), "precision": precision,
                                          KEY_TAG: experiment_key(params.flatten())})
             print0(f"training {num_params:,} parameters on {device} x{dist.world_size} ({precision}); "
-                   f"mlflow run {tracker.run_id} in {tracker.uri}")
+                   f"mlflow run {tracker.run_id} in {tracker.uri}; compare runs at {tracker.view_url()} "
+                   "(after `mlflow ui --backend-store-uri <that store>`)")
+            tracker.log_dataset(prepared.meta["dataset"], str(Path(args.data).resolve()),
+                                {"train": (prepared.train, prepared.train_labels),
+                                 "test": (prepared.test, prepared.test_labels)})
         try:
             result = train(params, prepared.train, prepared.meta, device, dist, state_path=args.state,
                            on_log=(lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None,

@@ -1,22 +1,46 @@
 """The run of an experiment (issue 10): the key every stage computes, and how the stages after
-train find the experiment's run or make one, in a real sqlite MLflow store."""
+train find the experiment's run or make one; what the MLflow UI shows first (the experiment's
+kind, the comparison view, the dataset input, the sample images, the run's description), in a
+real sqlite MLflow store."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import matplotlib
+import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
+from ddpm.config import load_params
 from ddpm.errors import TrackingError
 from ddpm.tracking import (
+    COMPARE_PARAMS,
+    COMPARE_VIEW_ID,
+    COMPARE_VIEW_NAME,
+    HEADLINE_METRICS,
     KEY_TAG,
+    KIND_TAG,
+    MODEL_TRAINING,
+    MORE_METRICS,
+    NOTE_TAG,
     TRAINED_BY_TAG,
+    VIEW_TAG_PREFIX,
     Tracker,
     code_fingerprint,
+    compare_view_state,
+    compare_view_url,
+    describe_run,
     experiment_key,
     merged_params,
     report_metrics,
+    saved_view_state,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+VIEW_TAG = VIEW_TAG_PREFIX + COMPARE_VIEW_ID
 
 PARAMS = {"seed": 0, "train.steps": 30, "train.precision": "auto", "sample.sampler": "ancestral", "sample.steps": 0}
 
@@ -160,3 +184,130 @@ def test_unreachable_store_is_reported_before_work(repo, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus-scheme://nowhere")
     with pytest.raises(TrackingError, match="MLFLOW_TRACKING_URI"):
         Tracker.for_experiment("abc", "ddpm", PARAMS)
+
+
+# ---------------------------------------------------------------------- what the UI shows first
+def test_a_new_experiment_is_model_training_with_the_comparison_view(repo):
+    tracker = Tracker.open("ddpm", None, PARAMS)
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    assert tags[KIND_TAG] == MODEL_TRAINING
+    # What MLflow's UI requires of a saved view (else it lists no view): a name, a number
+    # createdAt and the state as a JSON string.
+    record = json.loads(tags[VIEW_TAG])
+    assert record["name"] == COMPARE_VIEW_NAME and isinstance(record["createdAt"], int)
+    state = json.loads(record["state"])
+    assert state == compare_view_state()
+    assert state["orderByKey"] == "metrics.`bpd`" and state["orderByAsc"] is True
+    assert state["selectedColumns"][:3] == ["attributes.`Dataset`", "metrics.`bpd`", "metrics.`bpd_stderr`"]
+    assert state["columnOrder"] == state["selectedColumns"]
+    # Opening it again leaves the view as it is.
+    Tracker.open("ddpm", None, PARAMS)
+    assert tracker.client.get_experiment(tracker.experiment_id).tags[VIEW_TAG] == tags[VIEW_TAG]
+
+
+def test_an_experiment_made_by_older_code_gets_the_view_and_keeps_a_chosen_kind(repo):
+    client = MlflowClient()  # MLFLOW_TRACKING_URI: the test's store
+    chosen = client.create_experiment("ddpm", tags={KIND_TAG: "genai_development"})
+    bare = client.create_experiment("bare")
+    client.set_experiment_tag(bare, VIEW_TAG, json.dumps({"name": COMPARE_VIEW_NAME, "createdAt": 1,
+                                                          "updatedAt": 1, "state": "{}"}))
+    Tracker.open("ddpm", None, PARAMS)
+    Tracker.open("bare", None, PARAMS)
+    tags = client.get_experiment(chosen).tags
+    assert tags[KIND_TAG] == "genai_development"
+    assert saved_view_state(tags[VIEW_TAG]) == compare_view_state()
+    tags = client.get_experiment(bare).tags
+    assert tags[KIND_TAG] == MODEL_TRAINING
+    assert saved_view_state(tags[VIEW_TAG]) == compare_view_state()  # an outdated view is replaced
+
+
+def test_the_view_names_the_params_the_pipeline_logs_and_the_bound():
+    flat = load_params(ROOT / "params.yaml").flatten()
+    assert set(COMPARE_PARAMS) <= set(flat)
+    report = {"metric": "bpd", "bpd": {"total": 3.0, "stderr": 0.1}}
+    assert set(report_metrics(report)) <= set(HEADLINE_METRICS)
+    report = {"metric": "nll", "nll": {"total": 3.0, "stderr": 0.1}}
+    assert set(report_metrics(report)) <= set(HEADLINE_METRICS)
+    columns = compare_view_state()["selectedColumns"]
+    assert len(columns) == len(set(columns)) == 1 + len(HEADLINE_METRICS) + len(COMPARE_PARAMS) + len(MORE_METRICS)
+
+
+def test_the_view_url_opens_the_model_training_pages_with_the_view():
+    url = urlsplit(compare_view_url("7", "http://127.0.0.1:5000/"))
+    assert (url.scheme, url.netloc, url.path) == ("http", "127.0.0.1:5000", "/")
+    route, query = url.fragment.split("?")
+    assert route == "/experiments/7/runs"
+    assert parse_qs(query) == {"workflowType": ["machine_learning"], "viewStateShareKey": [COMPARE_VIEW_ID]}
+    charts = parse_qs(urlsplit(compare_view_url("7", charts=True)).fragment.split("?")[1])
+    assert charts["compareRunsMode"] == ["CHART"]
+
+
+def test_the_dataset_is_the_runs_input_and_a_reusing_run_has_it_too(repo):
+    rng = np.random.default_rng(0)
+    train, test = rng.integers(0, 17, (40, 1, 8, 8), dtype=np.uint8), rng.integers(0, 17, (10, 1, 8, 8), dtype=np.uint8)
+    trained = train_run(PARAMS)
+    trained.log_dataset("digits", "/data/prepared", {"train": (train, np.arange(40) % 10), "test": (test, None)})
+    reusing = Tracker.for_experiment(trained.run_id, "ddpm", {**PARAMS, "sample.steps": 50})
+    for tracker in (trained, reusing):
+        inputs = tracker.client.get_run(tracker.run_id).inputs.dataset_inputs
+        contexts = {i.tags[0].value: i.dataset for i in inputs}
+        assert set(contexts) == {"train", "test"} and {d.name for d in contexts.values()} == {"digits"}
+        assert json.loads(contexts["train"].profile)["features_shape"] == [40, 1, 8, 8]
+        assert json.loads(contexts["test"].profile)["features_shape"] == [10, 1, 8, 8]
+        assert contexts["train"].digest != contexts["test"].digest
+    assert not trained.failed and not reusing.failed
+
+
+def grid_png(path: Path) -> Path:
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.imsave(path, np.random.default_rng(0).random((16, 16)), cmap="gray")
+    return path
+
+
+def test_a_logged_image_is_an_artifact_and_an_image_of_the_chart_view(repo, tmp_path):
+    tracker = train_run(PARAMS)
+    tracker.log_image(grid_png(tmp_path / "grid.png"), "samples")
+    client = tracker.client
+    assert [f.path for f in client.list_artifacts(tracker.run_id, "samples")] == ["samples/grid.png"]
+    # MLflow's image format: images/<key, / as ~>+step+<step>+..., and the run's tag.
+    images = [f.path for f in client.list_artifacts(tracker.run_id, "images")]
+    assert len(images) == 2 and all(p.startswith("images/samples~grid+step+0+") for p in images)
+    assert client.get_run(tracker.run_id).data.tags["mlflow.loggedImages"] == "True"
+
+
+def test_the_description_holds_the_numbers_and_links_the_grid(repo, tmp_path):
+    trained = train_run(PARAMS)
+    trained.log_image(grid_png(tmp_path / "grid.png"), "samples")
+    trained.log_metrics({"bpd": 2.879, "bpd_stderr": 0.0221, "fd_classifier": 2.1, "fd_classifier_floor": 0.9})
+    trained.finish()
+    exp = trained.experiment_id
+    note = trained.client.get_run(trained.run_id).data.tags[NOTE_TAG]
+    assert note.splitlines()[0] == "**2.879 ± 0.022 bits/dim** (test bound)"
+    grid = f"#/experiments/{exp}/runs/{trained.run_id}/artifacts/samples/grid.png?workflowType=machine_learning"
+    assert note.splitlines()[1] == f"Sampler: ancestral, all steps · [samples/grid.png]({grid})"
+    assert "| fd_classifier | 2.1 | 0.9 |" in note.splitlines()
+    # A run made for an experiment that reused the model links the run that trained it.
+    reusing = Tracker.for_experiment(trained.run_id, "ddpm", {**PARAMS, "sample.sampler": "ddim", "sample.steps": 50})
+    note = reusing.client.get_run(reusing.run_id).data.tags[NOTE_TAG]
+    link = f"[the run that trained the model](#/experiments/{exp}/runs/{trained.run_id}?workflowType=machine_learning)"
+    assert note.splitlines()[0] == f"Sampler: ddim, 50 steps · {link}"
+
+
+def test_describe_run_units_floors_and_errors():
+    metrics = {"nll": 1.5, "energy_distance": 0.02, "energy_distance_stderr": 0.004, "energy_distance_floor": 0.01,
+               "energy_distance_floor_std": 0.003, "loss": 0.1, "precision_classifier": 0.8}
+    lines = describe_run(metrics, {}, {}).splitlines()
+    assert lines[0] == "**1.5 nats/dim** (test bound)"
+    # Only metrics with a floor make the table; a value with its standard error as "v ± e".
+    assert [line for line in lines if line.startswith("| ") and "---" not in line][1:] == [
+        "| energy_distance | 0.02 ± 0.004 | 0.01 ± 0.003 |"]
+    assert describe_run({}, {}, {}) == ""
+
+
+def test_a_failed_stage_does_not_rewrite_the_description(repo):
+    tracker = train_run(PARAMS)
+    tracker.log_metrics({"bpd": 3.0})
+    tracker.finish("FAILED", error=RuntimeError("diverged"))
+    assert NOTE_TAG not in tracker.client.get_run(tracker.run_id).data.tags
