@@ -8,7 +8,15 @@ from typing import Literal, get_args, get_origin, get_type_hints
 import pytest
 import yaml
 
-from ddpm.config import DATASET_DEFAULTS, RUNTIME_RESOLVED, ConfigError, Params, ParamsLoader, load_params
+from ddpm.config import (
+    DATASET_DEFAULTS,
+    RUNTIME_RESOLVED,
+    ConfigError,
+    Params,
+    ParamsLoader,
+    load_params,
+    parse_sampler_setting,
+)
 from ddpm.data import DATASETS
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -223,3 +231,52 @@ def test_hybrid_loss_with_a_fixed_variance_is_refused(var_type):
 def test_variance_and_loss_combinations_that_train_what_they_say_are_accepted(var_type, loss_type):
     d = Params.from_dict({"var_type": var_type, "loss_type": loss_type}).diffusion
     assert (d.var_type, d.loss_type) == (var_type, loss_type)
+
+
+# ---------------------------------------------------------------------- sample quality
+@pytest.mark.parametrize("raw, fragments", [
+    ({"quality": {"metrics": ["raw"]}}, ["quality.metrics=['raw']", "dataset=digits can serve: classifier"]),
+    ({"dataset": "swissroll", "quality": {"metrics": ["classifier"]}}, ["dataset=swissroll can serve: raw"]),
+    ({"quality": {"metrics": ["inception"]}}, ["dataset=digits can serve: classifier", "3-channel"]),
+    ({"quality": {"metrics": ["fid"]}}, ["families from classifier, inception, raw"]),
+    ({"quality": {"sweep": ["ddim:0"]}}, ["quality.sweep entry 'ddim:0'", "e.g. ddim:50"]),
+    ({"quality": {"sweep": ["euler:10"]}}, ["quality.sweep entry 'euler:10'", "ancestral, ddim"]),
+    ({"quality": {"sweep": "ddim:10"}}, ["quality.sweep='ddim:10'", "a list of strings"]),
+    ({"quality": {"kid_subset_size": 300}}, ["quality.kid_subset_size=300", "2..sample.num_samples=256",
+                                             "draw more samples"]),
+    ({"sample": {"num_samples": 1}}, ["sample.num_samples=1", "KID compares pairs"]),
+    ({"classifier": {"feature_dim": 0}}, ["classifier.feature_dim=0"]),
+])
+def test_quality_params_that_cannot_be_served_name_key_value_and_accepted(raw, fragments):
+    with pytest.raises(ConfigError) as err:
+        Params.from_dict(raw)
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_quality_auto_takes_the_families_the_dataset_serves_and_resolved_params_load_back():
+    for dataset, families in (("digits", ("classifier",)), ("swissroll", ("raw",)),
+                              ("cifar10", ("classifier", "inception"))):
+        resolved = Params.from_dict({"dataset": dataset})
+        assert resolved.quality.metrics == families
+        # A checkpoint stores the resolved params; they must load back (cifar10 lists inception
+        # without weights: the quality stage skips it with a line, the params are not refused).
+        assert Params.from_dict(resolved.to_dict()) == resolved
+
+
+@pytest.mark.parametrize("cli_value, sweep", [
+    ("[ddim:10, ddim:25]", ("ddim:10", "ddim:25")),  # as `dvc exp run -S 'quality.sweep=[ddim:10,ddim:25]'` writes it
+    ("[]", ()),
+    ("[ancestral, ancestral:100]", ("ancestral", "ancestral:100")),
+])
+def test_quality_sweep_from_the_command_line(tmp_path, cli_value, sweep):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"quality:\n  sweep: {cli_value}\n")
+    assert load_params(path).quality.sweep == sweep
+
+
+def test_sweep_steps_beyond_the_timesteps_mean_all_of_them():
+    assert parse_sampler_setting("ddim:100", 50) == ("ddim", 0) == parse_sampler_setting("ddim:50", 50)
+    assert parse_sampler_setting("ddim:20", 50) == ("ddim", 20)
+    assert parse_sampler_setting("ancestral", 50) == ("ancestral", 0)
+    Params.from_dict({"timesteps": 50})  # the default sweep (up to ddim:100) stays valid
