@@ -734,7 +734,7 @@ def test_prepare_stage_reports_a_damaged_raw_file_with_the_pipeline_hint(
     assert run_prepare_stage(tmp_path, tmp_path / "raw", "mnist", 0) == 2
     err = capsys.readouterr().err
     assert "prepare: error:" in err and "t10k-images-idx3-ubyte: wrong magic number" in err
-    assert "prepare: hint: replace the damaged raw file" in err and "Traceback" not in err
+    assert "prepare: hint: replace the damaged file named above (a raw download" in err and "Traceback" not in err
 
 
 def test_prepare_stage_reports_a_test_size_larger_than_the_test_split_as_a_config_error(
