@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from test_stages import write_params
 
 from ddpm.checkpoint import save_checkpoint
 from ddpm.classifier import (
@@ -147,15 +147,6 @@ def test_other_files_are_refused_naming_the_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the stage
-def write_params(path: Path, **overrides) -> Path:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in overrides.items():
-        section, _, name = key.rpartition(".")
-        (params[section] if section else params)[name] = value
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
 def run_stage(tmp_path: Path, data: Path, **overrides) -> int:
     params = write_params(tmp_path / "params.yaml", **overrides)
     return classifier_stage.main(["--params", str(params), "--data", str(data),

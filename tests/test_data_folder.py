@@ -8,15 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
+from test_stages import write_params
 
 from ddpm.config import DATASET_DEFAULTS, Params, quality_families_for
 from ddpm.data import load_prepared, prepare_dataset, write_prepared
 from ddpm.data.folder import find_images, load_image
 from ddpm.errors import ConfigError, DataError, DatasetNotFoundError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def noise(shape: tuple[int, ...], seed: int, low: int = 0, high: int = 256) -> np.ndarray:
@@ -313,15 +311,6 @@ def test_params_for_a_folder_resolve_and_check_the_image_size():
 
 
 # --- stages -------------------------------------------------------------------------------
-
-
-def write_params(path: Path, **overrides) -> Path:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in overrides.items():
-        section, _, name = key.rpartition(".")
-        (params[section] if section else params)[name] = value
-    path.write_text(yaml.safe_dump(params))
-    return path
 
 
 TINY = {"dataset": "folder", "timesteps": 20, "data.test_size": 2, "data.image_size": 8,

@@ -24,15 +24,20 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("quality")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        params = write_params(root / "params.yaml", **TINY)
-        p = ["--params", str(params)]
-        assert prepare.main([*p, "--raw", str(root / "raw"), "--out", str(root / "prep")]) == 0
-        assert train.main([*p, "--data", str(root / "prep"), "--out", str(root / "models"),
-                           "--state", str(root / "ckpt" / "state.pt"), "--reports", str(root / "rep")]) == 0
-        assert classifier.main([*p, "--data", str(root / "prep"), "--out", str(root / "models" / "classifier.pt"),
-                                "--metrics", str(root / "classifier.json")]) == 0
-        assert sample.main([*p, "--model", str(root / "models" / "model.pt"), "--out", str(root / "samples")]) == 0
+        run_until_samples(root, write_params(root / "params.yaml", **TINY))
     return root
+
+
+def run_until_samples(root, params) -> None:
+    """prepare, train, classifier and sample into ``root`` (prep/, models/, classifier.json,
+    samples/), as DVC runs them."""
+    p = ["--params", str(params)]
+    assert prepare.main([*p, "--raw", str(root / "raw"), "--out", str(root / "prep")]) == 0
+    assert train.main([*p, "--data", str(root / "prep"), "--out", str(root / "models"),
+                       "--state", str(root / "ckpt" / "state.pt"), "--reports", str(root / "rep")]) == 0
+    assert classifier.main([*p, "--data", str(root / "prep"), "--out", str(root / "models" / "classifier.pt"),
+                            "--metrics", str(root / "classifier.json")]) == 0
+    assert sample.main([*p, "--model", str(root / "models" / "model.pt"), "--out", str(root / "samples")]) == 0
 
 
 def quality_args(root, params, out) -> list[str]:
@@ -163,18 +168,9 @@ def test_swiss_roll_is_scored_on_the_points(tmp_path, monkeypatch):
                           **{"train.steps": 3, "train.bound_every": 0, "sample.num_samples": 30,
                              "sample.trajectory_frames": 2, "quality.kid_subset_size": 6,
                              "quality.sweep": ["ddim:5"], "data.swissroll_train_size": 200, "train.batch_size": 50})
-    p = ["--params", str(params)]
-    assert prepare.main([*p, "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "prep")]) == 0
-    assert train.main([*p, "--data", str(tmp_path / "prep"), "--out", str(tmp_path / "models"),
-                       "--state", str(tmp_path / "ckpt" / "state.pt"), "--reports", str(tmp_path / "rep")]) == 0
-    assert classifier.main([*p, "--data", str(tmp_path / "prep"), "--out", str(tmp_path / "models" / "clf.pt"),
-                            "--metrics", str(tmp_path / "clf.json")]) == 0
-    assert json.loads((tmp_path / "clf.json").read_text())["applicable"] is False
-    assert sample.main([*p, "--model", str(tmp_path / "models" / "model.pt"), "--out", str(tmp_path / "s")]) == 0
-    args = [*p, "--model", str(tmp_path / "models" / "model.pt"), "--classifier", str(tmp_path / "models" / "clf.pt"),
-            "--data", str(tmp_path / "prep"), "--samples", str(tmp_path / "s" / "samples.npz"),
-            "--out", str(tmp_path / "q")]
-    assert quality.main(args) == 0
+    run_until_samples(tmp_path, params)
+    assert json.loads((tmp_path / "classifier.json").read_text())["applicable"] is False
+    assert quality.main(quality_args(tmp_path, params, tmp_path / "q")) == 0
     out = json.loads((tmp_path / "q" / "quality.json").read_text())
     assert out["families"] == ["raw"] and out["floor_draws"] == 4  # 200 points: reference + 4 draws of 30
     samples = out["samples"]
