@@ -7,8 +7,9 @@ unknown key (with the closest known key suggested), a wrong type or an out-of-ra
 raises ``ConfigError`` naming the key, the value and what is accepted, before any
 expensive work starts.
 
-Fields whose value is ``auto`` take a per-dataset default (``DATASET_DEFAULTS``: DDPM's
-settings for CIFAR-10, fast ones for digits); ``load_params`` resolves them, except
+Fields whose value is ``auto`` take the ``recipe``'s setting (``ddpm.recipes``), else a
+per-dataset default (``DATASET_DEFAULTS``: DDPM's settings for CIFAR-10, fast ones for
+digits), else ``ddpm.recipes.BASE_DEFAULTS``; ``load_params`` resolves them, except
 ``train.precision``, ``train.device`` and ``train.channels_last`` (``RUNTIME_RESOLVED``),
 which depend on the machine: the train stage resolves those and stores what it used.
 
@@ -36,6 +37,7 @@ import yaml
 
 from ddpm.data.registry import DATASET_INFO, DATASETS
 from ddpm.errors import ConfigError
+from ddpm.recipes import BASE_DEFAULTS, RECIPES, recipe_settings
 from ddpm.schedules import SCHEDULES
 
 AUTO = "auto"
@@ -43,15 +45,17 @@ Auto = Literal["auto"]
 # Keys whose ``auto`` depends on the machine that trains; the train stage resolves them
 # (ddpm.training) and stores the values it used with the model.
 RUNTIME_RESOLVED = ("train.precision", "train.device", "train.channels_last")
+# Keys at the top level of params.yaml besides the diffusion's.
+_TOP_LEVEL = ("recipe", "dataset", "seed")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     test_size: int = 300              # digits: held-out images; mnist/cifar: 0 = the official test split
-    swissroll_train_size: int = 10000  # points drawn for the Swiss roll's training set
+    swissroll_train_size: int | Auto = AUTO  # points drawn for the Swiss roll's training set (auto: 10000)
     swissroll_noise: float = 0.5       # sklearn make_swiss_roll noise
     folder: str = ""                   # dataset=folder: the folder of PNG/JPEG images (class subfolders = labels)
-    image_size: int = 32               # dataset=folder: images resized (shorter side) and centre-cropped to this
+    image_size: int | Auto = AUTO      # dataset=folder: resized (shorter side), centre-cropped (auto: 32)
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,9 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] | Auto = AUTO
     dropout: float | Auto = AUTO
     num_heads: int = 1
-    mlp_hidden: int = 128               # mlp: width of each layer; rbf_mlp: number of RBF units
-    mlp_layers: int = 3                 # mlp only
-    time_embedding: Literal["learned", "sinusoidal"] = "sinusoidal"  # mlp; shufflenet_unet: its time MLP's input
+    mlp_hidden: int | Auto = AUTO       # mlp: width of each layer (auto: 128); rbf_mlp: number of RBF units
+    mlp_layers: int | Auto = AUTO       # mlp only (auto: 3)
+    time_embedding: Literal["auto", "learned", "sinusoidal"] = AUTO  # mlp, shufflenet_unet (auto: sinusoidal)
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,9 @@ class TrainConfig:
     batch_size: int | Auto = AUTO       # global batch (split over ranks under torchrun)
     lr: float | Auto = AUTO             # Adam learning rate after warmup
     warmup_steps: int | Auto = AUTO     # linear warmup from 0 to lr
-    grad_clip: float = 1.0              # max global gradient norm; 0 disables clipping
+    grad_clip: float | Auto = AUTO      # max global gradient norm; 0 disables clipping (auto: 1)
     ema_decay: float | Auto = AUTO      # EMA of the weights, evaluated and sampled by default
-    loss_norm: Literal["l2", "l1"] = "l2"
+    loss_norm: Literal["auto", "l2", "l1"] = AUTO  # the simple loss's norm (auto: l2)
     hybrid_lambda: float = 0.001        # weight of the vlb part in loss_type=hybrid
     hflip: bool | Auto = AUTO           # random horizontal flips (CIFAR-10 only by default)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = AUTO  # auto: see ddpm.runtime.resolve_precision
@@ -145,18 +149,21 @@ class MlflowConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    beta_schedule: str = "linear"
-    timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    mean_type: Literal["eps", "x0", "v"] = "eps"
-    var_type: Literal["fixed_small", "fixed_large", "learned_range"] = "fixed_small"
-    loss_type: Literal["simple", "vlb", "hybrid"] = "simple"
+    """The diffusion's keys (top level in params.yaml); ``auto``: the recipe's, else Ho et al.'s."""
+
+    beta_schedule: str = AUTO
+    timesteps: int | Auto = AUTO
+    beta_start: float | Auto = AUTO
+    beta_end: float | Auto = AUTO
+    mean_type: Literal["auto", "eps", "x0", "v"] = AUTO
+    var_type: Literal["auto", "fixed_small", "fixed_large", "learned_range"] = AUTO
+    loss_type: Literal["auto", "simple", "vlb", "hybrid"] = AUTO
 
 
 @dataclass(frozen=True)
 class Params:
-    dataset: str = "digits"
+    recipe: str = "ddpm"                # a system of ddpm.recipes: fills the keys left at auto
+    dataset: str = AUTO                 # auto: the recipe's dataset, else digits
     seed: int = 0
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -174,13 +181,13 @@ class Params:
         """Build and validate from the params.yaml mapping (top-level diffusion keys flat)."""
         if not isinstance(raw, dict):
             raise ConfigError(f"params must be a mapping of keys to values, got {type(raw).__name__}")
-        top = {f.name for f in fields(DiffusionConfig)} | {"dataset", "seed"}
-        sections = {f.name: f.type for f in fields(cls) if f.name not in ("dataset", "seed", "diffusion")}
+        top = {f.name for f in fields(DiffusionConfig)} | set(_TOP_LEVEL)
+        sections = {f.name: f.type for f in fields(cls) if f.name not in (*_TOP_LEVEL, "diffusion")}
         _reject_unknown(raw, top | set(sections), prefix="")
-        top_level = {k: v for k, v in raw.items() if k in top and k not in ("dataset", "seed")}
+        top_level = {k: v for k, v in raw.items() if k in top and k not in _TOP_LEVEL}
         diffusion = _build(DiffusionConfig, top_level, "")
         kwargs: dict[str, Any] = {"diffusion": diffusion}
-        for key in ("dataset", "seed"):
+        for key in _TOP_LEVEL:
             if key in raw:
                 kwargs[key] = _coerce(key, raw[key], get_type_hints(cls)[key])
         hints = get_type_hints(cls)
@@ -192,15 +199,18 @@ class Params:
                 raise ConfigError(f"{name}: expected a section of keys, got {section!r}")
             kwargs[name] = _build(hints[name], section, f"{name}.")
         params = cls(**kwargs)
-        params.validate()
-        return params.resolved() if resolve else params
+        # Ranges are checked on the resolved values (an explicit value is kept as given, so a
+        # message still names the key and the value the user wrote).
+        resolved = params.resolved()
+        resolved.validate()
+        return resolved if resolve else params
 
     def to_dict(self) -> dict[str, Any]:
         """The params.yaml layout (top-level diffusion keys), lists for tuples."""
-        out: dict[str, Any] = {"dataset": self.dataset, "seed": self.seed}
+        out: dict[str, Any] = {key: getattr(self, key) for key in _TOP_LEVEL}
         out.update(_plain(dataclasses.asdict(self.diffusion)))
         for f in fields(self):
-            if f.name not in ("dataset", "seed", "diffusion"):
+            if f.name not in (*_TOP_LEVEL, "diffusion"):
                 out[f.name] = _plain(dataclasses.asdict(getattr(self, f.name)))
         return out
 
@@ -293,24 +303,37 @@ class Params:
         _validate_quality(self)
 
     def resolved(self) -> Params:
-        """Replace every ``auto`` with the dataset's default, except ``RUNTIME_RESOLVED``."""
-        defaults = DATASET_DEFAULTS[self.dataset]
-        sections = {}
-        for name in ("model", "train", "classifier"):
-            section = getattr(self, name)
-            updates = {f.name: defaults[f"{name}.{f.name}"] for f in fields(section)
-                       if getattr(section, f.name) == AUTO and f"{name}.{f.name}" in defaults}
-            sections[name] = dataclasses.replace(section, **updates)
+        """Replace every ``auto`` (but ``RUNTIME_RESOLVED``): an explicit value stays, else the
+        recipe's setting, else the dataset's default, else ``BASE_DEFAULTS`` (ddpm.recipes)."""
+        _check(self.recipe in RECIPES, "recipe", self.recipe, f"one of {', '.join(RECIPES)}")
+        recipe = recipe_settings(self.recipe)
+        dataset = self.dataset if self.dataset != AUTO else recipe.get("dataset", BASE_DEFAULTS["dataset"])
+        _check(dataset in DATASETS, "dataset", dataset, f"one of {', '.join(DATASETS)} or auto")
+        layers = (recipe, DATASET_DEFAULTS[dataset], BASE_DEFAULTS)
+
+        def fill(section: Any, prefix: str) -> Any:
+            updates = {}
+            for f in fields(section):
+                key = prefix + f.name
+                if getattr(section, f.name) == AUTO and key not in RUNTIME_RESOLVED:
+                    value = next((layer[key] for layer in layers if key in layer), AUTO)
+                    if value != AUTO:
+                        updates[f.name] = value
+            return dataclasses.replace(section, **updates)
+
+        sections = {"diffusion": fill(self.diffusion, "")}
+        for name in ("data", "model", "train", "classifier"):
+            sections[name] = fill(getattr(self, name), f"{name}.")
         q, n = self.quality, self.sample.num_samples
         # KID's usual 1000-sample subsets, or five disjoint subsets when there are fewer samples.
         subset = min(1000, max(2, n // 5)) if q.kid_subset_size == AUTO else q.kid_subset_size
         sections["quality"] = dataclasses.replace(
             q,
-            metrics=default_quality_metrics(self.dataset) if q.metrics == AUTO else q.metrics,
+            metrics=default_quality_metrics(dataset) if q.metrics == AUTO else q.metrics,
             kid_subset_size=subset,
             kid_subsets=n // subset if q.kid_subsets == AUTO else q.kid_subsets,
         )
-        return dataclasses.replace(self, **sections)
+        return dataclasses.replace(self, dataset=dataset, **sections)
 
 
 # ---------------------------------------------------------------------- sample quality
@@ -365,9 +388,11 @@ def _validate_classifier(c: ClassifierConfig) -> None:
 def _validate_image_folder(params: Params) -> None:
     """data.image_size; for dataset=folder with the default U-Net, a size it can take (the folder
     itself is checked by the prepare stage, the one that reads it)."""
-    size, m = params.data.image_size, params.model
+    size, m, default = params.data.image_size, params.model, DATASET_DEFAULTS["folder"]
     _check(size >= 1, "data.image_size", size, "an integer >= 1")
-    if params.dataset == "folder" and m.name in (AUTO, "unet") and AUTO == m.channel_mult == m.attn_resolutions:
+    default_levels = (m.channel_mult, m.attn_resolutions) == (default["model.channel_mult"],
+                                                              default["model.attn_resolutions"])
+    if params.dataset == "folder" and m.name == "unet" and default_levels:
         _check(size in FOLDER_IMAGE_SIZES, "data.image_size", size,
                f"one of {', '.join(map(str, FOLDER_IMAGE_SIZES))} for dataset=folder with the default U-Net "
                "(it halves the image 3 times and attends at 16 x 16), or set model.channel_mult and "

@@ -19,6 +19,9 @@ DEFAULT_BETA_END = 0.02
 # Nichol & Dhariwal 2021, Sec. 3.2: offset s and the cap that keeps beta_T < 1.
 COSINE_OFFSET = 0.008
 MAX_BETA = 0.999
+# Sohl-Dickstein et al. 2015's code: the floor on every beta and the first step's extra floor.
+SOHL_DICKSTEIN_MIN_BETA = 1e-6
+SOHL_DICKSTEIN_STEP1_BETA = 1e-3
 
 
 def _linear(T: int, beta_start: float, beta_end: float) -> np.ndarray:
@@ -62,6 +65,18 @@ def _jsd(T: int, beta_start: float, beta_end: float) -> np.ndarray:
     return 1.0 / np.linspace(T, 1, T, dtype=np.float64)
 
 
+def _sohl_dickstein(T: int, beta_start: float, beta_end: float) -> np.ndarray:
+    # Sohl-Dickstein et al. 2015 (Diffusion-Probabilistic-Models, model.py generate_beta_arr,
+    # with its temporal perturbation at zero, which that code never learns): the baseline
+    # 1/(T - t + 1) ending at 1/2, so each step destroys a constant fraction of the remaining
+    # signal and about 1/T of it is left; floored at 1e-6, with the first step's floor raised by
+    # step1_beta = 1e-3, and kept 1e-5 below 1.
+    floor = np.full(T, SOHL_DICKSTEIN_MIN_BETA, dtype=np.float64)
+    floor[0] += SOHL_DICKSTEIN_STEP1_BETA
+    baseline = 1.0 / np.linspace(T, 2.0, T, dtype=np.float64)
+    return floor + baseline * (1.0 - floor - 1e-5)
+
+
 SCHEDULES: dict[str, Callable[[int, float, float], np.ndarray]] = {
     "linear": _linear,
     "quadratic": _quadratic,
@@ -70,6 +85,7 @@ SCHEDULES: dict[str, Callable[[int, float, float], np.ndarray]] = {
     "geometric": _geometric,
     "constant": _constant,
     "jsd": _jsd,
+    "sohl_dickstein": _sohl_dickstein,
 }
 
 
@@ -83,7 +99,7 @@ def get_beta_schedule(
     """Return float64 betas of shape [timesteps] for the schedule ``name``.
 
     ``beta_start`` and ``beta_end`` are used by linear, quadratic, sigmoid and
-    geometric (and beta_end by constant); cosine and jsd have no free range.
+    geometric (and beta_end by constant); cosine, jsd and sohl_dickstein have no free range.
     """
     if name not in SCHEDULES:
         raise ValueError(

@@ -12,6 +12,7 @@ from ddpm.config import (
     DATASET_DEFAULTS,
     RUNTIME_RESOLVED,
     ConfigError,
+    DiffusionConfig,
     Params,
     ParamsLoader,
     load_params,
@@ -35,8 +36,9 @@ def every_key_auto(dataset: str) -> dict:
     """A params mapping with `auto` in every key that accepts it (by type, or by default for
     the free-form train.device)."""
     raw: dict = {"dataset": dataset}
+    raw.update({f.name: "auto" for f in fields(DiffusionConfig)})  # the diffusion's keys sit at the top level
     for section, section_type in get_type_hints(Params).items():
-        if section not in ("dataset", "seed", "diffusion"):
+        if section not in ("recipe", "dataset", "seed", "diffusion"):
             hints = get_type_hints(section_type)
             raw[section] = {f.name: "auto" for f in fields(section_type)
                             if accepts_auto(hints[f.name]) or f.default == "auto"}

@@ -33,6 +33,13 @@ def reference(name: str, T: int) -> np.ndarray:
         return np.full(T, BE)
     if name == "jsd":
         return np.array([1.0 / (T - k) for k in range(T)])
+    if name == "sohl_dickstein":
+        # Diffusion-Probabilistic-Models' generate_beta_arr with the perturbation at zero:
+        # sigmoid(logit(b)) = b for the baseline b_k = 1 / linspace(T, 2, T)[k], then
+        # min_beta + b (1 - min_beta - 1e-5), min_beta = 1e-6 (+ step1_beta = 1e-3 at the first step).
+        baseline = [1.0 / (T - k * (T - 2) / (T - 1)) for k in range(T)] if T > 1 else [1.0]
+        floor = [1e-6 + (1e-3 if k == 0 else 0.0) for k in range(T)]
+        return np.array([f + b * (1 - f - 1e-5) for f, b in zip(floor, baseline, strict=True)])
     raise AssertionError(name)
 
 
