@@ -1,4 +1,5 @@
-"""Sinusoidal timestep embedding (Vaswani et al. 2017, sec. 3.5; Ho et al. 2020, appendix B)."""
+"""Timestep embeddings: sinusoidal (Vaswani et al. 2017, sec. 3.5; Ho et al. 2020, appendix B), and
+the row lookup of per-timestep tables that also takes fractional timesteps."""
 
 from __future__ import annotations
 
@@ -29,3 +30,20 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
         if dim % 2:
             emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
+
+
+def interpolate_rows(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``table[t]`` for a LongTensor ``t`` [B]; for a float ``t`` the linear interpolation
+    between rows ``floor(t)`` and ``floor(t) + 1``, with ``t`` clamped to ``0 .. len(table) - 1``.
+
+    An integer-valued float ``t`` gives exactly ``table[t]`` (``lerp`` with weight 0 returns its
+    start), so a network answers a float timestep at a table row as it answers the integer.
+    """
+    if not t.is_floating_point():
+        return table[t]
+    last = table.shape[0] - 1
+    t = t.clamp(0, last)
+    low = t.floor()
+    weight = (t - low).to(table.dtype).reshape(-1, *([1] * (table.ndim - 1)))
+    low = low.long()
+    return torch.lerp(table[low], table[(low + 1).clamp(max=last)], weight)

@@ -2,6 +2,10 @@
 
 The shape follows the classic Swiss-roll diffusion tutorial: every hidden layer is a
 "conditional linear" layer whose output is scaled elementwise by a per-timestep vector.
+
+Timesteps are code indices: a LongTensor, or a float tensor of fractional indices (a
+continuous-time sampler driving a discrete network, ``ddpm.sde.score_from_diffusion``), for
+which per-timestep tables are interpolated linearly (``ddpm.nn.embeddings.interpolate_rows``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ddpm.nn.embeddings import timestep_embedding
+from ddpm.nn.embeddings import interpolate_rows, timestep_embedding
 
 TIME_EMBEDDINGS = ("learned", "sinusoidal")
 
@@ -36,7 +40,7 @@ class ConditionalLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.time_embedding == "learned":
-            gamma = self.embed(t)
+            gamma = interpolate_rows(self.embed.weight, t) if t.is_floating_point() else self.embed(t)
         else:
             gamma = self.embed(timestep_embedding(t, self.embed.in_features).to(x.dtype))
         return self.linear(x) * gamma
@@ -46,8 +50,8 @@ class MLP(nn.Module):
     """``num_layers`` conditional linear layers with softplus, then a plain linear read-out.
 
     Call as ``model(x_t, t)`` with ``x_t`` [B, dim] and ``t`` a LongTensor [B] in
-    ``0 .. timesteps - 1``; returns [B, out_dim] (``out_dim`` defaults to ``dim``; pass
-    ``2 * dim`` for learned variances).
+    ``0 .. timesteps - 1`` (or a float tensor of fractional timesteps); returns [B, out_dim]
+    (``out_dim`` defaults to ``dim``; pass ``2 * dim`` for learned variances).
     """
 
     def __init__(

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from ddpm.nn.embeddings import interpolate_rows
+
 
 class TimestepLinear(nn.Module):
     """``y = W[t] h``: a linear map with its own weight matrix for every timestep.
@@ -31,7 +33,8 @@ class TimestepLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("boi,bi->bo", self.weight[t].to(h.dtype), h)
+        # A float t (fractional timestep) interpolates the neighbouring matrices.
+        return torch.einsum("boi,bi->bo", interpolate_rows(self.weight, t).to(h.dtype), h)
 
 
 class RBFMLP(nn.Module):
@@ -41,7 +44,8 @@ class RBFMLP(nn.Module):
     ``softmax_k(-||(x - c_k) / s_k||^2 / 2)``, a Gaussian bump divided by the sum of all bumps.
     The normalisation keeps the features non-vanishing far from every centre (noisy ``x_t``),
     where plain Gaussian bumps would all be zero. Call as ``model(x_t, t)`` with ``x_t``
-    [B, dim] and ``t`` a LongTensor [B] in ``0 .. timesteps - 1``; returns [B, dim], or
+    [B, dim] and ``t`` a LongTensor [B] in ``0 .. timesteps - 1`` (or a float tensor of
+    fractional timesteps: the heads interpolate linearly); returns [B, dim], or
     [B, 2 * dim] (mean head, then variance head) with ``learn_sigma``.
     """
 

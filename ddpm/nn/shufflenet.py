@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ddpm.nn.dropout import Dropout
-from ddpm.nn.embeddings import timestep_embedding
+from ddpm.nn.embeddings import interpolate_rows, timestep_embedding
 from ddpm.nn.unet import Downsample, Upsample, group_norm, zero_module
 
 TIME_EMBEDDINGS = ("learned", "sinusoidal")
@@ -65,7 +65,8 @@ class ShuffleUnit(nn.Module):
 class ShuffleUNet(nn.Module):
     """U-Net of ShuffleNet units. Call as ``model(x_t, t)`` with ``x_t``
     [B, in_channels, image_size, image_size] and ``t`` a LongTensor [B] in
-    ``0 .. timesteps - 1``; returns [B, out_channels, image_size, image_size].
+    ``0 .. timesteps - 1`` (or a float tensor of fractional timesteps: the learned table is
+    interpolated linearly); returns [B, out_channels, image_size, image_size].
 
     Level ``i`` of ``channel_mult`` runs at ``image_size / 2**i`` with
     ``base_channels * channel_mult[i]`` channels, as in :class:`ddpm.nn.unet.UNet`. The time
@@ -132,7 +133,9 @@ class ShuffleUNet(nn.Module):
 
     def embed_time(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The time embedding [B, 4 * base_channels] of timesteps ``t`` [B]."""
-        if self.time_embedding == "learned":
+        if self.time_embedding == "learned" and t.is_floating_point():
+            features = interpolate_rows(self.time_table.weight, t)
+        elif self.time_embedding == "learned":
             features = self.time_table(t)
         else:
             features = timestep_embedding(t, self.base_channels)
