@@ -54,7 +54,7 @@ class DataConfig:
     test_size: int = 300              # digits: held-out images; mnist/cifar: 0 = the official test split
     swissroll_train_size: int | Auto = AUTO  # points drawn for the Swiss roll's training set (auto: 10000)
     swissroll_noise: float = 0.5       # sklearn make_swiss_roll noise
-    folder: str = ""                   # dataset=folder: the folder of PNG/JPEG images (class subfolders = labels)
+    folder: str = "data/images"        # dataset=folder: the folder of PNG/JPEG images (class subfolders = labels)
     image_size: int | Auto = AUTO      # dataset=folder: resized (shorter side), centre-cropped (auto: 32)
 
 
