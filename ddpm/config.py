@@ -45,6 +45,7 @@ Auto = Literal["auto"]
 # Keys whose ``auto`` depends on the machine that trains; the train stage resolves them
 # (ddpm.training) and stores the values it used with the model.
 RUNTIME_RESOLVED = ("train.precision", "train.device", "train.channels_last")
+DEFAULT_BOUND_STRATA = 10
 # Keys at the top level of params.yaml besides the diffusion's.
 _TOP_LEVEL = ("recipe", "dataset", "seed")
 
@@ -94,7 +95,7 @@ class TrainConfig:
     compile: bool = False               # torch.compile the network for training
     bound_every: int | Auto = AUTO      # steps between estimates of the test bound (learning curve); 0 = off
     bound_images: int = 100             # test examples in each estimate
-    bound_strata: int = 10              # timesteps per example (stratified; ddpm.diffusion.bound_estimate)
+    bound_strata: int | Auto = AUTO     # timesteps per example (stratified; auto: min(10, timesteps))
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,7 @@ class Params:
             _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "an integer >= 1")
         if t.bound_every != AUTO:
             _check(t.bound_every >= 0, "train.bound_every", t.bound_every, "an integer >= 0 (0 = off) or auto")
-        _check(1 <= t.bound_strata <= d.timesteps, "train.bound_strata", t.bound_strata,
+        _check(1 <= t.bound_strata <= d.timesteps, "train.bound_strata", t.bound_strata,  # auto is resolved
                f"an integer in 1..timesteps={d.timesteps}")
         _check(t.num_threads >= 0, "train.num_threads", t.num_threads, "an integer >= 0 (0 = torch's default)")
         _check(t.nproc >= 1, "train.nproc", t.nproc, "an integer >= 1 (processes on this machine)")
@@ -324,6 +325,9 @@ class Params:
         sections = {"diffusion": fill(self.diffusion, "")}
         for name in ("data", "model", "train", "classifier"):
             sections[name] = fill(getattr(self, name), f"{name}.")
+        if sections["train"].bound_strata == AUTO:  # ten strata, or every timestep of a shorter chain
+            strata = min(DEFAULT_BOUND_STRATA, sections["diffusion"].timesteps)
+            sections["train"] = dataclasses.replace(sections["train"], bound_strata=strata)
         q, n = self.quality, self.sample.num_samples
         # KID's usual 1000-sample subsets, or five disjoint subsets when there are fewer samples.
         subset = min(1000, max(2, n // 5)) if q.kid_subset_size == AUTO else q.kid_subset_size

@@ -30,7 +30,6 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
-from torchvision.utils import make_grid
 
 from ddpm.errors import DataError
 from ddpm.io import atomic_path
@@ -109,6 +108,10 @@ def _auto_scale(height: int, width: int) -> int:
 
 def _grid_pixels(images: np.ndarray, nrow: int, scale: int) -> np.ndarray:
     """Tile uint8 images ``[N, C, H, W]`` into ``[H', W']`` (C=1) or ``[H', W', 3]`` (C=3)."""
+    # Imported here: importing torchvision loads torchvision.models and with it torch._dynamo,
+    # seconds that every stage importing this module would pay without drawing a grid.
+    from torchvision.utils import make_grid
+
     big = images.repeat(scale, axis=2).repeat(scale, axis=3)  # nearest-neighbour upscale
     grid = make_grid(
         torch.from_numpy(np.ascontiguousarray(big)),

@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         meta = prepared.meta
         names = _families_to_run(params, meta)
         samples = _load_samples(args.samples)
-        real, real_draws = quality.real_reference(prepared.train, len(samples), params.seed)
+        if names:
+            real, real_draws = quality.real_reference(prepared.train, len(samples), params.seed)
+        else:  # nothing to score (say, a folder without labels or Inception weights): no real draws needed
+            real, real_draws = prepared.train[:0], []
         set_tf32(False)  # the reported numbers are computed in full float32
         dist, trained = load_for_inference(args.model, params, params.sample.use_ema)
         # Found or made before the work, so an unusable store is reported before any sampling.
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                                          params.mlflow.tracking_uri)
         reference = quality.to_model_inputs(real, meta)
         families, info = _families(names, params, meta, args.classifier, trained.device)
-        floors = quality.floor_scores(families, [quality.to_model_inputs(d, meta) for d in real_draws], reference)
+        floors = (quality.floor_scores(families, [quality.to_model_inputs(d, meta) for d in real_draws], reference)
+                  if families else {})
         rows = []
         # Without a metric there is nothing to compare across sampler settings: no sweep.
         for sampler, steps, drawn in _settings(params, samples, trained, params.quality.sweep if families else ()):
