@@ -221,16 +221,6 @@ def test_score_from_ncsn_divides_the_network_by_minus_sigma():
 # ---------------------------------------------------------------- annealed Langevin dynamics
 
 
-@pytest.fixture
-def one_thread():
-    """ALD's tensors here are small ([n, 2]): threads only add synchronisation, which on a busy
-    2-core machine costs more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gaussian_score(mean: torch.Tensor, s: float, sigmas: torch.Tensor):
     """The exact score of N(mean, s^2 I) perturbed at level i: -(x - mean) / (s^2 + sigma_i^2)."""
     def score(x, level):

@@ -5,7 +5,6 @@ the channel shuffle, the factory, and short training runs that must lower the lo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -39,18 +38,8 @@ def perturb_zero_params(model: nn.Module, std: float = 0.1) -> nn.Module:
     return model
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # These networks are tiny: on a busy 2-core machine a second OpenMP thread only adds
-    # synchronisation and made even a forward pass several times slower (as in
-    # test_swissroll_training). fork_rng keeps the tests' seeding from leaking into others.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            yield
-    finally:
-        torch.set_num_threads(threads)
+# One torch thread and a forked RNG for every test here (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def swiss_roll(n: int, seed: int) -> torch.Tensor:

@@ -17,7 +17,6 @@ smaller), yet a wrong divergence, prior or offset is off by whole nats.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -42,15 +41,8 @@ PRIOR_STD = {"vp": 1.0, "subvp": 1.0, "ve": SIGMA_MAX}
 RTOL, ATOL = 1e-7, 1e-9  # tight, so the bound below is far under the effects tested
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Small tensors on a shared 2-core machine: a second OpenMP thread only adds synchronisation.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+# One torch thread and a forked RNG for every test here (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def coefficients(kind: str, t) -> tuple[torch.Tensor, torch.Tensor]:

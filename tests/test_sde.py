@@ -6,7 +6,7 @@ float timesteps in the table-based networks."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 F64_EPS = np.finfo(np.float64).eps
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Small tensors on a shared 2-core machine: a second OpenMP thread only adds synchronisation.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            yield
-    finally:
-        torch.set_num_threads(threads)
+# One torch thread and a forked RNG for every test here (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- closed forms

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_training import assert_same_weights, digits_meta, levels, one_thread, params  # noqa: F401 (autouse fixture)
+from test_training import assert_same_weights, digits_meta, levels, params
 
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import Params
@@ -25,6 +25,9 @@ from ddpm.runtime import precision_name, resolve_device
 from ddpm.training import train, training_precision
 from stages import prepare
 from stages import train as train_stage
+
+# One torch thread and a forked RNG for every test here (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
