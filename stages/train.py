@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             "model": result.model.state_dict(), "ema": result.ema.state_dict(),
             "mlflow_run_id": tracker.run_id,
         })
-        atomic_write_json(Path(args.out) / "run.json", {"mlflow_run_id": tracker.run_id})
+        # The resolved config beside the run id: the plot stage draws the family's noise schedule from it.
+        atomic_write_json(Path(args.out) / "run.json", {"mlflow_run_id": tracker.run_id, "params": used.to_dict()})
         header = ["step", "loss", "lr", "grad_norm", "images_per_s"]
         atomic_write_csv(Path(args.reports) / "loss.csv", header, [[row[k] for k in header] for row in result.history])
         # Columns named for both units (bits/dim for images, nats/dim for vectors), so one
