@@ -37,6 +37,8 @@ def experiment(root, env, name: str) -> dict:
 def test_sde_and_ncsn_are_experiments_of_the_same_pipeline(workspace):
     root, env = workspace
     dvc(["exp", "run", "-n", "subvp", "-S", "family=sde", "-S", "sde.type=subvp"], root, env)
+    # `dvc exp run` leaves the experiment's params in the workspace: start the next from the commit.
+    run(["git", "checkout", "--", "params.yaml"], root, env)
     dvc(["exp", "run", "-n", "ncsn", "-S", "family=ncsn", "-S", "sample.sampler=ald"], root, env)
     client, runs = mlflow_runs(root)
     assert len(runs) == 2
@@ -73,12 +75,13 @@ def test_sde_and_ncsn_are_experiments_of_the_same_pipeline(workspace):
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["-S", "family=sde", "-S", "sample.sampler=ald"], "sample.sampler='ald' is not accepted"),
-    (["-S", "family=sde", "-S", "sde.sigma_max=50"], "sde.sigma_max=50 is not accepted"),
+    (["-S", "family=sde", "-S", "sde.sigma_max=50"], "sde.sigma_max=50.0 is not accepted; expected auto with sde.type"),
     (["-S", "sde.type=ve"], "sde.type='ve' is not accepted"),
-    (["-S", "ode.rtol=0"], "ode.rtol=0 is not accepted"),
+    (["-S", "ode.rtol=0"], "ode.rtol=0.0 is not accepted; expected a finite number > 0"),
 ])
 def test_bad_family_settings_stop_the_experiment_naming_the_key(workspace, args, fragment):
     root, env = workspace
+    run(["git", "checkout", "--", "params.yaml"], root, env)  # a failed `dvc exp run` leaves its -S there too
     proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", *args], cwd=root, env=env,
                           capture_output=True, text=True)
     assert proc.returncode != 0 and fragment in proc.stdout + proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
