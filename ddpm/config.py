@@ -13,6 +13,14 @@ digits), else ``ddpm.recipes.BASE_DEFAULTS``; ``load_params`` resolves them, exc
 ``train.precision``, ``train.device`` and ``train.channels_last`` (``RUNTIME_RESOLVED``),
 which depend on the machine: the train stage resolves those and stores what it used.
 
+Families (``family: ddpm | sde | ncsn``): each resolves the ``auto`` keys that apply to it
+(``sample.sampler`` and the pc sampler's keys, the ``sde`` section for its ``sde.type``, the
+``ncsn`` section) and leaves the keys of the other families ``auto``; a key set explicitly that
+the family or the SDE type does not use is refused, and so is a sampler the family cannot run
+(``FAMILY_SAMPLERS``). ``TRAIN_RESOLVED`` keys (NCSNv2's data-derived sigma_max and number of
+levels) are resolved by the train stage from the training data and stored with the model;
+``SAMPLE_RESOLVED`` keys (NCSN's Langevin steps and step size) by the sample stage.
+
 Numbers: params files are read with ``ParamsLoader``, which adds YAML 1.2's float
 spellings (``1e-05``, ``1E-5``, ``.5``, ``5.``) to PyYAML's YAML 1.1 ones, because
 ``dvc exp run -S beta_start=0.00001`` writes ``1e-05``, a string to YAML 1.1. Integer
