@@ -59,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         plot_reverse_process(frames, trajectory["steps"], trained.meta, out / "reverse_process.png",
                              labels=trajectory["labels"], title=SAMPLER_TITLES.get(sc.sampler))
         if tracker is not None:
-            tracker.log_metrics({"sample_nfe": settings["nfe"]})
             for name in ("grid.png", "reverse_process.png"):
                 tracker.log_image(out / name, "samples")  # an artifact, and an image of the chart view
             tracker.log_artifact(out / "sampling.json", "samples")

@@ -219,3 +219,27 @@ def test_evaluate_reports_the_ode_likelihood_beside_the_bound_per_family(tmp_pat
     params["evaluate"]["batch_size"] = 2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert evaluate_stage(tmp_path)["ode_nll"]["total"] == pytest.approx(ode["total"], rel=1e-3)
+
+
+# ---------------------------------------------------------------------- figures
+@pytest.mark.parametrize("raw", [{"family": "sde", "sde": {"type": "ve", "sigma_max": 12.0}}, {"family": "sde"},
+                                 {"family": "ncsn", "ncsn": {"sigma_max": 12.0, "num_levels": 30}}])
+def test_plot_draws_the_familys_schedule(tmp_path, raw):
+    from PIL import Image
+
+    from stages.plot import family_schedule
+
+    path = family_schedule(Params.from_dict(raw), tmp_path / "schedule.png")
+    with Image.open(path) as image:
+        assert image.width > 500 and image.height > 300
+
+
+def test_the_trajectory_strip_takes_a_samplers_labels_and_refuses_a_wrong_count():
+    from ddpm.plotting import reverse_process_figure
+
+    frames = np.zeros((3, 4, 2))
+    fig = reverse_process_figure(frames, [-1, -1, -1], VECTOR_META, labels=["init", "sigma=1", "denoised"],
+                                 title="ALD")
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["init", "sigma=1", "denoised"]
+    with pytest.raises(ValueError, match="labels must name the 3 snapshots"):
+        reverse_process_figure(frames, [-1, -1, -1], VECTOR_META, labels=["a", "b"])
