@@ -38,7 +38,7 @@ CASES = {  # name: (params, data meta)
 def step_functions(params: Params, trainer: Trainer, x0: torch.Tensor, device: torch.device
                    ) -> dict[str, Callable[[int], None]]:
     """One training step each way; ``step`` is the loop's step index."""
-    shape, T = tuple(x0.shape[1:]), trainer.diffusion.num_timesteps
+    shape, T = tuple(x0.shape[1:]), trainer.objective.num_timesteps
     batch = params.train.batch_size
     kept = torch.Generator(device=device).manual_seed(0)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ddpm.config import TRAIN_RESOLVED
 from ddpm.errors import CheckpointError
 from ddpm.io import atomic_path
 
@@ -22,7 +23,7 @@ SCHEMA_VERSION = 1
 # Keys whose values fix the network or the diffusion: a checkpoint trained with other
 # values cannot be used with the current params.
 _IDENTITY_PREFIXES = ("dataset", "beta_schedule", "timesteps", "beta_start", "beta_end", "mean_type",
-                      "var_type", "model.")
+                      "var_type", "model.", "family", "sde.", "ncsn.sigma_max", "ncsn.sigma_min", "ncsn.num_levels")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -66,9 +67,18 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     """The identity keys (flattened, dotted) whose values differ, as 'key: saved -> current'."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
-        if key.startswith(_IDENTITY_PREFIXES) and saved.get(key) != current.get(key):
+        # The train stage derives these from the data when they are auto: auto in the current
+        # params matches whatever the checkpoint derived.
+        if key in TRAIN_RESOLVED and current.get(key) == "auto":
+            continue
+        if key.startswith(_IDENTITY_PREFIXES) and saved.get(key, _default(key)) != current.get(key, _default(key)):
             diffs.append(f"{key}: checkpoint has {saved.get(key)!r}, params have {current.get(key)!r}")
     return diffs
+
+
+def _default(key: str) -> Any:
+    """The value of an identity key that a checkpoint from before it existed implies."""
+    return "ddpm" if key == "family" else "auto" if key.startswith(("sde.", "ncsn.")) else None
 
 
 def check_compatible(path: str | os.PathLike, saved_flat: dict[str, Any], current_flat: dict[str, Any]) -> None:

@@ -13,6 +13,14 @@ digits), else ``ddpm.recipes.BASE_DEFAULTS``; ``load_params`` resolves them, exc
 ``train.precision``, ``train.device`` and ``train.channels_last`` (``RUNTIME_RESOLVED``),
 which depend on the machine: the train stage resolves those and stores what it used.
 
+Families (``family: ddpm | sde | ncsn``): each resolves the ``auto`` keys that apply to it
+(``sample.sampler`` and the pc sampler's keys, the ``sde`` section for its ``sde.type``, the
+``ncsn`` section) and leaves the keys of the other families ``auto``; a key set explicitly that
+the family or the SDE type does not use is refused, and so is a sampler the family cannot run
+(``FAMILY_SAMPLERS``). ``TRAIN_RESOLVED`` keys (NCSNv2's data-derived sigma_max and number of
+levels) are resolved by the train stage from the training data and stored with the model;
+``SAMPLE_RESOLVED`` keys (NCSN's Langevin steps and step size) by the sample stage.
+
 Numbers: params files are read with ``ParamsLoader``, which adds YAML 1.2's float
 spellings (``1e-05``, ``1E-5``, ``.5``, ``5.``) to PyYAML's YAML 1.1 ones, because
 ``dvc exp run -S beta_start=0.00001`` writes ``1e-05``, a string to YAML 1.1. Integer
@@ -47,7 +55,7 @@ Auto = Literal["auto"]
 RUNTIME_RESOLVED = ("train.precision", "train.device", "train.channels_last")
 DEFAULT_BOUND_STRATA = 10
 # Keys at the top level of params.yaml besides the diffusion's.
-_TOP_LEVEL = ("recipe", "dataset", "seed")
+_TOP_LEVEL = ("recipe", "dataset", "seed", "family")
 
 
 @dataclass(frozen=True)
@@ -102,12 +110,57 @@ class TrainConfig:
 class SampleConfig:
     num_samples: int = 256              # also the sample size of every quality metric and its floor
     batch_size: int = 256
-    sampler: Literal["ancestral", "ddim"] = "ancestral"
-    steps: int = 0                      # 0 = all T steps; fewer respaces the process
+    sampler: Literal["auto", "ancestral", "ddim", "pc", "ode", "ald"] = AUTO  # auto: the family's (FAMILY_SAMPLERS)
+    steps: int = 0                      # 0 = all T steps (pc: all sde.num_scales); fewer respaces the process
     eta: float = 0.0                    # DDIM noise (1 = ancestral variance)
     clip_denoised: bool = True
     trajectory_frames: int = 10         # states of the reverse process kept for the strip
     use_ema: bool = True
+    predictor: Literal["auto", "euler_maruyama", "reverse_diffusion", "ancestral", "none"] = AUTO  # pc only
+    corrector: Literal["auto", "langevin", "annealed_langevin", "none"] = AUTO  # pc only
+    snr: float | Auto = AUTO            # pc's corrector (auto: 0.16, score_sde)
+    corrector_steps: int = 1            # pc's corrector steps per step
+
+
+@dataclass(frozen=True)
+class SdeConfig:
+    """The continuous-time SDE of ``family: sde`` (Song et al. 2021); ``auto``: score_sde's
+    settings for the keys that fit ``type``; keys that do not fit it stay ``auto``."""
+
+    type: Literal["auto", "vp", "subvp", "ve"] = AUTO  # auto: vp
+    beta_min: float | Auto = AUTO       # vp, subvp (auto: 0.1)
+    beta_max: float | Auto = AUTO       # vp, subvp (auto: 20)
+    sigma_min: float | Auto = AUTO      # ve (auto: 0.01)
+    sigma_max: float | Auto = AUTO      # ve (auto: the largest pairwise distance of the training data, NCSNv2's T1)
+    num_scales: int | Auto = AUTO       # N: the network's time scale N - 1 and pc's steps (auto: 1000)
+    weighting: Literal["auto", "sigma2", "g2"] = AUTO  # the loss's lambda(t) (auto: sigma2)
+    eps: float | Auto = AUTO            # t ~ U(eps, 1) in training (auto: 1e-5)
+
+
+@dataclass(frozen=True)
+class NcsnConfig:
+    """The noise levels and annealed Langevin dynamics of ``family: ncsn`` (Song & Ermon 2019, 2020)."""
+
+    sigma_max: float | Auto = AUTO      # auto: the largest pairwise distance of the training data (T1)
+    sigma_min: float | Auto = AUTO      # auto: 0.01
+    num_levels: int | Auto = AUTO       # auto: NCSNv2's T2 rule; data of dimension <= 4: 10 (NCSN)
+    steps_per_level: int | Auto = AUTO  # auto: ceil(1000 / num_levels) (NCSN's 100 at 10 levels, NCSNv2's 5 at 232)
+    step_lr: float | Auto = AUTO        # ALD's eps (auto: NCSNv2's T4 rule for steps_per_level)
+    denoise: bool | Auto = AUTO         # the final denoising step (auto: true, NCSNv2)
+    init: Literal["auto", "uniform", "gaussian"] = AUTO  # ALD's start (auto: uniform, as the references)
+
+
+@dataclass(frozen=True)
+class OdeConfig:
+    """The probability-flow ODE: its likelihood (evaluate) and its sampler (sample.sampler=ode)."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    eps: float = 1e-5                   # the likelihood integrates from t = eps (score_sde)
+    sample_eps: float | Auto = AUTO     # the sampler stops at t = sample_eps (auto: the SDE's, 1e-3 VP / 1e-5 VE)
+    divergence: Literal["auto", "exact", "hutchinson"] = AUTO  # auto: exact for vectors, Hutchinson for images
+    num_images: int = 20                # test images in the ODE likelihood (families ddpm and sde); 0: none
+    repeats: int = 1                    # dequantization draws per image (score_sde's test bpd: 5)
 
 
 @dataclass(frozen=True)
@@ -166,11 +219,15 @@ class Params:
     recipe: str = "ddpm"                # a system of ddpm.recipes: fills the keys left at auto
     dataset: str = AUTO                 # auto: the recipe's dataset, else digits
     seed: int = 0
+    family: Literal["ddpm", "sde", "ncsn"] = "ddpm"  # discrete DDPM, continuous score SDE, or NCSN
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    sde: SdeConfig = field(default_factory=SdeConfig)
+    ncsn: NcsnConfig = field(default_factory=NcsnConfig)
+    ode: OdeConfig = field(default_factory=OdeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
@@ -235,7 +292,12 @@ class Params:
         _check(d.timesteps >= 1, "timesteps", d.timesteps, "an integer >= 1")
         for key in ("beta_start", "beta_end"):
             _check(0 < getattr(d, key) < 1, key, getattr(d, key), "a number in the open interval (0, 1)")
-        if d.var_type == "learned_range":
+        if self.family != "ddpm":
+            for key in ("mean_type", "var_type", "loss_type"):
+                _check(getattr(d, key) == AUTO, key, getattr(d, key),
+                       f"auto with family={self.family} (it trains a noise-predicting network with its own "
+                       "objective; the key belongs to family=ddpm)")
+        elif d.var_type == "learned_range":
             _check(d.loss_type in ("hybrid", "vlb"), "loss_type", d.loss_type,
                    "'hybrid' or 'vlb' with var_type=learned_range (the simple loss does not train the variance)")
         else:
@@ -244,7 +306,7 @@ class Params:
             _check(d.loss_type in ("simple", "vlb"), "loss_type", d.loss_type,
                    f"'simple' or 'vlb' with var_type={d.var_type} (the hybrid loss's vlb part trains only "
                    "a learned variance: use var_type=learned_range)")
-        if d.beta_schedule == "jsd":
+        if d.beta_schedule == "jsd" and self.family == "ddpm":
             _check(d.mean_type != "eps", "mean_type", d.mean_type,
                    "'x0' or 'v' with beta_schedule=jsd (its last beta is 1, so eps cannot recover x0)")
         _check(self.data.test_size >= 0, "data.test_size", self.data.test_size, "an integer >= 0")
@@ -292,8 +354,11 @@ class Params:
         s = self.sample
         _check(s.num_samples >= 1, "sample.num_samples", s.num_samples, "an integer >= 1")
         _check(s.batch_size >= 1, "sample.batch_size", s.batch_size, "an integer >= 1")
-        _check(0 <= s.steps <= d.timesteps, "sample.steps", s.steps,
-               f"an integer in 0..timesteps={d.timesteps} (0 = all)")
+        if self.family == "sde":
+            _check(s.steps >= 0, "sample.steps", s.steps, "an integer >= 0 (0 = sde.num_scales)")
+        else:
+            _check(0 <= s.steps <= d.timesteps, "sample.steps", s.steps,
+                   f"an integer in 0..timesteps={d.timesteps} (0 = all)")
         _finite_at_least("sample.eta", s.eta, 0)
         _check(s.trajectory_frames >= 2, "sample.trajectory_frames", s.trajectory_frames, "an integer >= 2")
         e = self.evaluate
@@ -302,6 +367,7 @@ class Params:
         _check(bool(self.mlflow.experiment.strip()), "mlflow.experiment", self.mlflow.experiment, "a non-empty name")
         _validate_classifier(self.classifier)
         _validate_quality(self)
+        _validate_families(self)
 
     def resolved(self) -> Params:
         """Replace every ``auto`` (but ``RUNTIME_RESOLVED``): an explicit value stays, else the
@@ -322,7 +388,13 @@ class Params:
                         updates[f.name] = value
             return dataclasses.replace(section, **updates)
 
-        sections = {"diffusion": fill(self.diffusion, "")}
+        diffusion = fill(self.diffusion, "")
+        if self.family != "ddpm":
+            # The score families train an eps network with their own objective: the DDPM's
+            # parametrisation, reverse variance and loss do not apply and stay auto.
+            diffusion = dataclasses.replace(diffusion, mean_type=self.diffusion.mean_type,
+                                            var_type=self.diffusion.var_type, loss_type=self.diffusion.loss_type)
+        sections = {"diffusion": diffusion, **_resolved_families(self, dataset, diffusion.timesteps)}
         for name in ("data", "model", "train", "classifier"):
             sections[name] = fill(getattr(self, name), f"{name}.")
         if sections["train"].bound_strata == AUTO:  # ten strata, or every timestep of a shorter chain
@@ -338,6 +410,152 @@ class Params:
             kid_subsets=n // subset if q.kid_subsets == AUTO else q.kid_subsets,
         )
         return dataclasses.replace(self, dataset=dataset, **sections)
+
+
+# ---------------------------------------------------------------------- families
+# The samplers each family can run: the discrete DDPM's own two and, through its VP-type SDE
+# (ddpm.sde.sde_from_diffusion), the score samplers; a continuous SDE's score; NCSN's
+# annealed Langevin dynamics. The first is ``sample.sampler: auto``.
+FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
+    "ddpm": ("ancestral", "ddim", "pc", "ode"),
+    "sde": ("pc", "ode"),
+    "ncsn": ("ald",),
+}
+# Keys whose ``auto`` the train stage derives from the training data (NCSNv2's T1 and T2 rules)
+# and stores with the model; and those the sample stage derives from the stored noise levels.
+TRAIN_RESOLVED = ("sde.sigma_max", "ncsn.sigma_max", "ncsn.num_levels")
+SAMPLE_RESOLVED = ("ncsn.steps_per_level", "ncsn.step_lr")
+# The keys of each SDE type, with score_sde's defaults (sigma_max: TRAIN_RESOLVED).
+SDE_TYPE_KEYS: dict[str, dict[str, Any]] = {
+    "vp": {"beta_min": 0.1, "beta_max": 20.0},
+    "subvp": {"beta_min": 0.1, "beta_max": 20.0},
+    "ve": {"sigma_min": 0.01, "sigma_max": AUTO},
+}
+SDE_COMMON = {"num_scales": 1000, "weighting": "sigma2", "eps": 1e-5}
+# Where score_sde's samplers stop (sampling.py: 1e-3 for VP and sub-VP, 1e-5 for VE).
+SDE_SAMPLING_EPS = {"vp": 1e-3, "subvp": 1e-3, "ve": 1e-5}
+# Data of at most this dimension have no answer from NCSNv2's T2 rule (ddpm.ncsn.num_levels_for);
+# their ladder takes NCSN's 10 levels.
+NCSN_LOW_DIM, NCSN_LOW_DIM_LEVELS = 4, 10
+
+
+def _fill_auto(section: Any, values: dict[str, Any]) -> Any:
+    """``section`` with its ``auto`` fields named in ``values`` set to them."""
+    return dataclasses.replace(section, **{k: v for k, v in values.items() if getattr(section, k) == AUTO})
+
+
+def _resolved_families(params: Params, dataset: str, timesteps: int) -> dict[str, Any]:
+    """The sections sample, sde, ncsn and ode with the ``auto`` that apply to ``params.family``
+    filled in; keys of other families (and of other SDE types) stay ``auto``."""
+    sde, ncsn, s, ode = params.sde, params.ncsn, params.sample, params.ode
+    sde_type = None
+    if params.family == "sde":
+        sde_type = "vp" if sde.type == AUTO else sde.type
+        sde = _fill_auto(dataclasses.replace(sde, type=sde_type), {**SDE_TYPE_KEYS.get(sde_type, {}), **SDE_COMMON})
+    if params.family == "ncsn":
+        ncsn = _fill_auto(ncsn, {"sigma_min": 0.01, "denoise": True, "init": "uniform"})
+    sampler = FAMILY_SAMPLERS[params.family][0] if s.sampler == AUTO else s.sampler
+    s = dataclasses.replace(s, sampler=sampler)
+    if sampler == "pc":
+        variance_exploding = sde_type == "ve"
+        # score_sde's configs: VE runs reverse diffusion with a corrector, VP and sub-VP Euler-Maruyama
+        # alone; the corrector is annealed Langevin (pc.py: per-example Langevin is biased in low dimension).
+        s = _fill_auto(s, {"predictor": "reverse_diffusion" if variance_exploding else "euler_maruyama",
+                           "corrector": "annealed_langevin" if variance_exploding else "none", "snr": 0.16})
+    if params.family != "ncsn":
+        # ddpm: the first knot 1 / T (a bad timesteps is refused by validate).
+        eps = SDE_SAMPLING_EPS[sde_type] if sde_type else 1.0 / max(timesteps, 1)
+        vector = DATASET_INFO[dataset].kind == "vector"
+        ode = _fill_auto(ode, {"sample_eps": eps, "divergence": "exact" if vector else "hutchinson"})
+    return {"sample": s, "sde": sde, "ncsn": ncsn, "ode": ode}
+
+
+def _set_keys(section: Any) -> list[str]:
+    return [f.name for f in fields(section) if getattr(section, f.name) != AUTO]
+
+
+def _validate_families(params: Params) -> None:
+    """The sampler, the sde and ncsn sections and the ODE settings against the family."""
+    family, s = params.family, params.sample
+    _check(s.sampler in FAMILY_SAMPLERS[family], "sample.sampler", s.sampler,
+           f"a sampler family={family} can run: {', '.join(FAMILY_SAMPLERS[family])} (or auto)")
+    if s.sampler != "pc":
+        for key in ("predictor", "corrector", "snr"):
+            _check(getattr(s, key) == AUTO, f"sample.{key}", getattr(s, key), "auto unless sample.sampler=pc")
+    else:
+        _check(math.isfinite(s.snr) and s.snr > 0, "sample.snr", s.snr, "a finite number > 0 or auto")
+        if family == "ddpm" and s.predictor in ("reverse_diffusion", "ancestral"):
+            T = params.diffusion.timesteps
+            _check(s.steps in (0, T), "sample.steps", s.steps,
+                   f"0 or timesteps={T} with predictor={s.predictor} (it walks the diffusion's own T steps; "
+                   "euler_maruyama takes any number)")
+        _check(s.corrector_steps >= 1, "sample.corrector_steps", s.corrector_steps, "an integer >= 1")
+    for name, owner in (("sde", "sde"), ("ncsn", "ncsn")):
+        if family != owner:
+            for key in _set_keys(getattr(params, name)):
+                _check(False, f"{name}.{key}", getattr(getattr(params, name), key),
+                       f"auto with family={family} (the {name} section belongs to family={owner})")
+    if family == "sde":
+        _validate_sde(params)
+    if family == "ncsn":
+        _validate_ncsn(params.ncsn)
+    o = params.ode
+    for key in ("rtol", "atol"):
+        _check(math.isfinite(getattr(o, key)) and getattr(o, key) > 0, f"ode.{key}", getattr(o, key),
+               "a finite number > 0 (the adaptive solver's tolerance)")
+    _check(0 < o.eps < 1, "ode.eps", o.eps, "a number in (0, 1): the likelihood integrates from t = eps to 1")
+    if o.sample_eps != AUTO:
+        _check(0 < o.sample_eps < 1, "ode.sample_eps", o.sample_eps, "a number in (0, 1) or auto")
+    _check(o.num_images >= 0, "ode.num_images", o.num_images, "an integer >= 0 (0: no ODE likelihood)")
+    _check(o.repeats >= 1, "ode.repeats", o.repeats, "an integer >= 1")
+
+
+def _validate_sde(params: Params) -> None:
+    sde, s = params.sde, params.sample
+    fitting = set(SDE_TYPE_KEYS[sde.type])
+    for key in ("beta_min", "beta_max", "sigma_min", "sigma_max"):
+        if key not in fitting:
+            owners = ", ".join(t for t, keys in SDE_TYPE_KEYS.items() if key in keys)
+            _check(getattr(sde, key) == AUTO, f"sde.{key}", getattr(sde, key),
+                   f"auto with sde.type={sde.type} (the key belongs to sde.type {owners})")
+    if sde.type == "ve":
+        _check(math.isfinite(sde.sigma_min) and sde.sigma_min > 0, "sde.sigma_min", sde.sigma_min,
+               "a finite number > 0")
+        if sde.sigma_max != AUTO:
+            _check(math.isfinite(sde.sigma_max) and sde.sigma_max > sde.sigma_min, "sde.sigma_max", sde.sigma_max,
+                   f"a finite number > sde.sigma_min={sde.sigma_min}, or auto")
+    else:
+        _check(math.isfinite(sde.beta_min) and sde.beta_min > 0, "sde.beta_min", sde.beta_min, "a finite number > 0")
+        _check(math.isfinite(sde.beta_max) and sde.beta_max > sde.beta_min, "sde.beta_max", sde.beta_max,
+               f"a finite number > sde.beta_min={sde.beta_min}")
+    _check(sde.num_scales >= 2, "sde.num_scales", sde.num_scales, "an integer >= 2")
+    if sde.type == "vp":
+        # VP's discrete betas beta_max / N must stay below 1.
+        _check(sde.num_scales > sde.beta_max, "sde.num_scales", sde.num_scales,
+               f"an integer > sde.beta_max={sde.beta_max} (VP's discrete betas beta_max / N must be < 1)")
+    _check(0 < sde.eps < 1, "sde.eps", sde.eps, "a number in (0, 1): training draws t ~ U(eps, 1)")
+    if s.sampler == "pc" and s.predictor in ("reverse_diffusion", "ancestral"):
+        if sde.type == "subvp":
+            _check(s.predictor != "ancestral", "sample.predictor", s.predictor,
+                   "euler_maruyama, reverse_diffusion or none with sde.type=subvp (sub-VP has no ancestral chain)")
+        steps = s.steps or sde.num_scales
+        if sde.type == "vp":
+            _check(steps > sde.beta_max, "sample.steps", s.steps,
+                   f"0 or an integer > sde.beta_max={sde.beta_max} with predictor={s.predictor} "
+                   "(it walks VP's discrete chain of that many steps, whose betas beta_max / steps must be < 1)")
+
+
+def _validate_ncsn(n: NcsnConfig) -> None:
+    _check(math.isfinite(n.sigma_min) and n.sigma_min > 0, "ncsn.sigma_min", n.sigma_min, "a finite number > 0")
+    if n.sigma_max != AUTO:
+        _check(math.isfinite(n.sigma_max) and n.sigma_max > n.sigma_min, "ncsn.sigma_max", n.sigma_max,
+               f"a finite number > ncsn.sigma_min={n.sigma_min}, or auto")
+    if n.num_levels != AUTO:
+        _check(n.num_levels >= 2, "ncsn.num_levels", n.num_levels, "an integer >= 2 or auto")
+    if n.steps_per_level != AUTO:
+        _check(n.steps_per_level >= 1, "ncsn.steps_per_level", n.steps_per_level, "an integer >= 1 or auto")
+    if n.step_lr != AUTO:
+        _check(math.isfinite(n.step_lr) and n.step_lr > 0, "ncsn.step_lr", n.step_lr, "a finite number > 0 or auto")
 
 
 # ---------------------------------------------------------------------- sample quality
@@ -593,7 +811,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 __all__ = [
-    "AUTO", "QUALITY_FAMILIES", "RUNTIME_RESOLVED", "SAMPLERS", "ClassifierConfig", "ConfigError", "DataConfig",
+    "AUTO", "FAMILY_SAMPLERS", "NcsnConfig", "OdeConfig", "SAMPLE_RESOLVED", "SdeConfig", "TRAIN_RESOLVED",
+    "QUALITY_FAMILIES", "RUNTIME_RESOLVED", "SAMPLERS", "ClassifierConfig", "ConfigError", "DataConfig",
     "DiffusionConfig", "EvaluateConfig", "MlflowConfig", "ModelConfig", "Params", "ParamsLoader", "QualityConfig",
     "SampleConfig", "TrainConfig", "DATASET_DEFAULTS", "default_quality_metrics", "load_params",
     "parse_sampler_setting", "quality_families_for",

@@ -24,8 +24,8 @@ Correctors (``CORRECTORS``), each run ``corrector_steps`` times per step:
 - ``langevin``: Algorithm 3 with signal-to-noise ratio ``snr``, the step size from the norms of
   the score and of the noise of each example (score_sde averages them over the batch); biased in
   low dimension, see :func:`langevin_step`.
-- ``ald``: the same Langevin step with the step size 2 alpha (snr std(t))^2 (score_sde's
-  annealed Langevin dynamics corrector), valid in any dimension; see :func:`ald_step`.
+- ``annealed_langevin``: the same Langevin step with the step size 2 alpha (snr std(t))^2 (score_sde's
+  annealed Langevin dynamics corrector), valid in any dimension; see :func:`annealed_langevin_step`.
 - ``none``: no corrector (a predictor-only sampler).
 
 Order (``ORDERS``): ``corrector_first`` (the default) runs the corrector and then the predictor in
@@ -49,7 +49,7 @@ from ddpm.sde import SDE, VESDE, VPSDE, Score, SubVPSDE
 from ddpm.seeding import Generator, randn
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
-CORRECTORS = ("langevin", "ald", "none")
+CORRECTORS = ("langevin", "annealed_langevin", "none")
 ORDERS = ("corrector_first", "predictor_first")
 
 # An update (x, t, generator) -> (x, x_mean); t is float64 [B], and so is the t a score receives.
@@ -132,8 +132,8 @@ def langevin_step(sde: SDE, score: Score, x: torch.Tensor, t: torch.Tensor, snr:
     sample, depend on the other examples of its batch. Per example, e grows with the ||z|| of the
     noise it scales, and in low dimension that inflates the law: one step on the exact N(m, v I)
     of D > 2 dimensions multiplies E||x - m||^2 by 1 + k (8 + k (D + 2)) / (D - 2), k = 2 alpha snr^2,
-    against 1 + k^2 for a step that does not depend on z (:func:`ald_step`). The excess shrinks
-    like 1/D: use ``ald`` for low-dimensional data. Where the score is exactly 0 (e.g. an
+    against 1 + k^2 for a step that does not depend on z (:func:`annealed_langevin_step`). The excess shrinks
+    like 1/D: use ``annealed_langevin`` for low-dimensional data. Where the score is exactly 0 (e.g. an
     untrained network with a zero output layer) the step is 0 rather than the formula's 0 * inf.
     """
     grad = score(x, t).to(x.dtype)
@@ -147,7 +147,7 @@ def langevin_step(sde: SDE, score: Score, x: torch.Tensor, t: torch.Tensor, snr:
     return x_mean + _per_example((2.0 * step).sqrt(), x) * z, x_mean
 
 
-def ald_step(sde: SDE, score: Score, x: torch.Tensor, t: torch.Tensor, snr: float,
+def annealed_langevin_step(sde: SDE, score: Score, x: torch.Tensor, t: torch.Tensor, snr: float,
              generator: Generator = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One annealed Langevin dynamics step (score_sde's ``AnnealedLangevinDynamics`` corrector):
     e = 2 alpha (snr std(t))^2 with the perturbation kernel's std(t), no norms.
@@ -196,7 +196,7 @@ def _updates(sde: SDE, score: Score, predictor: str, corrector: str, order: str,
     }
     correctors: dict[str, Update] = {
         "langevin": lambda x, t, g: langevin_step(sde, score, x, t, snr, g),
-        "ald": lambda x, t, g: ald_step(sde, score, x, t, snr, g),
+        "annealed_langevin": lambda x, t, g: annealed_langevin_step(sde, score, x, t, snr, g),
     }
     corrector_updates = [correctors[corrector]] * corrector_steps if corrector != "none" else []
     predictor_updates = [predictors[predictor]] if predictor != "none" else []

@@ -533,6 +533,56 @@ def schedule_figure(betas: ArrayLike) -> Figure:
     return fig
 
 
+def sde_schedule_figure(t: ArrayLike, mean_coef: ArrayLike, std: ArrayLike, diffusion: ArrayLike,
+                        title: str) -> Figure:
+    """A continuous-time SDE's schedule against t in [0, 1]: the perturbation kernel
+    N(mean_coef(t) x0, std(t)^2 I) and the diffusion coefficient g(t), std and g on a log axis."""
+    t, mean_coef, std, g = (_to_numpy(a).reshape(-1) for a in (t, mean_coef, std, diffusion))
+    if not len(t) == len(mean_coef) == len(std) == len(g) > 1:
+        raise ValueError("t, mean_coef, std and diffusion must be 1-D arrays of the same length > 1")
+    fig = Figure(figsize=(12.0, 3.8), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 3)
+    panels = [(mean_coef, "mean coefficient of $x_0$", False), (std, r"std $\sigma(t)$ of the noise", True),
+              (g, "diffusion coefficient $g(t)$", True)]
+    for ax, (values, name, log) in zip(axes, panels, strict=True):
+        ax.plot(t, values, color=SAMPLE_COLOR, linewidth=1.8)
+        ax.set_title(name)
+        ax.set_xlabel("time t")
+        if log:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.25)
+    fig.suptitle(title)
+    return fig
+
+
+def sigma_ladder_figure(sigmas: ArrayLike) -> Figure:
+    """NCSN's noise levels (descending; level 0 the largest) on a log axis, with their ratio."""
+    sigmas = _to_numpy(sigmas).reshape(-1)
+    if len(sigmas) < 2 or not np.all(sigmas > 0):
+        raise ValueError(f"sigmas must hold at least 2 positive levels, got {sigmas.tolist()[:4]}")
+    fig = Figure(figsize=(6.5, 3.8), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.semilogy(np.arange(len(sigmas)), sigmas, "o-", color=SAMPLE_COLOR, markersize=3, linewidth=1.2)
+    ax.set_xlabel("level i (annealed Langevin dynamics runs from 0 to L-1)")
+    ax.set_ylabel(r"noise level $\sigma_i$")
+    ax.grid(True, which="both", alpha=0.25)
+    gamma = (sigmas[0] / sigmas[-1]) ** (1 / (len(sigmas) - 1))
+    ax.set_title(rf"NCSN noise levels: L = {len(sigmas)}, $\sigma_1$ = {sigmas[0]:.4g}, "
+                 rf"$\sigma_L$ = {sigmas[-1]:.3g}, ratio {gamma:.4g}")
+    return fig
+
+
+def plot_sde_schedule(t: ArrayLike, mean_coef: ArrayLike, std: ArrayLike, diffusion: ArrayLike, title: str,
+                      png_path: PathLike) -> Path:
+    """See :func:`sde_schedule_figure`."""
+    return _save_figure(sde_schedule_figure(t, mean_coef, std, diffusion, title), png_path)
+
+
+def plot_sigma_ladder(sigmas: ArrayLike, png_path: PathLike) -> Path:
+    """See :func:`sigma_ladder_figure`."""
+    return _save_figure(sigma_ladder_figure(sigmas), png_path)
+
+
 # --------------------------------------------------------------------------- samples and processes
 
 
@@ -659,6 +709,15 @@ def _vector_strip_figure(
     return fig
 
 
+# The sampler's trajectory strip: its title per sampler (ancestral: reverse_process_figure's own).
+SAMPLER_TITLES = {
+    "ddim": "DDIM (Song et al. 2021): noise to sample",
+    "pc": "Predictor-corrector sampling of the reverse SDE: noise (t = 1) to sample",
+    "ode": "Probability-flow ODE: noise (t = 1) to sample",
+    "ald": "Annealed Langevin dynamics: from the largest noise level to the smallest, then denoised",
+}
+
+
 def reverse_process_figure(
     trajectory: ArrayLike,
     steps: ArrayLike,
@@ -666,6 +725,8 @@ def reverse_process_figure(
     reference: ArrayLike | None = None,
     max_examples: int = 8,
     max_columns: int = 10,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Snapshots of the reverse (generative) process ``x_T -> x_0``.
 
@@ -678,6 +739,9 @@ def reverse_process_figure(
         reference: vectors only: held-out data ``[M, 2]`` drawn faintly in every panel.
         max_examples: images only: at most this many rows (examples).
         max_columns: at most this many snapshots, evenly spread, first and last kept.
+        labels: ``[S]`` names of the snapshots for samplers without DDPM's timesteps (a score
+            sampler's time t, NCSN's noise level); default ``t=<step>``.
+        title: the figure's title; default DDPM's reverse process.
     """
     kind, num_levels = _data_kind(meta)
     traj = _to_numpy(trajectory)
@@ -687,18 +751,23 @@ def reverse_process_figure(
             f"trajectory must be [S, n, ...] with S = len(steps) = {len(step_values)}, "
             f"got shape {tuple(traj.shape)}"
         )
+    if labels is not None and len(labels) != len(step_values):
+        raise ValueError(f"labels must name the {len(step_values)} snapshots, got {len(labels)}")
     columns = _pick_columns(len(step_values), max_columns)
-    traj, labels = traj[columns], [f"t={s}" for s in step_values[columns]]
-    title = r"Reverse process $p_\theta(x_{t-1} \mid x_t)$: noise ($t=T$) to sample ($t=0$)"
+    names = [f"t={s}" for s in step_values] if labels is None else [str(label) for label in labels]
+    traj, names = traj[columns], [names[i] for i in columns]
+    if title is None:
+        title = r"Reverse process $p_\theta(x_{t-1} \mid x_t)$: noise ($t=T$) to sample ($t=0$)"
+    axis = "timestep t (reverse steps remaining)" if labels is None else "from noise to sample"
     if kind == "image":
         if traj.ndim != 5:
             raise ValueError(f"image trajectory must be [S, n, C, H, W], got shape {tuple(traj.shape)}")
         frames = traj[:, :max_examples]
         _check_images(frames[0], "trajectory[0]")
-        return _image_strip_figure(frames, num_levels, labels, title, "timestep t (reverse steps remaining)")
+        return _image_strip_figure(frames, num_levels, names, title, axis)
     for i, frame in enumerate(traj):
         _check_vectors(frame, f"trajectory[{i}]")
-    return _vector_strip_figure(list(traj), labels, title, _optional_vectors(reference, "reference"))
+    return _vector_strip_figure(list(traj), names, title, _optional_vectors(reference, "reference"))
 
 
 def _forward_steps(steps: ArrayLike | None, num_timesteps: int) -> np.ndarray:

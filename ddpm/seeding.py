@@ -33,6 +33,7 @@ STREAMS: dict[str, int] = {
     "bound_curve": 7,   # item: test example index (the learning curve's bound estimates)
     "classifier": 8,    # key 0: the feature classifier's initial weights; key 1, item: epoch -> its data order
     "data_split": 9,    # the random train/test split of a dataset prepared from files (an image folder)
+    "ode_likelihood": 10,  # item: test example index (the ODE likelihood's dequantization and Hutchinson probe)
 }
 
 _SEED_SPACE = 2**63  # torch.manual_seed accepts any non-negative int64

@@ -60,13 +60,17 @@ SAMPLES_ARTIFACTS = "samples"  # the artifact folder whose images a run's descri
 # The runs table of the comparison view, in this order: the bound and each metric family's main
 # distance, the params experiments sweep, the other sample-quality metrics. A metric no run has
 # shows no column.
-HEADLINE_METRICS = ("bpd", "bpd_stderr", "nll", "nll_stderr", "fd_classifier", "kid_classifier", "fid",
-                    "energy_distance")
-COMPARE_PARAMS = ("beta_schedule", "timesteps", "mean_type", "var_type", "loss_type",
+HEADLINE_METRICS = ("bpd", "bpd_stderr", "nll", "nll_stderr", "ode_bpd", "ode_bpd_stderr", "ode_nll",
+                    "ode_nll_stderr", "fd_classifier", "kid_classifier", "fid", "energy_distance")
+COMPARE_PARAMS = ("family", "beta_schedule", "timesteps", "mean_type", "var_type", "loss_type", "sde.type",
                   "sample.sampler", "sample.steps", "train.steps", "train.lr")
-MORE_METRICS = ("precision_classifier", "recall_classifier", "density_classifier", "coverage_classifier",
-                "classes_covered", "kid_inception", "inception_score", "sliced_wasserstein")
-UNITS = {"bpd": "bits/dim", "nll": "nats/dim"}
+MORE_METRICS = ("ode_bpd_nfe", "ode_nll_nfe", "sample_nfe", "precision_classifier", "recall_classifier",
+                "density_classifier", "coverage_classifier", "classes_covered", "kid_inception", "inception_score",
+                "sliced_wasserstein")
+UNITS = {"bpd": "bits/dim", "nll": "nats/dim", "ode_bpd": "bits/dim", "ode_nll": "nats/dim"}
+# The likelihoods a report may hold: the variational bound (family ddpm) and the probability-flow
+# ODE's (families ddpm and sde), each under its own name.
+LIKELIHOODS = ("bpd", "nll", "ode_bpd", "ode_nll")
 
 
 def repo_root() -> Path:
@@ -123,10 +127,15 @@ def experiment_key(params: dict[str, Any], code_root: str | Path = ".") -> str:
 
 
 def report_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of reports/metrics.json: the bound's total under its own name
-    (``bpd`` or ``nll``), its parts as ``bpd_stderr`` etc."""
-    metric = report["metric"]
-    return {metric if k == "total" else f"{metric}_{k}": v for k, v in report[metric].items()}
+    """The MLflow metrics of reports/metrics.json: each likelihood's total under its own name
+    (``bpd``, ``nll``, ``ode_bpd``, ``ode_nll``), its numeric parts and settings as
+    ``bpd_stderr``, ``ode_bpd_nfe`` etc. (the ODE's divergence, a word, is a param's business)."""
+    out = {}
+    for name in LIKELIHOODS:
+        for key, value in report.get(name, {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[name if key == "total" else f"{name}_{key}"] = value
+    return out
 
 
 def merged_params(current: dict[str, Any], trained: dict[str, str]) -> dict[str, Any]:
@@ -193,7 +202,8 @@ def describe_run(metrics: dict[str, float], params: dict[str, str], links: dict[
     more"): the bound; the sampler and ``links`` (label -> URL: the sample grid, the run that
     trained the model); a table of the sample-quality metrics that have a floor: each value
     (± ``<name>_stderr``) next to ``<name>_floor`` (± its spread over real draws, ``<name>_floor_std``)."""
-    lines = [f"**{_with_error(metrics[m], metrics.get(f'{m}_stderr'))} {unit}** (test bound)"
+    lines = [f"**{_with_error(metrics[m], metrics.get(f'{m}_stderr'))} {unit}** "
+             f"({'probability-flow ODE likelihood' if m.startswith('ode') else 'test bound'})"
              for m, unit in UNITS.items() if m in metrics]
     sampling = []
     if "sample.sampler" in params:

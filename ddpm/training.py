@@ -31,10 +31,10 @@ from torch import nn
 from ddpm import seeding
 from ddpm.config import Params
 from ddpm.data import to_model_space
-from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError, TrainingDiverged
-from ddpm.factory import build_diffusion, build_network
+from ddpm.factory import Objective, build_network, build_objective, network_timesteps
 from ddpm.runtime import DistInfo, autocast, flush_denormals, precision_name, resolve_precision, set_tf32
+from ddpm.sde import DenoisingScoreMatching
 from ddpm.train_state import (
     TrainingState,
     code_fingerprint,
@@ -67,7 +67,7 @@ class TrainResult:
 class Trainer:
     """What :func:`train_step` needs, built once by :func:`setup_training`."""
 
-    diffusion: GaussianDiffusion
+    objective: Objective             # the family's loss (ddpm.factory.build_objective)
     state: TrainingState             # model, EMA, optimizer, scheduler, scaler, step, history
     net: nn.Module                   # the model as the step calls it: DDP-wrapped and compiled as configured
     amp_dtype: torch.dtype           # autocast dtype of the network's forward
@@ -142,7 +142,7 @@ def setup_training(params: Params, meta: dict[str, Any], device: torch.device, d
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
         net = torch.compile(net)
-    return Trainer(diffusion=build_diffusion(params), state=TrainingState(model, ema, optimizer, scheduler, scaler),
+    return Trainer(objective=build_objective(params), state=TrainingState(model, ema, optimizer, scheduler, scaler),
                    net=net, amp_dtype=amp_dtype, channels_last=channels_last, grad_clip=tc.grad_clip,
                    ema_decay=tc.ema_decay, num_levels=meta["num_levels"] if meta["kind"] == "image" else None)
 
@@ -160,7 +160,7 @@ def train_step(trainer: Trainer, x0: torch.Tensor, t: torch.Tensor, noise: torch
     if trainer.channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     with autocast(x0.device, trainer.amp_dtype):
-        losses = trainer.diffusion.training_losses(trainer.net, x0, t=t, noise=noise, num_levels=trainer.num_levels)
+        losses = trainer.objective.training_losses(trainer.net, x0, t=t, noise=noise, num_levels=trainer.num_levels)
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(losses["loss"].mean()).backward()
     s.scaler.unscale_(s.optimizer)
@@ -180,13 +180,19 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> torch.Tensor:
     return torch.randperm(num_examples, generator=seeding.generator(seed, "data_order", item=epoch))
 
 
-def batch_draws(params: Params, step: int, shape: tuple[int, ...], timesteps: int, device: torch.device
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def batch_draws(params: Params, step: int, shape: tuple[int, ...], timesteps: int, device: torch.device,
+                objective: Objective | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The timesteps, noise and (for images with ``train.hflip``) flips of the global batch of
-    ``step``, from the step's own generator: the same on every rank and after a resume."""
+    ``step``, from the step's own generator: the same on every rank and after a resume.
+
+    Timesteps are integers in 0..timesteps-1 (the discrete diffusion's, NCSN's levels), or for a
+    continuous-time ``objective`` (``DenoisingScoreMatching``) its float64 draws t ~ U(eps, 1)."""
     g = seeding.generator(params.seed, "train_noise", item=step, device=device)
     batch = params.train.batch_size
-    t = torch.randint(0, timesteps, (batch,), device=device, generator=g)
+    if isinstance(objective, DenoisingScoreMatching):
+        t = objective.draw_timesteps(batch, g, device)
+    else:
+        t = torch.randint(0, timesteps, (batch,), device=device, generator=g)
     noise = torch.randn((batch, *shape), device=device, generator=g)
     flip = None
     if params.train.hflip and len(shape) == 3:
@@ -206,14 +212,14 @@ def seed_dropout(seed: int, step: int, rank: int, device: torch.device) -> None:
 
 
 def rank_batch(params: Params, step: int, indices: torch.Tensor, data: torch.Tensor,
-               to_x: Callable[[torch.Tensor], torch.Tensor], timesteps: int, dist: DistInfo
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               to_x: Callable[[torch.Tensor], torch.Tensor], timesteps: int, dist: DistInfo,
+               objective: Objective | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """This rank's share of the global batch ``indices`` of ``step`` (examples rank, rank + W,
     ...) in model space, flipped as drawn, with its timesteps and noise: together the ranks
     compute exactly the global batch a single process would."""
     mine = slice(dist.rank, None, dist.world_size)
     x0 = to_x(data[indices[mine].to(data.device)])
-    t, noise, flip = batch_draws(params, step, tuple(x0.shape[1:]), timesteps, data.device)
+    t, noise, flip = batch_draws(params, step, tuple(x0.shape[1:]), timesteps, data.device, objective)
     if flip is not None:
         x0 = torch.where(flip[mine, None, None, None], x0.flip(-1), x0)
     return x0, t[mine], noise[mine]
@@ -309,8 +315,8 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
             if epoch != order_epoch:  # the epoch's permutation, drawn once per epoch
                 order_epoch, order = epoch, epoch_order(params.seed, epoch, len(data))
             global_batch = order[position * tc.batch_size:(position + 1) * tc.batch_size]
-            x0, t, noise = rank_batch(params, state.step, global_batch, data, to_x, trainer.diffusion.num_timesteps,
-                                      dist)
+            x0, t, noise = rank_batch(params, state.step, global_batch, data, to_x, network_timesteps(params),
+                                      dist, trainer.objective)
             seed_dropout(params.seed, state.step, dist.rank, device)
             losses, norm = train_step(trainer, x0, t, noise)
             grad_norm = norm if norm is not None else grad_norm

@@ -1,8 +1,11 @@
-"""DVC stage `evaluate`: the full variational bound (all T terms) of the test split under
-the trained model -> reports/eval/bound.json (bits/dim for images, nats/dim for vectors:
-total, prior, decoder, standard error, number of examples; the report stage puts it into
-reports/metrics.json) and reports/eval/terms.csv.
-Under torchrun the test images are spread over the ranks and gathered on rank 0."""
+"""DVC stage `evaluate`: the likelihood of the test split under the trained model ->
+reports/eval/bound.json (the report stage puts it into reports/metrics.json) and
+reports/eval/terms.csv. Family ddpm: the full variational bound (all T terms; bits/dim for
+images, nats/dim for vectors: total, prior, decoder, standard error, number of examples) and,
+beside it, the probability-flow ODE likelihood of the first ode.num_images test examples
+(``ode_bpd`` / ``ode_nll``, with its NFE and solver settings); family sde: the ODE likelihood
+alone; family ncsn: none (it says so). Under torchrun the test examples are spread over the
+ranks and gathered on rank 0."""
 
 from __future__ import annotations
 
@@ -11,13 +14,15 @@ import sys
 import torch
 
 from ddpm.cli import progress_bar, run_stage, stage_parser
-from ddpm.config import load_params
+from ddpm.config import Params, load_params
 from ddpm.data import load_prepared
 from ddpm.errors import CheckpointError, DataError, DatasetNotFoundError, EvaluationError
 from ddpm.evaluation import bound_per_example, evaluation_inputs, merge_parts, summarize_bound
-from ddpm.factory import load_for_inference
+from ddpm.factory import TrainedModel, load_for_inference
 from ddpm.io import atomic_write_csv, atomic_write_json
+from ddpm.ode_evaluation import OdeSettings, merge_ode_parts, ode_likelihood_per_example, summarize_ode
 from ddpm.runtime import gather_to_main, set_tf32, shard
+from ddpm.score_sampling import score_model
 from ddpm.tracking import Tracker, report_metrics
 
 
@@ -36,19 +41,30 @@ def main(argv: list[str] | None = None) -> int:
         # Found or made before the work, so an unusable store is reported before the bound.
         tracker = Tracker.for_experiment(trained.mlflow_run_id, params.mlflow.experiment, params.flatten(),
                                          params.mlflow.tracking_uri) if dist.is_main else None
-        x_all = evaluation_inputs(load_prepared(args.data).test, trained.meta, ec.num_images)
-        with progress_bar("bound", "timestep", enabled=dist.is_main) as on_step:
-            share = bound_per_example(trained.diffusion, trained.network, x_all, trained.meta,
-                                      indices=shard(len(x_all), dist), batch_size=ec.batch_size,
-                                      clip_denoised=ec.clip_denoised, seed=params.seed, device=trained.device,
-                                      on_step=on_step)
-        shares = gather_to_main(share, dist)
+        test = load_prepared(args.data).test
+        family = trained.params.family
+        report, terms_rows = {}, []
+        if family == "ddpm":
+            x_all = evaluation_inputs(test, trained.meta, ec.num_images)
+            with progress_bar("bound", "timestep", enabled=dist.is_main) as on_step:
+                share = bound_per_example(trained.diffusion, trained.network, x_all, trained.meta,
+                                          indices=shard(len(x_all), dist), batch_size=ec.batch_size,
+                                          clip_denoised=ec.clip_denoised, seed=params.seed, device=trained.device,
+                                          on_step=on_step)
+            shares = gather_to_main(share, dist)
+            if dist.is_main:
+                report = summarize_bound(merge_parts(shares), trained.meta, ec.clip_denoised)
+                terms_rows = report.pop("terms_rows")
+        if family != "ncsn" and params.ode.num_images > 0:
+            ode_report = _ode_likelihood(params, trained, test, dist)
+            report.update(ode_report or {})
         if dist.distributed:
             torch.distributed.destroy_process_group()
         if not dist.is_main:
             return
-        report = summarize_bound(merge_parts(shares), trained.meta, ec.clip_denoised)
-        atomic_write_csv(args.terms, ["t", "term", "stderr"], report.pop("terms_rows"))
+        if family == "ncsn":
+            report["likelihood"] = NO_LIKELIHOOD
+        atomic_write_csv(args.terms, ["t", "term", "stderr"], terms_rows)
         atomic_write_json(args.metrics, report)
         if tracker is not None:
             tracker.log_metrics(report_metrics(report))
@@ -57,6 +73,28 @@ def main(argv: list[str] | None = None) -> int:
             tracker.finish()
 
     return run_stage("evaluate", body, parser, argv, hints=HINTS)
+
+
+# NCSN's model is a chain of Langevin samplers: it defines no density to evaluate.
+NO_LIKELIHOOD = ("none: family=ncsn (annealed Langevin dynamics) defines no tractable likelihood; "
+                 "the families ddpm and sde report the probability-flow ODE's")
+
+
+def _ode_likelihood(params: Params, trained: TrainedModel, test, dist) -> dict | None:
+    """The ODE likelihood of the first ``ode.num_images`` test examples (rank 0 gets the report)."""
+    o = params.ode
+    settings = OdeSettings(rtol=o.rtol, atol=o.atol, eps=o.eps, exact_divergence=o.divergence == "exact",
+                           repeats=o.repeats)
+    x_all = evaluation_inputs(test, trained.meta, o.num_images)
+    model = score_model(trained)
+    if dist.is_main:
+        print(f"evaluate: probability-flow ODE likelihood of {len(x_all)} test examples ({o.divergence} divergence, "
+              f"rtol={o.rtol:g}, atol={o.atol:g}, {o.repeats} dequantization draw(s))", file=sys.stderr)
+    share = ode_likelihood_per_example(model.sde, model.score, x_all, trained.meta, settings,
+                                       indices=shard(len(x_all), dist), batch_size=params.evaluate.batch_size,
+                                       seed=params.seed, device=trained.device)
+    shares = gather_to_main(share, dist)
+    return summarize_ode(merge_ode_parts(shares), trained.meta, settings) if dist.is_main else None
 
 
 HINTS = {

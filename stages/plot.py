@@ -1,6 +1,7 @@
-"""DVC stage `plot`: report files -> reports/figures/*.png (training loss, bound per
-timestep, samples, reverse and forward processes, beta schedule, sample quality against
-NFE), logged to MLflow."""
+"""DVC stage `plot`: report files -> reports/figures/*.png (training loss, samples, the
+sampler's trajectory, sample quality against NFE and the noise schedule: family ddpm's beta
+schedule with the bound per timestep and the forward process, an SDE's kernel and g(t), NCSN's
+sigma ladder), logged to MLflow."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ddpm import plotting
 from ddpm.cli import run_stage, stage_parser
-from ddpm.config import load_params
+from ddpm.config import Params, load_params
 from ddpm.data import load_prepared, to_model_space
 from ddpm.errors import DataError, DatasetNotFoundError
+from ddpm.ncsn import sigma_ladder
 from ddpm.quality import tracking_metrics
 from ddpm.schedules import get_beta_schedule
+from ddpm.sde import VESDE, VPSDE, SubVPSDE
 from ddpm.tracking import Tracker, report_metrics
 
 HINTS = {
@@ -35,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(args) -> None:
         params = load_params(args.params)
-        d = params.diffusion
         reports, out = Path(args.reports), Path(args.out)
         prepared = load_prepared(args.data)
         meta = prepared.meta
@@ -44,23 +47,34 @@ def main(argv: list[str] | None = None) -> int:
         test = prepared.test[:2000]
         x0 = to_model_space(test, meta["num_levels"]) if meta["kind"] == "image" else test
         reference = x0 if meta["kind"] == "vector" else None
-        betas = get_beta_schedule(d.beta_schedule, d.timesteps, beta_start=d.beta_start,
-                                  beta_end=d.beta_end).numpy()
+        run = json.loads(Path(args.run).read_text())
+        # The family and its settings as trained (sigma_max and the levels derived from the data).
+        trained = Params.from_dict(run["params"]) if "params" in run else params
+        labels = samples["labels"].tolist() if "labels" in samples.files else None
         figures = [
             plotting.plot_loss(reports / "train" / "loss.csv", out / "loss.png"),
-            plotting.plot_bound_terms(reports / "eval" / "terms.csv", out / "bound_terms.png", metrics["unit"]),
             plotting.plot_samples(samples["samples"], meta, out / "samples.png", reference=reference),
             plotting.plot_reverse_process(samples["trajectory"], samples["steps"], meta, out / "reverse_process.png",
-                                          reference=reference),
-            plotting.plot_forward_process(x0, np.cumprod(1 - betas), meta, out / "forward_process.png",
-                                          seed=params.seed),
-            plotting.plot_schedule(betas, out / "schedule.png"),
+                                          reference=reference, labels=labels,
+                                          title=plotting.SAMPLER_TITLES.get(params.sample.sampler)),
         ]
+        if trained.family == "ddpm":
+            d = trained.diffusion
+            betas = get_beta_schedule(d.beta_schedule, d.timesteps, beta_start=d.beta_start,
+                                      beta_end=d.beta_end).numpy()
+            figures += [
+                plotting.plot_bound_terms(reports / "eval" / "terms.csv", out / "bound_terms.png", metrics["unit"]),
+                plotting.plot_forward_process(x0, np.cumprod(1 - betas), meta, out / "forward_process.png",
+                                              seed=params.seed),
+                plotting.plot_schedule(betas, out / "schedule.png"),
+            ]
+        else:
+            figures.append(family_schedule(trained, out / "schedule.png"))
         if metrics["quality"]["families"]:  # none for data no metric applies to (the quality stage said so)
             figures.append(plotting.plot_quality_nfe(reports / "quality" / "nfe.csv", metrics["quality"]["samples"],
                                                      out / "quality_nfe.png"))
         # After the figures (quick): a malformed report stops the stage before any run is made.
-        run_id = json.loads(Path(args.run).read_text())["mlflow_run_id"]
+        run_id = run["mlflow_run_id"]
         tracker = Tracker.for_experiment(run_id, params.mlflow.experiment, params.flatten(),
                                          params.mlflow.tracking_uri)
         if tracker is not None:
@@ -72,6 +86,24 @@ def main(argv: list[str] | None = None) -> int:
             tracker.finish()
 
     return run_stage("plot", body, parser, argv, hints=HINTS)
+
+
+def family_schedule(params: Params, png_path: Path) -> Path:
+    """The noise schedule of a score family: the SDE's kernel and g(t) over t, or NCSN's ladder."""
+    if params.family == "ncsn":
+        n = params.ncsn
+        return plotting.plot_sigma_ladder(sigma_ladder(n.sigma_max, n.sigma_min, n.num_levels).numpy(), png_path)
+    c = params.sde
+    if c.type == "ve":
+        sde, title = VESDE(c.sigma_min, c.sigma_max, c.num_scales), \
+            f"VE SDE: sigma(t) = {c.sigma_min:g} ({c.sigma_max:.4g} / {c.sigma_min:g})^t"
+    else:
+        sde = (VPSDE if c.type == "vp" else SubVPSDE)(c.beta_min, c.beta_max, c.num_scales)
+        name = "VP" if c.type == "vp" else "sub-VP"
+        title = f"{name} SDE: beta(t) = {c.beta_min:g} + t ({c.beta_max:g} - {c.beta_min:g})"
+    t = torch.linspace(c.eps, 1.0, 400, dtype=torch.float64)
+    return plotting.plot_sde_schedule(t.numpy(), sde.mean_coef(t).numpy(), sde.marginal_std(t).numpy(),
+                                      sde.diffusion_coef(t).numpy(), title, png_path)
 
 
 if __name__ == "__main__":

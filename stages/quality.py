@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         prepared = load_prepared(args.data)
         meta = prepared.meta
         names = _families_to_run(params, meta)
-        samples = _load_samples(args.samples)
+        samples, sample_nfe = _load_samples(args.samples)
         if names:
             real, real_draws = quality.real_reference(prepared.train, len(samples), params.seed)
         else:  # nothing to score (say, a folder without labels or Inception weights): no real draws needed
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                   if families else {})
         rows = []
         # Without a metric there is nothing to compare across sampler settings: no sweep.
-        for sampler, steps, drawn in _settings(params, samples, trained, params.quality.sweep if families else ()):
+        for sampler, nfe, drawn in _settings(params, samples, sample_nfe, trained,
+                                             _sweep(params) if families else ()):
             scores = quality.score_samples(families, quality.on_data_grid(drawn, meta), reference)
-            nfe = quality.sampler_nfe(sampler, steps, params.diffusion.timesteps)
             rows.append({"setting": quality.setting_name(sampler, nfe), "sampler": sampler, "nfe": nfe, **scores})
         headline = {"sampler": rows[0]["sampler"], "nfe": rows[0]["nfe"],
                     **quality.with_floors(_scores(rows[0]), floors)}
@@ -136,12 +136,24 @@ def _families(names: list[str], params: Params, meta: dict[str, Any], classifier
     return families, info
 
 
-def _settings(params: Params, samples: torch.Tensor, trained: TrainedModel, sweep: tuple[str, ...]):
-    """The sample stage's samples first, then each ``sweep`` setting not already scored, drawn
-    with the sample stage's seeds (sample i from item i of the "sample" stream)."""
+def _sweep(params: Params) -> tuple[str, ...]:
+    """``quality.sweep``: the discrete diffusion's ancestral and DDIM samplers, so family ddpm only."""
+    if params.family != "ddpm" and params.quality.sweep:
+        print(f"quality: the sweep {list(params.quality.sweep)} skipped: its samplers (ancestral, ddim) belong to "
+              f"family=ddpm, not family={params.family}", file=sys.stderr)
+        return ()
+    return params.quality.sweep
+
+
+def _settings(params: Params, samples: torch.Tensor, sample_nfe: float | None, trained: TrainedModel,
+              sweep: tuple[str, ...]):
+    """(sampler, NFE per sample, samples): the sample stage's samples first (with the NFE it
+    recorded; the mean over samples for the adaptive ODE), then each ``sweep`` setting not
+    already scored, drawn with the sample stage's seeds (sample i from item i of the "sample" stream)."""
     sc, q, T = params.sample, params.quality, params.diffusion.timesteps
-    yield sc.sampler, sc.steps, samples
-    done = {(sc.sampler, quality.sampler_nfe(sc.sampler, sc.steps, T))}
+    nfe = quality.sampler_nfe(sc.sampler, sc.steps, T) if sample_nfe is None else round(sample_nfe)
+    yield sc.sampler, nfe, samples
+    done = {(sc.sampler, nfe)}
     for entry in sweep:
         sampler, steps = parse_sampler_setting(entry, T)
         if (sampler, quality.sampler_nfe(sampler, steps, T)) in done:
@@ -153,13 +165,14 @@ def _settings(params: Params, samples: torch.Tensor, trained: TrainedModel, swee
                 batch_size=q.batch_size, sampler=sampler, steps=steps, eta=sc.eta,
                 clip_denoised=sc.clip_denoised and trained.meta["kind"] == "image", trajectory_frames=2,
                 device=trained.device, on_step=on_step)
-        yield sampler, steps, drawn
+        yield sampler, quality.sampler_nfe(sampler, steps, T), drawn
 
 
-def _load_samples(path: str) -> torch.Tensor:
+def _load_samples(path: str) -> tuple[torch.Tensor, float | None]:
+    """The samples and their mean NFE (None in a samples file from before NFE was recorded)."""
     try:
         with np.load(path) as npz:
-            return torch.as_tensor(npz["samples"])
+            return torch.as_tensor(npz["samples"]), float(npz["nfe"].mean()) if "nfe" in npz.files else None
     except FileNotFoundError:
         raise DatasetNotFoundError(f"{path} not found: the samples to score") from None
     except (KeyError, ValueError, OSError) as err:

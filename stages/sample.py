@@ -1,5 +1,6 @@
-"""DVC stage `sample`: models/model.pt -> reports/samples/ (samples.npz with the samples
-and the reverse-process trajectory, grid.png, reverse_process.png). Under torchrun the
+"""DVC stage `sample`: models/model.pt -> reports/samples/ (samples.npz with the samples,
+the sampler's trajectory and each sample's number of network evaluations (NFE); sampling.json
+with the sampler, its mean NFE and its resolved settings; grid.png, reverse_process.png). Under torchrun the
 samples are spread over the ranks and gathered on rank 0; sample i comes from its own
 seeded generator, so the result is the same however it is split."""
 
@@ -12,13 +13,14 @@ import numpy as np
 import torch
 
 from ddpm.cli import progress_bar, run_stage, stage_parser
-from ddpm.config import load_params
+from ddpm.config import Params, load_params
 from ddpm.errors import CheckpointError
-from ddpm.factory import load_for_inference
-from ddpm.io import atomic_save_npz
-from ddpm.plotting import plot_reverse_process, plot_samples
+from ddpm.factory import TrainedModel, load_for_inference
+from ddpm.io import atomic_save_npz, atomic_write_json
+from ddpm.plotting import SAMPLER_TITLES, plot_reverse_process, plot_samples
 from ddpm.runtime import gather_to_main, shard
 from ddpm.samplers import draw_samples
+from ddpm.score_sampling import ald_settings, draw_score_samples, score_model, with_trained_keys
 from ddpm.tracking import Tracker
 
 
@@ -37,13 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         shape = (sc.num_samples, *trained.meta["shape"])
         indices = shard(sc.num_samples, dist)
         with progress_bar("sampling", "step", enabled=dist.is_main) as on_step:
-            samples, trajectory = draw_samples(
-                trained.diffusion, trained.network, shape, seed=params.seed, batch_size=sc.batch_size,
-                sampler=sc.sampler, steps=sc.steps, eta=sc.eta,
-                # Clipping to [-1, 1] is for images; continuous data (the Swiss roll) is not bounded there.
-                clip_denoised=sc.clip_denoised and trained.meta["kind"] == "image",
-                trajectory_frames=sc.trajectory_frames, device=trained.device, on_step=on_step, indices=indices)
-        shares = gather_to_main((list(indices), samples, trajectory["x"]), dist)
+            samples, trajectory = _draw(params, trained, shape, indices, on_step)
+        shares = gather_to_main((list(indices), samples, trajectory["x"], trajectory["nfe"]), dist)
         if dist.distributed:
             torch.distributed.destroy_process_group()
         if not dist.is_main:
@@ -51,17 +48,50 @@ def main(argv: list[str] | None = None) -> int:
         order = np.argsort(np.concatenate([s[0] for s in shares]))
         samples = torch.cat([s[1] for s in shares])[order].numpy()
         frames = torch.cat([s[2] for s in shares], dim=1)[:, order].numpy()
-        steps = np.asarray(trajectory["steps"])
+        nfe = torch.cat([s[3] for s in shares])[order].numpy()
         out = Path(args.out)
-        atomic_save_npz(out / "samples.npz", samples=samples, trajectory=frames, steps=steps)
+        atomic_save_npz(out / "samples.npz", samples=samples, trajectory=frames, steps=trajectory["steps"],
+                        labels=np.asarray(trajectory["labels"]), nfe=nfe)
+        settings = {"sampler": sc.sampler, "nfe": float(nfe.mean()), "nfe_max": float(nfe.max()),
+                    **trajectory["settings"]}
+        atomic_write_json(out / "sampling.json", settings)
         plot_samples(samples, trained.meta, out / "grid.png")
-        plot_reverse_process(frames, steps, trained.meta, out / "reverse_process.png")
+        plot_reverse_process(frames, trajectory["steps"], trained.meta, out / "reverse_process.png",
+                             labels=trajectory["labels"], title=SAMPLER_TITLES.get(sc.sampler))
         if tracker is not None:
             for name in ("grid.png", "reverse_process.png"):
                 tracker.log_image(out / name, "samples")  # an artifact, and an image of the chart view
+            tracker.log_artifact(out / "sampling.json", "samples")
             tracker.finish()
 
     return run_stage("sample", body, parser, argv, hints=HINTS)
+
+
+def _draw(params: Params, trained: TrainedModel, shape: tuple[int, ...], indices: list[int], on_step):
+    """The samples of this rank's ``indices`` and the trajectory: ``steps`` (the paper's state
+    indices; -1 where the sampler has none), ``labels``, ``x``, per-sample ``nfe`` and the
+    sampler's resolved ``settings``."""
+    sc, images = params.sample, trained.meta["kind"] == "image"
+    if sc.sampler in ("ancestral", "ddim"):
+        samples, trajectory = draw_samples(
+            trained.diffusion, trained.network, shape, seed=params.seed, batch_size=sc.batch_size,
+            sampler=sc.sampler, steps=sc.steps, eta=sc.eta,
+            # Clipping to [-1, 1] is for images; continuous data (the Swiss roll) is not bounded there.
+            clip_denoised=sc.clip_denoised and images, trajectory_frames=sc.trajectory_frames,
+            device=trained.device, on_step=on_step, indices=indices)
+        T = trained.diffusion.num_timesteps
+        nfe = sc.steps if 0 < sc.steps < T else T  # one network call per reverse step
+        return samples, {**trajectory, "labels": [f"t={s}" for s in trajectory["steps"]],
+                         "nfe": torch.full((len(samples),), float(nfe), dtype=torch.float64), "settings": {}}
+    run = with_trained_keys(params, trained.params)
+    samples, trajectory = draw_score_samples(score_model(trained), run, shape, seed=params.seed,
+                                             batch_size=sc.batch_size, trajectory_frames=sc.trajectory_frames,
+                                             device=trained.device, on_step=on_step, indices=indices)
+    if images:
+        # The samples are images on [-1, 1]; the score samplers do not clip (score_sde clips on saving).
+        samples = samples.clamp(-1, 1)
+    settings = ald_settings(run) if sc.sampler == "ald" else {}
+    return samples, {**trajectory, "steps": [-1] * len(trajectory["labels"]), "settings": settings}
 
 
 HINTS = {CheckpointError: "`dvc repro train` writes models/model.pt; retrain if it is from another config"}

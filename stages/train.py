@@ -16,7 +16,7 @@ from ddpm.config import load_params
 from ddpm.data import load_prepared
 from ddpm.errors import CheckpointError, DataError, DatasetNotFoundError
 from ddpm.evaluation import bound_curve_point, evaluation_inputs
-from ddpm.factory import build_diffusion, build_network
+from ddpm.factory import build_diffusion, build_network, build_objective, data_resolved_params
 from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.nn import count_parameters
 from ddpm.runtime import dist_info, init_distributed, launch_torchrun, print0, resolve_device, set_threads
@@ -39,12 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", default="reports/train")
 
     def body(args) -> None:
-        params = load_params(args.params)
+        current = load_params(args.params)
         dist = dist_info()
         prepared = load_prepared(args.data)
         # Everything that can be wrong with the config fails here, before the tracking
-        # store is touched and before any training step.
-        build_diffusion(params)
+        # store is touched and before any training step. Settings derived from the training
+        # data (NCSNv2's rules: sigma_max, the number of noise levels) are fixed here too.
+        params = data_resolved_params(current, evaluation_inputs(prepared.train, prepared.meta))
+        build_objective(params)
         check_batch_size(params, len(prepared.train), dist)
         num_params = count_parameters(build_network(params, prepared.meta))
         if params.train.nproc > 1 and not dist.distributed:
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             tracker = Tracker.open(params.mlflow.experiment, None, used.flatten(), params.mlflow.tracking_uri,
                                    tags={"num_parameters": str(num_params), "device": str(device),
                                          "world_size": str(dist.world_size), "precision": precision,
-                                         KEY_TAG: experiment_key(params.flatten())})
+                                         KEY_TAG: experiment_key(current.flatten())})
             print0(f"training {num_params:,} parameters on {device} x{dist.world_size} ({precision}); "
                    f"mlflow run {tracker.run_id} in {tracker.uri}; compare runs at {tracker.view_url()} "
                    "(after `mlflow ui --backend-store-uri <that store>`)")
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             "model": result.model.state_dict(), "ema": result.ema.state_dict(),
             "mlflow_run_id": tracker.run_id,
         })
-        atomic_write_json(Path(args.out) / "run.json", {"mlflow_run_id": tracker.run_id})
+        # The resolved config beside the run id: the plot stage draws the family's noise schedule from it.
+        atomic_write_json(Path(args.out) / "run.json", {"mlflow_run_id": tracker.run_id, "params": used.to_dict()})
         header = ["step", "loss", "lr", "grad_norm", "images_per_s"]
         atomic_write_csv(Path(args.reports) / "loss.csv", header, [[row[k] for k in header] for row in result.history])
         # Columns named for both units (bits/dim for images, nats/dim for vectors), so one
@@ -105,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 def bound_probe(params, prepared, device: torch.device) -> Probe | None:
     """The learning curve's probe: the bound of the first ``train.bound_images`` test examples,
     estimated from ``train.bound_strata`` timesteps each, with pred_x0 clipped as the evaluate
-    stage does by default. None when switched off or without two test examples."""
-    if params.train.bound_every == 0 or len(prepared.test) < 2:
-        return None
+    stage does by default. None when switched off, without two test examples, or for a family
+    other than ddpm."""
+    if params.family != "ddpm" or params.train.bound_every == 0 or len(prepared.test) < 2:
+        return None  # the score families have no variational bound
     x = evaluation_inputs(prepared.test, prepared.meta, params.train.bound_images)
     diffusion = build_diffusion(params)
     return lambda network: bound_curve_point(diffusion, network, x, prepared.meta, params.train.bound_strata,

@@ -13,8 +13,10 @@ from ddpm.config import (
     RUNTIME_RESOLVED,
     ConfigError,
     DiffusionConfig,
+    NcsnConfig,
     Params,
     ParamsLoader,
+    SdeConfig,
     load_params,
     parse_sampler_setting,
 )
@@ -24,6 +26,10 @@ REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 # The train stage resolves these on the machine that trains and stores what it used with the
 # model (ddpm.training.resolved_params); every other `auto` is resolved when params load.
 RUNTIME_KEYS = {"train.precision", "train.device", "train.channels_last"}
+# With family=ddpm and sample.sampler=ancestral, the keys of the other families and of the pc
+# sampler do not apply and stay auto.
+UNUSED_BY_DDPM = ({f"sde.{f.name}" for f in fields(SdeConfig)} | {f"ncsn.{f.name}" for f in fields(NcsnConfig)}
+                  | {"sample.predictor", "sample.corrector", "sample.snr"})
 
 
 def accepts_auto(hint) -> bool:
@@ -38,7 +44,7 @@ def every_key_auto(dataset: str) -> dict:
     raw: dict = {"dataset": dataset}
     raw.update({f.name: "auto" for f in fields(DiffusionConfig)})  # the diffusion's keys sit at the top level
     for section, section_type in get_type_hints(Params).items():
-        if section not in ("recipe", "dataset", "seed", "diffusion"):
+        if section not in ("recipe", "dataset", "seed", "family", "diffusion"):
             hints = get_type_hints(section_type)
             raw[section] = {f.name: "auto" for f in fields(section_type)
                             if accepts_auto(hints[f.name]) or f.default == "auto"}
@@ -54,7 +60,7 @@ def test_resolved_leaves_auto_only_in_the_runtime_resolved_keys(dataset):
     raw = every_key_auto(dataset)
     assert {f"train.{k}" for k in raw["train"]} >= RUNTIME_KEYS  # the mapping really holds them as auto
     flat = Params.from_dict(raw).flatten()
-    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS
+    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS | UNUSED_BY_DDPM
     for key, value in DATASET_DEFAULTS[dataset].items():
         assert flat[key] == (list(value) if isinstance(value, tuple) else value)
 
@@ -63,7 +69,7 @@ def test_repository_params_load_and_resolve_every_auto_but_the_runtime_keys():
     params = load_params(REPO_PARAMS)
     assert params.dataset == "digits"
     flat = params.flatten()
-    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS
+    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS | UNUSED_BY_DDPM
     for key, value in DATASET_DEFAULTS["digits"].items():
         section, name = key.split(".")
         assert getattr(getattr(params, section), name) == value
@@ -116,7 +122,7 @@ def test_flatten_and_round_trip():
     ({"model": {"channel_mult": [1, "a"]}}, ["model.channel_mult=[1, 'a']", "list of integers"]),
     ({"model": {"dropout": 1.0}}, ["model.dropout=1.0", "[0, 1)"]),
     ({"sample": {"steps": 2000}}, ["sample.steps=2000", "timesteps=1000"]),
-    ({"sample": {"sampler": "euler"}}, ["sample.sampler='euler'", "ancestral", "ddim"]),
+    ({"sample": {"sampler": "euler"}}, ["sample.sampler='euler'", "ancestral", "ddim", "pc", "ode", "ald"]),
     ({"model": 3}, ["model", "expected a section"]),
     ({"train": {"bound_every": -1}}, ["train.bound_every=-1", ">= 0 (0 = off)"]),
     ({"timesteps": 20, "train": {"bound_strata": 21}}, ["train.bound_strata=21", "1..timesteps=20"]),
@@ -282,3 +288,67 @@ def test_sweep_steps_beyond_the_timesteps_mean_all_of_them():
     assert parse_sampler_setting("ddim:20", 50) == ("ddim", 20)
     assert parse_sampler_setting("ancestral", 50) == ("ancestral", 0)
     Params.from_dict({"timesteps": 50})  # the default sweep (up to ddim:100) stays valid
+
+
+# ---------------------------------------------------------------------- families (issue 11)
+def test_each_family_resolves_its_own_keys_and_leaves_the_others_auto():
+    sde = Params.from_dict({"family": "sde", "sde": {"type": "subvp"}})
+    assert (sde.sample.sampler, sde.sample.predictor, sde.sample.corrector) == ("pc", "euler_maruyama", "none")
+    assert (sde.sde.beta_min, sde.sde.beta_max, sde.sde.num_scales, sde.sde.weighting, sde.sde.eps) == (
+        0.1, 20.0, 1000, "sigma2", 1e-5)
+    assert sde.sde.sigma_min == sde.sde.sigma_max == "auto"  # VE's keys
+    assert (sde.diffusion.mean_type, sde.diffusion.var_type, sde.diffusion.loss_type) == ("auto",) * 3
+    assert sde.ode.sample_eps == 1e-3 and sde.ode.divergence == "hutchinson"
+    ve = Params.from_dict({"family": "sde", "sde": {"type": "ve"}, "dataset": "swissroll"})
+    assert (ve.sample.predictor, ve.sample.corrector, ve.sample.snr) == ("reverse_diffusion", "annealed_langevin", 0.16)
+    assert ve.sde.sigma_min == 0.01 and ve.sde.sigma_max == "auto"  # the train stage derives it from the data
+    assert ve.ode.sample_eps == 1e-5 and ve.ode.divergence == "exact"  # D = 2: the exact trace is cheap
+    ncsn = Params.from_dict({"family": "ncsn"})
+    assert ncsn.sample.sampler == "ald" and ncsn.sde.type == "auto"
+    assert (ncsn.ncsn.sigma_min, ncsn.ncsn.denoise, ncsn.ncsn.init) == (0.01, True, "uniform")
+    assert ncsn.ncsn.num_levels == ncsn.ncsn.sigma_max == ncsn.ncsn.step_lr == "auto"
+    ddpm = Params.from_dict({"sample": {"sampler": "ode"}, "timesteps": 50})
+    assert ddpm.ode.sample_eps == 1 / 50  # the VP-type SDE of the discrete diffusion starts at its first knot
+
+
+def test_resolved_family_params_load_back_unchanged():
+    for raw in ({"family": "sde", "sde": {"type": "ve"}}, {"family": "ncsn"},
+                {"sample": {"sampler": "pc", "predictor": "ancestral"}}):
+        p = Params.from_dict(raw)
+        assert Params.from_dict(p.to_dict()) == p
+
+
+@pytest.mark.parametrize("raw, fragments", [
+    ({"family": "diffusion"}, ["family='diffusion'", "ddpm", "sde", "ncsn"]),
+    ({"family": "sde", "sample": {"sampler": "ancestral"}},
+     ["sample.sampler='ancestral'", "family=sde can run: pc, ode"]),
+    ({"family": "ncsn", "sample": {"sampler": "pc"}}, ["sample.sampler='pc'", "family=ncsn can run: ald"]),
+    ({"sample": {"sampler": "ald"}}, ["sample.sampler='ald'", "family=ddpm can run: ancestral, ddim, pc, ode"]),
+    ({"family": "sde", "sde": {"sigma_max": 50}}, ["sde.sigma_max=50", "sde.type=vp", "belongs to sde.type ve"]),
+    ({"family": "sde", "sde": {"type": "ve", "beta_max": 10}}, ["sde.beta_max=10", "sde.type=ve", "vp, subvp"]),
+    ({"sde": {"type": "ve"}}, ["sde.type='ve'", "family=ddpm", "family=sde"]),
+    ({"family": "sde", "ncsn": {"num_levels": 10}}, ["ncsn.num_levels=10", "family=sde", "family=ncsn"]),
+    ({"family": "ncsn", "loss_type": "vlb"}, ["loss_type='vlb'", "auto with family=ncsn"]),
+    ({"family": "sde", "mean_type": "x0"}, ["mean_type='x0'", "auto with family=sde"]),
+    ({"family": "sde", "sde": {"beta_min": 30}}, ["sde.beta_max=20.0", "> sde.beta_min=30"]),
+    ({"family": "sde", "sde": {"type": "ve", "sigma_max": 0.001}}, ["sde.sigma_max=0.001", "> sde.sigma_min=0.01"]),
+    ({"family": "sde", "sde": {"num_scales": 10}}, ["sde.num_scales=10", "> sde.beta_max=20"]),
+    ({"family": "sde", "sde": {"type": "subvp"}, "sample": {"predictor": "ancestral"}},
+     ["sample.predictor='ancestral'", "sub-VP has no ancestral chain"]),
+    ({"sample": {"sampler": "pc", "predictor": "reverse_diffusion", "steps": 100}},
+     ["sample.steps=100", "0 or timesteps=1000"]),
+    ({"sample": {"predictor": "euler_maruyama"}}, ["sample.predictor='euler_maruyama'", "unless sample.sampler=pc"]),
+    ({"sample": {"sampler": "pc", "snr": 0}}, ["sample.snr=0", "> 0"]),
+    ({"ode": {"rtol": 0}}, ["ode.rtol=0", "a finite number > 0"]),
+    ({"ode": {"atol": -1e-5}}, ["ode.atol=-1e-05", "tolerance"]),
+    ({"ode": {"eps": 1.5}}, ["ode.eps=1.5", "(0, 1)"]),
+    ({"ode": {"divergence": "trace"}}, ["ode.divergence='trace'", "exact", "hutchinson"]),
+    ({"ode": {"num_images": -1}}, ["ode.num_images=-1", ">= 0"]),
+    ({"family": "ncsn", "ncsn": {"num_levels": 1}}, ["ncsn.num_levels=1", ">= 2"]),
+    ({"family": "ncsn", "ncsn": {"sigma_max": 0.005}}, ["ncsn.sigma_max=0.005", "> ncsn.sigma_min=0.01"]),
+])
+def test_bad_family_settings_name_key_value_and_accepted(raw, fragments):
+    with pytest.raises(ConfigError) as err:
+        Params.from_dict(raw)
+    for fragment in fragments:
+        assert fragment in str(err.value)

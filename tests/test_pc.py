@@ -22,8 +22,8 @@ from ddpm.pc import (
     CORRECTORS,
     ORDERS,
     PREDICTORS,
-    ald_step,
     ancestral_step,
+    annealed_langevin_step,
     langevin_step,
     pc_sample,
     reverse_diffusion_step,
@@ -129,7 +129,7 @@ N_SAMPLES, N_STEPS = 2000, 200
 # Discretization bias at N_STEPS. With the exact score, the predictors' output on 1-D Gaussian
 # data N(m, s^2) at 200 steps, computed exactly for the SDEs and laws here by propagating mean and
 # variance through the affine steps, is off by at most 2% of s in the mean and 3.5% in the
-# variance. The ald corrector adds its own bias: its step e = k std(t)^2 <= k var_t (k = 2 snr^2,
+# variance. The annealed_langevin corrector adds its own bias: its step e = k std(t)^2 <= k var_t (k = 2 snr^2,
 # alpha <= 1) alone would hold N(m, v) at the variance v / (1 - k / 2), 2.6% high for snr = 0.16.
 # In energy distance these are negligible: between 1-D Gaussians it grows like mu^2 / (sqrt(pi) s)
 # for a shift mu and delta^2 s / (2 sqrt(pi)) for a relative scale error delta, < 4e-4 s in all,
@@ -153,8 +153,9 @@ LAW_CASES = [
     for predictor in ("euler_maruyama", "reverse_diffusion", "ancestral")
     # sub-VP has no ancestral chain, and its reverse_diffusion is its Euler-Maruyama step (below)
     if not (sde == "subvp" and predictor in ("ancestral", "reverse_diffusion"))
-    for corrector in ("none", "ald")
-] + [("ve", "reverse_diffusion", "ald", "predictor_first"), ("vp", "euler_maruyama", "ald", "predictor_first")]
+    for corrector in ("none", "annealed_langevin")
+] + [("ve", "reverse_diffusion", "annealed_langevin", "predictor_first"),
+      ("vp", "euler_maruyama", "annealed_langevin", "predictor_first")]
 
 
 @functools.cache
@@ -295,13 +296,13 @@ def test_pc_ancestral_on_sde_from_diffusion_is_ddpm_for_any_schedule() -> None:
 
 # --------------------------------------------------------------------------- corrector steps
 @pytest.mark.parametrize("snr", [0.16, 0.4])
-@pytest.mark.parametrize("corrector", ["langevin", "ald"])
+@pytest.mark.parametrize("corrector", ["langevin", "annealed_langevin"])
 def test_one_corrector_step_on_the_exact_marginal(corrector: str, snr: float) -> None:
     """One corrector step on x ~ p_t = N(m, v I) (VE, so alpha = 1, point-mass data at m:
     v = sigma(t)^2 and s = -(x - m) / v exactly), D = 8.
 
     With u = x - m and the step e: E||x' - m||^2 = E[||u||^2 (1 - e / v)^2 + 2 e ||z||^2]. For
-    ``ald``, e = k v with k = 2 snr^2, so the ratio E||x' - m||^2 / (D v) is 1 + k^2 (Langevin's own
+    ``annealed_langevin``, e = k v with k = 2 snr^2, so the ratio E||x' - m||^2 / (D v) is 1 + k^2 (Langevin's own
     O(step) bias). For ``langevin`` with per-example norms, e = k v^2 ||z||^2 / ||u||^2, and with
     E||z||^4 = D (D + 2) and E[1 / ||u||^2] = 1 / (v (D - 2)) the ratio is
     1 + k (8 + k (D + 2)) / (D - 2). Batch-averaged norms would give ~1 + k^2. The tolerance is 4
@@ -313,7 +314,7 @@ def test_one_corrector_step_on_the_exact_marginal(corrector: str, snr: float) ->
     m = torch.linspace(-1, 1, D, dtype=F64)
     x = m + math.sqrt(v) * torch.randn(n, D, generator=torch.Generator().manual_seed(7), dtype=F64)
     score = lambda y, _: -(y - m) / v
-    step = langevin_step if corrector == "langevin" else ald_step
+    step = langevin_step if corrector == "langevin" else annealed_langevin_step
     x_new, x_mean = step(sde, score, x, torch.full((n,), t, dtype=F64), snr,
                          generator=torch.Generator().manual_seed(8))
     k = 2 * snr**2
@@ -346,7 +347,8 @@ def test_nfe_is_the_exact_number_of_score_evaluations(predictor: str, corrector:
 
 
 @pytest.mark.parametrize(("sde_name", "predictor", "corrector"), [
-    ("ve", "reverse_diffusion", "langevin"), ("vp", "ancestral", "ald"), ("subvp", "euler_maruyama", "langevin"),
+    ("ve", "reverse_diffusion", "langevin"), ("vp", "ancestral", "annealed_langevin"),
+    ("subvp", "euler_maruyama", "langevin"),
 ])
 def test_a_sample_does_not_depend_on_its_batch(sde_name: str, predictor: str, corrector: str) -> None:
     """Example b drawn in a batch of 5 equals example b drawn alone with its generator, bitwise.
@@ -376,11 +378,11 @@ def test_order_and_denoising_follow_the_step_functions(order: str) -> None:
     x = sde.prior_sampling((3, 2), g, dtype=F64)
     for t in torch.linspace(1, eps, N, dtype=F64):
         steps = [lambda y, tt: reverse_diffusion_step(sde, score, y, tt, g),
-                 lambda y, tt: ald_step(sde, score, y, tt, snr, g)]
+                 lambda y, tt: annealed_langevin_step(sde, score, y, tt, snr, g)]
         for step in (steps if order == "predictor_first" else steps[::-1]):
             x, x_mean = step(x, t.expand(3))
     for denoise, expected in ((True, x_mean), (False, x)):
-        out, info = pc_sample(sde, score, (3, 2), predictor="reverse_diffusion", corrector="ald", snr=snr,
+        out, info = pc_sample(sde, score, (3, 2), predictor="reverse_diffusion", corrector="annealed_langevin", snr=snr,
                               eps=eps, order=order, denoise=denoise, dtype=F64,
                               generator=torch.Generator().manual_seed(9))
         torch.testing.assert_close(out, expected, rtol=0, atol=0)

@@ -62,7 +62,7 @@ def test_a_stream_is_reproducible_and_keyed():
 def test_stream_ids_are_stable():
     # Seeds of saved runs depend on these ids: appending is fine, renumbering is not.
     assert STREAMS == {"init": 0, "data_order": 1, "train_noise": 2, "dropout": 3, "sample": 4, "bound": 5,
-                       "metrics": 6, "bound_curve": 7, "classifier": 8, "data_split": 9}
+                       "metrics": 6, "bound_curve": 7, "classifier": 8, "data_split": 9, "ode_likelihood": 10}
 
 
 @pytest.mark.parametrize("args, fragment", [
