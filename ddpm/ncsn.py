@@ -27,7 +27,6 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
-from scipy.optimize import brentq, minimize_scalar
 
 from ddpm.diffusion import Model, OnStep, extract
 from ddpm.likelihood import mean_flat
@@ -176,6 +175,8 @@ def num_levels_for(sigma_max: float, sigma_min: float, dim: int, target: float =
     upper = 2.0
     while excess(upper) > 0:
         upper *= 2
+    from scipy.optimize import brentq  # scipy.optimize: 0.5 s of start-up, imported when used
+
     gamma = brentq(excess, 1.0, upper, xtol=1e-15, rtol=4 * np.finfo(float).eps)
     log_ratio = math.log(hi / lo)
     exact = 1 + log_ratio / math.log(gamma)
@@ -213,6 +214,8 @@ def langevin_step_size(sigma_min: float, gamma: float, steps_per_level: int) -> 
     k = int(np.argmin(gap(grid)))
     bracket = (grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)])
     # xatol: a quadratic minimum is located only to about sqrt(machine epsilon) in float64.
+    from scipy.optimize import minimize_scalar
+
     u = minimize_scalar(gap, bounds=bracket, method="bounded", options={"xatol": 1e-9}).x
     return float(u) * sigma_min**2
 

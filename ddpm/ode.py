@@ -44,7 +44,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torchode
 
 from ddpm.errors import EvaluationError
 from ddpm.seeding import Generator, rand
@@ -106,9 +105,11 @@ def _chunked(fn: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], batch: in
 
 def _solve(rhs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor, t_start: float,
            t_end: float, rtol: float, atol: float, t_eval: torch.Tensor | None = None
-           ) -> tuple[torchode.Solution, torch.Tensor, int]:
+           ) -> tuple[Any, torch.Tensor, int]:
     """Dopri5 with an integral controller on the float64 state ``y0`` [B, F], each example
     with its own steps. Returns the solution, NFE per example [B] and the batched calls made."""
+    import torchode  # here, not at the top: about 0.8 s of start-up for stages that never solve an ODE
+
     term = torchode.ODETerm(rhs)
     controller = torchode.IntegralController(atol=atol, rtol=rtol, term=term).double()
     solver = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term), controller, max_steps=MAX_STEPS)

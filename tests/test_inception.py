@@ -13,7 +13,10 @@ the formula checks beyond that use small synthetic feature arrays.
 
 import math
 import socket
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -393,3 +396,17 @@ def test_too_few_samples_for_kid_subsets_names_the_sizes():
                           is_splits=1)
     with pytest.raises(EvaluationError, match=r"is_splits=10 .* got 6"):
         inception_metrics(synthetic(10, 6, 3), synthetic(11, 20, 3), None, kid_subset_size=4, kid_subsets=1)
+
+
+def test_weights_url_is_torch_fidelitys():
+    assert WEIGHTS_URL == fidelity_inception.URL_INCEPTION_V3
+
+
+def test_stages_that_need_no_inception_do_not_import_torch_fidelity():
+    """torch-fidelity imports torchvision and torch._dynamo (seconds of start-up per stage):
+    the plot and quality stages import it only when an Inception metric is computed."""
+    code = ("import sys, stages.plot, stages.quality, stages.evaluate, stages.sample; "
+            "print(sorted(m for m in ('torch_fidelity', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"

@@ -26,10 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
 from ddpm import seeding
 from ddpm.errors import EvaluationError, UserError
@@ -37,7 +33,11 @@ from ddpm.metrics._features import Estimate
 from ddpm.metrics.floor import metric_floor
 
 WEIGHTS_KEY = "quality.inception_weights"
-WEIGHTS_URL: str = URL_INCEPTION_V3
+# torch-fidelity's URL_INCEPTION_V3 (tests/test_inception.py checks they agree). torch-fidelity is
+# imported where a network is built or a metric computed: it imports torchvision, which imports
+# torch._dynamo, about 2.5 s of start-up that every stage importing ddpm.quality would pay.
+WEIGHTS_URL: str = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                    "weights-inception-2015-12-05-6726825d.pth")
 WEIGHTS_FILE = WEIGHTS_URL.rsplit("/", 1)[-1]
 
 # torch-fidelity's names: the network in its registry, the pool features of FID and KID, and
@@ -97,7 +97,9 @@ def _read_weights(weights_path: str | os.PathLike[str] | None) -> Path:
 
 
 def _load_network(weights_path: str | os.PathLike[str] | None, device: torch.device | str
-                  ) -> FeatureExtractorInceptionV3:
+                  ) -> torch.nn.Module:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
     path = _read_weights(weights_path)
     try:
         network = FeatureExtractorInceptionV3(_NETWORK, [_POOL, _LOGITS], feature_extractor_weights_path=str(path))
@@ -127,7 +129,7 @@ def _check_images(images: Any, name: str) -> None:
                          f"[N, 3, H, W] (values 0..255; grey images are not accepted), got {got}")
 
 
-def _extract(network: FeatureExtractorInceptionV3, images: Images, batch_size: int, device: torch.device | str,
+def _extract(network: torch.nn.Module, images: Images, batch_size: int, device: torch.device | str,
              on_step: OnStep | None, done: int, total: int) -> InceptionFeatures:
     """Features of ``images`` in batches; ``on_step(done + images so far, total)`` after each."""
     pools, logits = [], []
@@ -213,6 +215,10 @@ def inception_metrics(
     _check_images(real, "real")
     _check_sizes(len(samples), len(real), kid_subset_size, kid_subsets, is_splits)
     sample_feats, real_feats = _features([samples, real], weights_path, batch_size, device, on_step)
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
     rng_seed = _library_seed(seed)
     fid = fid_statistics_to_metric(fid_features_to_statistics(sample_feats.pool.cpu()),
                                    fid_features_to_statistics(real_feats.pool.cpu()), verbose=False)
