@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (`-n 2`, README) each worker, and every process a test starts (the
+    # pipeline's stages inherit the environment), runs one thread: two workers with two
+    # OpenMP threads each on 2 cores only add synchronisation and make small ops several times slower.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

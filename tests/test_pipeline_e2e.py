@@ -25,6 +25,7 @@ TINY = {
               "bound_every": 10},
     "sample": {"num_samples": 16, "trajectory_frames": 4},
     "evaluate": {"num_images": 40},
+    "ode": {"num_images": 4},
     "classifier": {"steps": 20},
     "quality": {"kid_subset_size": 4, "sweep": ["ddim:5"]},
 }
@@ -109,6 +110,10 @@ def test_dvc_repro_end_to_end(workspace):
     assert all(math.isfinite(v) for v in bpd.values())
     assert bpd["stderr"] > 0
     assert bpd["total"] == pytest.approx(bpd["prior"] + bpd["decoder"] + bpd["kl_terms"], rel=1e-9)
+    # Beside the bound, the probability-flow ODE likelihood of the same DDPM (issue 11), with its NFE.
+    ode = metrics["ode_bpd"]
+    assert ode["num_images"] == 4 and ode["divergence"] == "hutchinson" and ode["nfe"] > 2
+    assert math.isfinite(ode["total"]) and ode["stderr"] > 0
     terms = (root / "reports" / "eval" / "terms.csv").read_text().splitlines()
     assert terms[0] == "t,term,stderr" and len(terms) == 1 + 10
     # Sample quality in the same metrics file: each metric named after its features, beside its floor.
@@ -125,6 +130,7 @@ def test_dvc_repro_end_to_end(workspace):
     assert run_.data.params["beta_schedule"] == "linear"
     assert run_.data.params["train.steps"] == "30"
     assert run_.data.metrics["bpd"] == pytest.approx(bpd["total"])
+    assert run_.data.metrics["ode_bpd"] == pytest.approx(ode["total"])
     assert "loss" in run_.data.metrics
     assert len(client.get_metric_history(run_.info.run_id, "loss")) == 3
     # The bound's learning curve, every train.bound_every = 10 steps, and quality against NFE.
