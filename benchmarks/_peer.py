@@ -144,3 +144,43 @@ def peer_flops(peer: dict[str, Any], shape: tuple[int, int, int], device: torch.
             model.eval().model(x * 2 - 1, torch.zeros(1, dtype=torch.long, device=device))
 
     return {"train": count_flops(step), "forward": count_flops(forward)}
+
+
+def peer_train_step(model: nn.Module, data: torch.Tensor, batch: int, amp_dtype: torch.dtype
+                    ) -> Callable[[], None]:
+    """One optimizer step per call at issue 12's protocol (its ``GaussianDiffusion`` forward
+    draws t and noise and returns the MSE; backward; ``Adam(lr=1e-4)``; no clipping, no EMA).
+    ``data`` holds images in [0, 1], which it maps to [-1, 1] itself."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    position = 0
+    model.train()
+
+    def step() -> None:
+        nonlocal position
+        x = data[position:position + batch]
+        position = (position + batch) % (data.shape[0] - batch + 1)
+        with autocast(data.device, amp_dtype):
+            loss = model(x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def peer_sample_step(model: nn.Module, shape: tuple[int, int, int], batch: int, amp_dtype: torch.dtype,
+                     device: torch.device) -> Callable[[], None]:
+    """One reverse step per call (its ``p_sample``), walking down from t = T - 1, the network
+    under ``amp_dtype`` autocast, in eval mode."""
+    model.eval()
+    x = torch.randn(batch, *shape, device=device)
+    t = model.num_timesteps - 1
+
+    def step() -> None:
+        nonlocal x, t
+        with autocast(device, amp_dtype):
+            x, _ = model.p_sample(x, t)
+        x = x.float()
+        t = t - 1 if t > 0 else model.num_timesteps - 1
+
+    return step

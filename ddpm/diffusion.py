@@ -26,7 +26,7 @@ from ddpm.likelihood import (
     nats_to_bits,
     normal_kl,
 )
-from ddpm.seeding import Generator, rand, randn
+from ddpm.seeding import Generator, StepNoise, rand, randn
 
 MeanType = Literal["eps", "x0", "v"]
 VarType = Literal["fixed_small", "fixed_large", "learned_range"]
@@ -34,6 +34,10 @@ LossType = Literal["simple", "vlb", "hybrid"]
 LossNorm = Literal["l2", "l1"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# The full bound draws each example's x_t noise this many values at a time (float64: 512 KiB per
+# example): a block of min(T, 2**16 // D) timesteps per draw, fixed by the example's size and T
+# alone, so the noise does not depend on the batch or on the timesteps per network call.
+BOUND_NOISE_BLOCK_VALUES = 2**16
 # Progress of a long loop, (done, total): the caller draws a bar or logs; the math prints nothing.
 OnStep = Callable[[int, int], None]
 
@@ -455,7 +459,8 @@ class GaussianDiffusion:
         x_t). The network is called on x_t in ``x0``'s dtype. Several timesteps share one
         network call: the batch fed to the network is about ``max_batch`` examples (a whole
         number of copies of ``x0``). The noise is drawn on the generators' device (CPU
-        generators give the same bound on any device). ``on_step(done, T)`` follows the
+        generators give the same bound on any device), each example's in blocks of timesteps
+        (``StepNoise``, ``BOUND_NOISE_BLOCK_VALUES``). ``on_step(done, T)`` follows the
         timesteps done.
         """
         B = x0.shape[0]
@@ -467,12 +472,14 @@ class GaussianDiffusion:
         x0 = x0.to(torch.float64)
         terms = torch.empty(B, T, dtype=torch.float64, device=x0.device)
         steps_per_call = max(1, max_batch // B)
+        block = min(T, max(1, BOUND_NOISE_BLOCK_VALUES // max(1, x0[0].numel())))
+        step_noise = StepNoise(x0.shape, generator, noise_device, torch.float64, block)
         for start in range(0, T, steps_per_call):
             ts = torch.arange(start, min(start + steps_per_call, T), device=x0.device)
             k = ts.shape[0]
             t = ts.repeat_interleave(B)
             x0_rep = x0.repeat(k, *([1] * (x0.ndim - 1)))
-            noise = torch.cat([randn(x0.shape, generator, noise_device, torch.float64) for _ in range(k)])
+            noise = step_noise.take(start, start + k).reshape(k * B, *x0.shape[1:])
             x_t = self.q_sample(x0_rep, t, noise=noise.to(x0.device))
             output = model(x_t.to(model_dtype), t)
             out = self.p_mean_variance(None, x_t, t, clip_denoised=clip_denoised,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, bound_strata_edges
+from ddpm.diffusion import BOUND_NOISE_BLOCK_VALUES, GaussianDiffusion, bound_strata_edges
 from ddpm.schedules import SCHEDULES, get_beta_schedule
-from ddpm.seeding import generators
+from ddpm.seeding import StepNoise, generators
 
 F64 = torch.float64
 
@@ -278,6 +278,29 @@ def test_bound_does_not_depend_on_timestep_batching():
     torch.testing.assert_close(a["terms"], b["terms"], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("block_values", [17 * 7, 17 * 64])
+def test_bound_noise_blocks_depend_neither_on_batching_nor_on_the_batch(monkeypatch, block_values):
+    """With blocks of 7 timesteps (cut across by every max_batch below) and of 64 (more than T),
+    the bound is the same whatever the timesteps per call and whichever examples share the
+    batch: each example's noise comes from its own generator, block by block."""
+    monkeypatch.setattr("ddpm.diffusion.BOUND_NOISE_BLOCK_VALUES", block_values)
+    T = 60
+    betas = get_beta_schedule("cosine", T)
+    d = GaussianDiffusion(betas)
+    model = gaussian_oracle(betas, 0.0, 0.5, "eps", scale=0.95)
+    x0 = torch.linspace(-1, 1, 17, dtype=F64).repeat(5, 1) * torch.linspace(0.2, 1, 5, dtype=F64)[:, None]
+    runs = [d.bpd(model, x0, num_levels=17, generator=generators(0, "bound", range(5)), max_batch=m)["terms"]
+            for m in (5, 15, 300)]
+    split = torch.cat([d.bpd(model, x0[:2], num_levels=17, generator=generators(0, "bound", range(2)),
+                             max_batch=6)["terms"],
+                       d.bpd(model, x0[2:], num_levels=17, generator=generators(0, "bound", range(2, 5)),
+                             max_batch=9)["terms"]])
+    for other in (*runs[1:], split):
+        torch.testing.assert_close(other, runs[0], rtol=1e-12, atol=1e-12)
+    other_seed = d.bpd(model, x0, num_levels=17, generator=generators(1, "bound", range(5)), max_batch=15)
+    assert not torch.allclose(other_seed["terms"][:, 1:], runs[0][:, 1:])
+
+
 def test_prior_term_closed_form():
     d = make(1000)
     x0 = torch.tensor([[0.5, -1.0]], dtype=F64)
@@ -329,9 +352,11 @@ def test_vlb_loss_term_equals_bound_term():
     model = gaussian_oracle(betas, 0.0, 0.5, "eps", scale=0.9)
     x0 = (2 * torch.randint(0, 17, (1, 6)) / 16 - 1).to(F64)
     bound = d.bpd(model, x0, num_levels=17, clip_denoised=False, generator=generators(1, "bound", [0]), max_batch=1)
-    g = generators(1, "bound", [0])
+    # The bound's x_t noise: the example's generator drawn in blocks of timesteps.
+    block = BOUND_NOISE_BLOCK_VALUES // 6
+    noises = StepNoise((1, 6), generators(1, "bound", [0]), "cpu", F64, block).take(0, T)
     for t in range(T):
-        noise = torch.randn(1, 6, generator=g[0], dtype=F64)
+        noise = noises[t]
         vb = d.training_losses(model, x0, t=torch.tensor([t]), noise=noise, num_levels=17)["vb"]
         assert vb.item() / T == pytest.approx(bound["terms"][0, t].item(), rel=1e-9)
 

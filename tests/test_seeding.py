@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm.seeding import STREAMS, generator, generators, randn, stream_seed
+from ddpm.seeding import STREAMS, StepNoise, generator, generators, randn, stream_seed
 
 _LOW32 = 2**32 - 1  # torch's CPU generator seeds mt19937 from the low 32 bits only
 
@@ -73,6 +73,35 @@ def test_stream_ids_are_stable():
 def test_bad_stream_arguments_are_refused(args, fragment):
     with pytest.raises(ValueError, match=fragment):
         stream_seed(*args)
+
+
+def test_step_noise_is_each_examples_own_stream_in_blocks_whatever_the_cuts():
+    """Example b's noise for steps 0, 1, ... is its generator's draws of ``block`` steps at a
+    time, so any grouping of the steps into takes, and any batch it shares, gives the same."""
+    shape, block, steps = (3, 2, 5), 4, 11
+    whole = StepNoise(shape, generators(0, "bound", range(3)), "cpu", torch.float64, block)
+    a = torch.cat([whole.take(0, 3), whole.take(3, 4), whole.take(4, steps)])
+    assert a.shape == (steps, *shape)
+    b = StepNoise(shape, generators(0, "bound", range(3)), "cpu", torch.float64, block).take(0, steps)
+    assert torch.equal(a, b)
+    # Example 1 alone, from its own generator: the same column, block by block.
+    alone = StepNoise((1, 2, 5), generators(0, "bound", [1]), "cpu", torch.float64, block).take(0, steps)
+    assert torch.equal(alone[:, 0], a[:, 1])
+    g1 = generators(0, "bound", [1])[0]
+    own = torch.cat([torch.randn((block, 2, 5), generator=g1, dtype=torch.float64) for _ in range(3)])[:steps]
+    assert torch.equal(own, a[:, 1])
+    assert not torch.equal(a[:, 0], a[:, 2])
+
+
+def test_step_noise_refuses_steps_out_of_order_and_bad_blocks():
+    noise = StepNoise((2, 3), generators(0, "bound", range(2)), "cpu", torch.float64, 4)
+    noise.take(0, 2)
+    with pytest.raises(ValueError, match="expected step 2, got 0"):
+        noise.take(0, 2)
+    with pytest.raises(ValueError, match="block=0 must be >= 1"):
+        StepNoise((2, 3), None, "cpu", torch.float64, 0)
+    with pytest.raises(ValueError, match="3 generators for a batch of 2"):
+        StepNoise((2, 3), generators(0, "bound", range(3)), "cpu", torch.float64, 4)
 
 
 def test_mismatched_generator_count_is_refused():
