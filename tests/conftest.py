@@ -28,3 +28,19 @@ def one_thread() -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The end-to-end tests (marked slow) first, the README-table test (the longest) leading:
+    pytest-xdist's loadscope hands out scopes in collection order, and long scopes collected
+    last left one worker idle for minutes while the other ran them (longest first balances the
+    two). The order within a file is kept."""
+    first_seen: dict[str, int] = {}
+    for item in items:
+        first_seen.setdefault(item.nodeid.split("::")[0], len(first_seen))
+
+    def key(item: pytest.Item) -> tuple[bool, int]:
+        slow = item.get_closest_marker("slow") is not None
+        return (not slow, -first_seen[item.nodeid.split("::")[0]] if slow else 0)
+
+    items.sort(key=key)  # stable
