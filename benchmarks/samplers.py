@@ -26,23 +26,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import environment, fmt_range, load_average, machine_is_busy, median_range
+from _common import environment, eval_network, fmt_range, load_average, machine_is_busy, median_range
 
 from ddpm.config import Params
-from ddpm.factory import TrainedModel, build_diffusion, build_network
+from ddpm.factory import TrainedModel, build_diffusion
 from ddpm.ncsn import score_from_ncsn, sigma_ladder
 from ddpm.samplers import draw_samples
 from ddpm.score_sampling import ScoreModel, draw_score_samples, score_model
 
 DIGITS_META = {"shape": [1, 8, 8], "kind": "image", "num_levels": 17}
-
-
-def _network(params: Params) -> torch.nn.Module:
-    """The params' network with random weights, in eval mode (the zero-initialised output conv
-    re-initialised, so that the outputs are not all zero as they are before training)."""
-    net = build_network(params, DIGITS_META)
-    net.out[-1].reset_parameters()
-    return net.eval().requires_grad_(False)
+CPU = torch.device("cpu")
 
 
 def _params(**overrides: Any) -> Params:
@@ -52,8 +45,8 @@ def _params(**overrides: Any) -> Params:
 def samplers(nfe: int, ode_tols: list[float], levels: int) -> dict[str, Callable[[int], tuple[torch.Tensor, float]]]:
     """name -> draw(batch) returning (samples, NFE per sample)."""
     ddpm_params = _params()
-    diffusion, network = build_diffusion(ddpm_params), _network(ddpm_params)
-    trained = TrainedModel(ddpm_params, DIGITS_META, diffusion, network, None, torch.device("cpu"))
+    diffusion, network = build_diffusion(ddpm_params), eval_network(ddpm_params, DIGITS_META, CPU)
+    trained = TrainedModel(ddpm_params, DIGITS_META, diffusion, network, None, CPU)
     ddpm_score = score_model(trained)
     shape = lambda n: (n, *DIGITS_META["shape"])
 
@@ -89,8 +82,8 @@ def samplers(nfe: int, ode_tols: list[float], levels: int) -> dict[str, Callable
     ncsn = _params(family="ncsn", sample={"sampler": "ald"},
                    ncsn={"sigma_max": 10.0, "num_levels": levels, "steps_per_level": max(1, nfe // levels)}).resolved()
     sigmas = sigma_ladder(10.0, 0.01, levels)
-    rows["ald (NCSN)"] = score_sampler(ScoreModel("ncsn", sigmas=sigmas,
-                                                  level_score=score_from_ncsn(sigmas, _network(ncsn))), ncsn)
+    level_score = score_from_ncsn(sigmas, eval_network(ncsn, DIGITS_META, CPU))
+    rows["ald (NCSN)"] = score_sampler(ScoreModel("ncsn", sigmas=sigmas, level_score=level_score), ncsn)
     return rows
 
 
@@ -109,10 +102,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device("cpu")
-    env = environment(device, args.quick)
+    env = environment(CPU, args.quick)
     print(env)
-    if machine_is_busy(device, env["load_avg_start"]):
+    if machine_is_busy(CPU, env["load_avg_start"]):
         print(f"warning: load average {env['load_avg_start']:.1f}: absolute figures are slow and noisy; "
               "compare the rows (timed alternately in each round)")
     rows = samplers(args.nfe, args.ode_tol, args.levels)
