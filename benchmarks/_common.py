@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -77,6 +77,15 @@ def median_range(xs: list[float]) -> dict[str, float]:
 def fmt_range(stats: dict[str, float], digits: int = 3) -> str:
     """``median [min-max]``."""
     return f"{stats['median']:,.{digits}f} [{stats['min']:,.{digits}f}-{stats['max']:,.{digits}f}]"
+
+
+def batches(data: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
+    """Consecutive ``batch``-row slices of ``data`` without end: a benchmark's training steps
+    walk through a small fixed dataset, restarting where a whole batch no longer fits."""
+    position = 0
+    while True:
+        yield data[position:position + batch]
+        position = (position + batch) % (data.shape[0] - batch + 1)
 
 
 def eval_network(params: Params, meta: dict[str, Any], device: torch.device) -> nn.Module:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from _common import batches
 from torch import nn
 from torch.nn import functional as F
 
@@ -48,13 +49,11 @@ def diffusers_train_step(model: nn.Module, data: torch.Tensor, batch: int, amp_d
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator(device=data.device).manual_seed(seed)
-    position = 0
+    data_batches = batches(data, batch)
     model.train()
 
     def step() -> None:
-        nonlocal position
-        x0 = data[position:position + batch]
-        position = (position + batch) % (data.shape[0] - batch + 1)
+        x0 = next(data_batches)
         noise = torch.randn(x0.shape, generator=g, device=x0.device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=g, device=x0.device)
         x_t = scheduler.add_noise(x0, noise, t)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from _common import sync, timed_steps
+from _common import batches, sync, timed_steps
 from _memory import MemoryMeter
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -152,13 +152,11 @@ def peer_train_step(model: nn.Module, data: torch.Tensor, batch: int, amp_dtype:
     draws t and noise and returns the MSE; backward; ``Adam(lr=1e-4)``; no clipping, no EMA).
     ``data`` holds images in [0, 1], which it maps to [-1, 1] itself."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    position = 0
+    data_batches = batches(data, batch)
     model.train()
 
     def step() -> None:
-        nonlocal position
-        x = data[position:position + batch]
-        position = (position + batch) % (data.shape[0] - batch + 1)
+        x = next(data_batches)
         with autocast(data.device, amp_dtype):
             loss = model(x)
         loss.backward()

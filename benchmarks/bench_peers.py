@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import cpu_name, eval_network, load_average, machine_is_busy, median_range, random_levels, sync
+from _common import batches, cpu_name, eval_network, load_average, machine_is_busy, median_range, random_levels, sync
 from _diffusers_peer import (
     build_unet2d,
     diffusers_available,
@@ -77,16 +77,21 @@ from ddpm.training import batch_draws, seed_dropout, setup_training, train_step
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    name: str                 # the dataset whose defaults the rest of our params take
+    name: str                 # the case's name (--cases)
+    dataset: str              # the dataset whose defaults the rest of our params take
     shape: tuple[int, int, int]
     model: dict[str, Any]     # our params' model section
     train_batch: int
 
 
 CASES = {
-    "mnist": Case("mnist", (1, 28, 28), {"base_channels": 40, "channel_mult": [1, 2, 2], "num_res_blocks": 2,
+    "mnist": Case("mnist", "mnist", (1, 28, 28), {"base_channels": 40, "channel_mult": [1, 2, 2], "num_res_blocks": 2,
                                          "attn_resolutions": [7]}, 64),
-    "cifar10": Case("cifar10", (3, 32, 32), {"base_channels": 60, "channel_mult": [1, 2, 2, 2],
+    # Diffusers' own widths (32, 64, 96) in our U-Net: the same parameter count to the unit
+    # (2,606,209) and the same FLOPs, so the ratio compares implementations, not architectures.
+    "mnist-widths": Case("mnist-widths", "mnist", (1, 28, 28), {"base_channels": 32, "channel_mult": [1, 2, 3],
+                                                "num_res_blocks": 2, "attn_resolutions": [7]}, 64),
+    "cifar10": Case("cifar10", "cifar10", (3, 32, 32), {"base_channels": 60, "channel_mult": [1, 2, 2, 2],
                                              "num_res_blocks": 2, "attn_resolutions": [4]}, 32),
 }
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -108,7 +113,7 @@ class Side:
 
 # ---------------------------------------------------------------------- the sides
 def our_params(case: Case, precision: str, dropout: float) -> Params:
-    return Params.from_dict({"dataset": case.name, "model": {**case.model, "dropout": dropout},
+    return Params.from_dict({"dataset": case.dataset, "model": {**case.model, "dropout": dropout},
                              "train": {"precision": precision, "batch_size": case.train_batch}})
 
 
@@ -120,14 +125,14 @@ def ours(case: Case, precision: str, dropout: float, sample_batch: int, device: 
     levels = random_levels(4 * case.train_batch, case.shape, LEVELS, seed, dtype=np.uint8)
     data = torch.as_tensor(to_model_space(levels, LEVELS)).to(device)
     trainer.state.model.train()
+    data_batches = batches(data, case.train_batch)
 
     def train() -> None:
         s = trainer.state.step
-        start = (s * case.train_batch) % (data.shape[0] - case.train_batch + 1)
         t, noise, _ = batch_draws(params, s, case.shape, T, device, trainer.objective)
         seed_dropout(params.seed, s, 0, device)
         with flush_denormals(device):
-            train_step(trainer, data[start:start + case.train_batch], t, noise)
+            train_step(trainer, next(data_batches), t, noise)
 
     net = eval_network(params, meta, device)
     diffusion = build_diffusion(params)
@@ -257,7 +262,7 @@ def print_cell(cell: dict[str, Any], peaks: dict[str, float]) -> None:
     names = list(cell["sides"])
     peak = peaks[cell["precision"]]
     shape = "x".join(map(str, cell["shape"]))
-    print(f"\n{shape}, {cell['precision']} (load average {cell['load_avg']:.2f} at the end of the cell)")
+    print(f"\n{cell['case']} {shape}, {cell['precision']} (load average {cell['load_avg']:.2f} at the end of the cell)")
     print(f"  {'':<34}" + "".join(f"{n:>26}" for n in names) + f"{'ours/diffusers':>22}")
     print(f"  {'parameters':<34}" + "".join(f"{cell['sides'][n]['parameters']:>26,}" for n in names))
     for kind, label, key, batch in (("train", f"train img/s, batch {cell['train_batch']}", "train_img_per_s",
@@ -279,11 +284,11 @@ def print_summary(cells: list[dict[str, Any]]) -> None:
     for c in cells:
         if "ratio_train" not in c:
             continue
-        shape = "x".join(map(str, c["shape"]))
+        label = f"{c['case']} {'x'.join(map(str, c['shape']))}"
         for kind in ("train", "sample"):
             r = c[f"ratio_{kind}"]
             verdict = "ok" if statistics.median(r) >= 1.0 else "SLOWER"
-            print(f"  {kind:<6} {shape:<8} {c['precision']:<5} {fmt(r, 2)}x  {verdict}")
+            print(f"  {kind:<6} {label:<22} {c['precision']:<5} {fmt(r, 2)}x  {verdict}")
 
 
 def profile_cell(case: Case, precision: str, args: argparse.Namespace, device: torch.device, rows: int) -> None:
@@ -314,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1 step, tiny batches")
-    parser.add_argument("--cases", default="mnist,cifar10", help="comma-separated: mnist, cifar10")
+    parser.add_argument("--cases", default="mnist,cifar10", help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--peers", default="diffusers,lucidrains", help="comma-separated: diffusers, lucidrains")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per cell")
