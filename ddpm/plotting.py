@@ -107,21 +107,26 @@ def _auto_scale(height: int, width: int) -> int:
 
 
 def _grid_pixels(images: np.ndarray, nrow: int, scale: int) -> np.ndarray:
-    """Tile uint8 images ``[N, C, H, W]`` into ``[H', W']`` (C=1) or ``[H', W', 3]`` (C=3)."""
-    # Imported here: importing torchvision loads torchvision.models and with it torch._dynamo,
-    # seconds that every stage importing this module would pay without drawing a grid.
-    from torchvision.utils import make_grid
+    """Tile uint8 images ``[N, C, H, W]`` into ``[H', W']`` (C=1) or ``[H', W', 3]`` (C=3).
 
-    big = images.repeat(scale, axis=2).repeat(scale, axis=3)  # nearest-neighbour upscale
-    grid = make_grid(
-        torch.from_numpy(np.ascontiguousarray(big)),
-        nrow=nrow,
-        padding=GRID_PADDING,
-        pad_value=GRID_PAD_VALUE,
-    )
-    if images.shape[1] == 1:
-        return grid[0].numpy()  # make_grid repeats a single channel three times
-    return grid.permute(1, 2, 0).numpy()
+    ``nrow`` images per row, each upscaled ``scale`` times (nearest neighbour) and framed by
+    ``GRID_PADDING`` pixels of ``GRID_PAD_VALUE``: torchvision.utils.make_grid's layout, pixel
+    for pixel (tested against it), written here because importing torchvision loads
+    torchvision.ops and with it torch._dynamo, about 3 s of every sample and plot stage on a
+    small CPU. Unlike make_grid, a single image is framed too, so the strip's tick positions
+    hold for any count.
+    """
+    n, channels, height, width = images.shape
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    cell_h, cell_w = height * scale + GRID_PADDING, width * scale + GRID_PADDING
+    grid = np.full((rows * cell_h + GRID_PADDING, cols * cell_w + GRID_PADDING, channels), GRID_PAD_VALUE,
+                   dtype=np.uint8)
+    big = images.transpose(0, 2, 3, 1).repeat(scale, axis=1).repeat(scale, axis=2)
+    for i, image in enumerate(big):
+        top, left = (i // cols) * cell_h + GRID_PADDING, (i % cols) * cell_w + GRID_PADDING
+        grid[top : top + height * scale, left : left + width * scale] = image
+    return grid[..., 0] if channels == 1 else grid
 
 
 def _save_figure(fig: Figure, path: PathLike) -> Path:
@@ -657,7 +662,7 @@ def _image_strip_figure(
     """``frames`` ``[S, n, C, H, W]`` -> figure with rows = examples, columns = frames."""
     n_cols, n_rows = frames.shape[0], frames.shape[1]
     _, _, channels, height, width = frames.shape
-    # Row-major order for make_grid: example 0 at every step, then example 1, ...
+    # Row-major order for the grid: example 0 at every step, then example 1, ...
     tiles = frames.transpose(1, 0, 2, 3, 4).reshape(n_rows * n_cols, channels, height, width)
     pixels = images_to_uint8(tiles, num_levels)
     # Columns carry a t label (two lines for the forward process): ~0.8 in per column.

@@ -155,6 +155,33 @@ def test_save_image_grid_color_nrow_and_scale(tmp_path: Path) -> None:
     assert_only(tmp_path, "grid.png")
 
 
+@pytest.mark.parametrize(("n", "channels", "nrow", "scale"), [(9, 1, 3, 8), (7, 1, 3, 2), (6, 3, 4, 1), (2, 3, 5, 3),
+                                                            (12, 1, 12, 1)])
+def test_grid_is_torchvisions_make_grid_pixel_for_pixel(n, channels, nrow, scale) -> None:
+    """The grid is tiled by hand (importing torchvision costs the stages seconds); its layout is
+    make_grid's: full rows of nrow, the last row partly empty, padding between and around."""
+    from torchvision.utils import make_grid
+
+    images = np.random.default_rng(n).integers(0, 256, size=(n, channels, 5, 4), dtype=np.uint8)
+    upscaled = torch.from_numpy(images.repeat(scale, axis=2).repeat(scale, axis=3))
+    expected = make_grid(upscaled, nrow=nrow, padding=plotting.GRID_PADDING, pad_value=plotting.GRID_PAD_VALUE)
+    expected = expected[0].numpy() if channels == 1 else expected.permute(1, 2, 0).numpy()
+    got = plotting._grid_pixels(images, nrow=nrow, scale=scale)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_single_image_is_framed_like_any_grid() -> None:
+    """make_grid returns one image unframed; the strip's tick positions assume the frame."""
+    image = np.full((1, 1, 3, 2), 7, dtype=np.uint8)
+    grid = plotting._grid_pixels(image, nrow=4, scale=2)
+    pad = plotting.GRID_PADDING
+    assert grid.shape == (6 + 2 * pad, 4 + 2 * pad)
+    assert (grid[pad:-pad, pad:-pad] == 7).all()
+    grid[pad:-pad, pad:-pad] = plotting.GRID_PAD_VALUE
+    assert (grid == plotting.GRID_PAD_VALUE).all()
+
+
 # --------------------------------------------------------------------------- reading figures back
 
 
