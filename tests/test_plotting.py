@@ -666,19 +666,25 @@ def test_crash_while_writing_grid_leaves_no_file(
 
 
 def test_import_and_plot_leave_matplotlib_global_state_alone(tmp_path: Path) -> None:
-    """No pyplot, no backend switch: figures live on standalone Agg canvases."""
+    """No pyplot, no backend switch: figures live on standalone Agg canvases. Image grids do not
+    load torchvision (with it torch._dynamo: seconds of every sample and plot stage)."""
     code = (
         "import sys, matplotlib, numpy as np\n"
         # Raw rcParams value: matplotlib.get_backend() itself may import pyplot to resolve it.
         "before = dict.__getitem__(matplotlib.rcParams, 'backend')\n"
         "from ddpm import plotting\n"
         f"plotting.plot_schedule(np.linspace(1e-4, 0.02, 20), {str(tmp_path / 's.png')!r})\n"
+        f"plotting.save_image_grid(np.zeros((4, 1, 8, 8)), 17, {str(tmp_path / 'g.png')!r})\n"
+        f"plotting.plot_samples(np.zeros((4, 3, 8, 8)), {{'kind': 'image', 'num_levels': 256}}, "
+        f"{str(tmp_path / 'x.png')!r})\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
         "assert dict.__getitem__(matplotlib.rcParams, 'backend') == before\n"
     )
     repo_root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
-    assert_png(tmp_path / "s.png")
+    for name in ("s.png", "g.png", "x.png"):
+        assert_png(tmp_path / name)
 
 
 def test_quality_nfe_figure_draws_each_metric_per_sampler_against_nfe_with_its_floor(tmp_path: Path) -> None:
