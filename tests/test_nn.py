@@ -224,6 +224,26 @@ def test_unet_dropout_only_in_train_mode() -> None:
         assert torch.equal(model(x, t), model(x, t))
 
 
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_unet_without_autograd_computes_the_same_bits(train_mode: bool) -> None:
+    """Sampling and the bound run the residual blocks in place (no autograd): the values are
+    those of the autograd path to the last bit, dropout's draws included (same seed)."""
+    model = perturb_zero_params(tiny_unet("28x28", dropout=0.3)).train(train_mode)
+    x, t = random_inputs(model)
+    torch.manual_seed(5)
+    with_grad = model(x, t).detach()
+    for context in (torch.no_grad, torch.inference_mode):
+        torch.manual_seed(5)
+        with context():
+            assert torch.equal(model(x, t), with_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(5)
+        with_grad = model(x, t).detach()
+        torch.manual_seed(5)
+        with torch.no_grad():
+            assert torch.equal(model(x, t), with_grad)
+
+
 def test_unet_batch_split_matches_whole_batch() -> None:
     model = perturb_zero_params(tiny_unet("28x28")).eval()
     x, t = random_inputs(model, batch=6)
