@@ -16,6 +16,7 @@ generator and reseeding the global RNG).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 
@@ -24,7 +25,7 @@ import torch
 from _common import environment, fmt_range, median_range, timed
 
 from ddpm import seeding
-from ddpm.config import Params
+from ddpm.config import Params, default_setting
 from ddpm.data import to_model_space
 from ddpm.runtime import flush_denormals, resolve_device
 from ddpm.training import Trainer, batch_draws, seed_dropout, setup_training, train_step
@@ -61,10 +62,12 @@ def step_functions(params: Params, trainer: Trainer, x0: torch.Tensor, device: t
 
 def run_case(raw: dict, meta: dict, device: torch.device, steps: int, rounds: int) -> dict[str, dict]:
     params = Params.from_dict(raw)
+    # The batch the train stage takes on a training split at least this large: the dataset's default.
+    batch = default_setting(params.recipe, params.dataset, "train.batch_size")
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, batch_size=batch))
     trainer = setup_training(params, meta, device)
     trainer.state.model.train()
     g = np.random.default_rng(0)
-    batch = params.train.batch_size
     if meta["kind"] == "image":
         x0 = torch.as_tensor(to_model_space(g.integers(0, 17, size=(batch, *meta["shape"])), 17))
     else:

@@ -25,7 +25,7 @@ import torch
 from ddpm.config import Params
 from ddpm.data import prepare_dataset
 from ddpm.evaluation import bound_per_example, evaluation_inputs, summarize_bound
-from ddpm.factory import build_diffusion
+from ddpm.factory import build_diffusion, data_resolved_params
 from ddpm.nn import count_parameters
 from ddpm.runtime import resolve_device, set_tf32
 from ddpm.training import train
@@ -64,8 +64,11 @@ def main() -> None:
     if not args.real:
         write_idx_from_digits(raw)
     device = resolve_device(args.device)
-    params = Params.from_dict({"dataset": "mnist", "train": {"steps": args.steps, "log_every": 200}})
     prepared = prepare_dataset("mnist", raw, seed=0, test_size=0, download=False)
+    # auto settings resolved from the training data as the train stage does (the batch).
+    params = data_resolved_params(Params.from_dict({"dataset": "mnist", "train": {"steps": args.steps,
+                                                                                  "log_every": 200}}),
+                                  evaluation_inputs(prepared.train, prepared.meta))
     print(f"data: {'real MNIST' if args.real else 'sklearn digits upscaled to 28x28, written as MNIST IDX'}; "
           f"{len(prepared.train)} train / {len(prepared.test)} test images via torchvision's MNIST reader")
 

@@ -21,7 +21,7 @@ import numpy as np
 from ddpm.config import Params
 from ddpm.data import prepare_dataset
 from ddpm.evaluation import bound_per_example, evaluation_inputs
-from ddpm.factory import build_diffusion
+from ddpm.factory import build_diffusion, data_resolved_params
 from ddpm.runtime import resolve_device, set_tf32
 from ddpm.training import train
 
@@ -44,7 +44,8 @@ def main() -> None:
         raw = {"dataset": args.dataset, "seed": seed, "train": {"precision": precision}}
         if args.steps:
             raw["train"]["steps"] = args.steps
-        params = Params.from_dict(raw)
+        # auto settings resolved from the training data as the train stage does (the batch).
+        params = data_resolved_params(Params.from_dict(raw), evaluation_inputs(prepared.train, prepared.meta))
         start = time.perf_counter()
         result = train(params, prepared.train, prepared.meta, device, progress=False)
         train_s = time.perf_counter() - start

@@ -15,15 +15,11 @@ from typing import Any
 
 import torch
 
-from ddpm.config import TRAIN_RESOLVED
+from ddpm.config import NETWORK, TRAIN_RESOLVED, key_role
 from ddpm.errors import CheckpointError
 from ddpm.io import atomic_path
 
 SCHEMA_VERSION = 1
-# Keys whose values fix the network or the diffusion: a checkpoint trained with other
-# values cannot be used with the current params.
-_IDENTITY_PREFIXES = ("dataset", "beta_schedule", "timesteps", "beta_start", "beta_end", "mean_type",
-                      "var_type", "model.", "family", "sde.", "ncsn.sigma_max", "ncsn.sigma_min", "ncsn.num_levels")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -64,14 +60,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The identity keys (flattened, dotted) whose values differ, as 'key: saved -> current'."""
+    """The keys that fix the network or the process it was trained for (role ``network`` in
+    ``ddpm.config.KEY_ROLES``; flattened, dotted) whose values differ, as 'key: saved -> current'."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
         # The train stage derives these from the data when they are auto: auto in the current
         # params matches whatever the checkpoint derived.
         if key in TRAIN_RESOLVED and current.get(key) == "auto":
             continue
-        if key.startswith(_IDENTITY_PREFIXES) and saved.get(key, _default(key)) != current.get(key, _default(key)):
+        if key_role(key) == NETWORK and saved.get(key, _default(key)) != current.get(key, _default(key)):
             diffs.append(f"{key}: checkpoint has {saved.get(key)!r}, params have {current.get(key)!r}")
     return diffs
 

@@ -18,8 +18,10 @@ Families (``family: ddpm | sde | ncsn``): each resolves the ``auto`` keys that a
 ``ncsn`` section) and leaves the keys of the other families ``auto``; a key set explicitly that
 the family or the SDE type does not use is refused, and so is a sampler the family cannot run
 (``FAMILY_SAMPLERS``). ``TRAIN_RESOLVED`` keys (NCSNv2's data-derived sigma_max and number of
-levels) are resolved by the train stage from the training data and stored with the model;
-``SAMPLE_RESOLVED`` keys (NCSN's Langevin steps and step size) by the sample stage.
+levels, and ``train.batch_size``, the default capped at the training split) are resolved by the
+train stage from the training data and stored with the model; ``SAMPLE_RESOLVED`` keys (NCSN's
+Langevin steps and step size) by the sample stage; ``data.test_size`` by the prepare stage
+(``PREPARE_RESOLVED``: a tenth of an image folder), which records it in ``meta.json``.
 
 Numbers: params files are read with ``ParamsLoader``, which adds YAML 1.2's float
 spellings (``1e-05``, ``1E-5``, ``.5``, ``5.``) to PyYAML's YAML 1.1 ones, because
@@ -50,9 +52,6 @@ from ddpm.schedules import SCHEDULES
 
 AUTO = "auto"
 Auto = Literal["auto"]
-# Keys whose ``auto`` depends on the machine that trains; the train stage resolves them
-# (ddpm.training) and stores the values it used with the model.
-RUNTIME_RESOLVED = ("train.precision", "train.device", "train.channels_last")
 DEFAULT_BOUND_STRATA = 10
 # Keys at the top level of params.yaml besides the diffusion's.
 _TOP_LEVEL = ("recipe", "dataset", "seed", "family")
@@ -60,7 +59,8 @@ _TOP_LEVEL = ("recipe", "dataset", "seed", "family")
 
 @dataclass(frozen=True)
 class DataConfig:
-    test_size: int = 300              # digits: held-out images; mnist/cifar: 0 = the official test split
+    test_size: int | Auto = AUTO      # held-out examples; torchvision: 0 = the official test split (auto: 300;
+                                      # folder: a tenth of its images, 1..300, the prepare stage)
     swissroll_train_size: int | Auto = AUTO  # points drawn for the Swiss roll's training set (auto: 10000)
     swissroll_noise: float = 0.5       # sklearn make_swiss_roll noise
     folder: str = "data/images"        # dataset=folder: the folder of PNG/JPEG images (class subfolders = labels)
@@ -130,7 +130,7 @@ class SdeConfig:
     type: Literal["auto", "vp", "subvp", "ve"] = AUTO  # auto: vp
     beta_min: float | Auto = AUTO       # vp, subvp (auto: 0.1)
     beta_max: float | Auto = AUTO       # vp, subvp (auto: 20)
-    sigma_min: float | Auto = AUTO      # ve (auto: 0.01)
+    sigma_min: float | Auto = AUTO      # ve (auto: 0.02, score_sde's 0.01 on [0, 1] data scaled to [-1, 1])
     sigma_max: float | Auto = AUTO      # ve (auto: the largest pairwise distance of the training data, NCSNv2's T1)
     num_scales: int | Auto = AUTO       # N: the network's time scale N - 1 and pc's steps (auto: 1000)
     weighting: Literal["auto", "sigma2", "g2"] = AUTO  # the loss's lambda(t) (auto: sigma2)
@@ -142,7 +142,7 @@ class NcsnConfig:
     """The noise levels and annealed Langevin dynamics of ``family: ncsn`` (Song & Ermon 2019, 2020)."""
 
     sigma_max: float | Auto = AUTO      # auto: the largest pairwise distance of the training data (T1)
-    sigma_min: float | Auto = AUTO      # auto: 0.01
+    sigma_min: float | Auto = AUTO      # auto: 0.02 (the references' 0.01 on [0, 1] data, scaled to [-1, 1])
     num_levels: int | Auto = AUTO       # auto: NCSNv2's T2 rule; data of dimension <= 4: 10 (NCSN)
     steps_per_level: int | Auto = AUTO  # auto: ceil(1000 / num_levels) (NCSN's 100 at 10 levels, NCSNv2's 5 at 232)
     step_lr: float | Auto = AUTO        # ALD's eps (auto: NCSNv2's T4 rule for steps_per_level)
@@ -158,6 +158,8 @@ class OdeConfig:
     atol: float = 1e-5
     eps: float = 1e-5                   # the likelihood integrates from t = eps (score_sde)
     sample_eps: float | Auto = AUTO     # the sampler stops at t = sample_eps (auto: the SDE's, 1e-3 VP / 1e-5 VE)
+    denoise: bool = True                # the sampler's last step: one noise-free reverse-diffusion step at
+                                        # t = sample_eps (score_sde's noise_removal); false: the ODE's x(eps)
     divergence: Literal["auto", "exact", "hutchinson"] = AUTO  # auto: exact for vectors, Hutchinson for images
     num_images: int = 20                # test images in the ODE likelihood (families ddpm and sde); 0: none
     repeats: int = 1                    # dequantization draws per image (score_sde's test bpd: 5)
@@ -309,7 +311,9 @@ class Params:
         if d.beta_schedule == "jsd" and self.family == "ddpm":
             _check(d.mean_type != "eps", "mean_type", d.mean_type,
                    "'x0' or 'v' with beta_schedule=jsd (its last beta is 1, so eps cannot recover x0)")
-        _check(self.data.test_size >= 0, "data.test_size", self.data.test_size, "an integer >= 0")
+        if self.data.test_size != AUTO:
+            _check(self.data.test_size >= 0, "data.test_size", self.data.test_size,
+                   "an integer >= 0 (torchvision datasets: 0 = the whole official test split) or auto")
         _check(self.data.swissroll_train_size >= 1, "data.swissroll_train_size", self.data.swissroll_train_size,
                "an integer >= 1")
         _finite_at_least("data.swissroll_noise", self.data.swissroll_noise, 0)
@@ -370,20 +374,21 @@ class Params:
         _validate_families(self)
 
     def resolved(self) -> Params:
-        """Replace every ``auto`` (but ``RUNTIME_RESOLVED``): an explicit value stays, else the
+        """Replace every ``auto`` (but the stages' ``RUNTIME_RESOLVED``, ``TRAIN_RESOLVED`` and
+        ``PREPARE_RESOLVED``, and the samplers' ``SAMPLE_RESOLVED``): an explicit value stays, else the
         recipe's setting, else the dataset's default, else ``BASE_DEFAULTS`` (ddpm.recipes)."""
         _check(self.recipe in RECIPES, "recipe", self.recipe, f"one of {', '.join(RECIPES)}")
         recipe = recipe_settings(self.recipe)
         dataset = self.dataset if self.dataset != AUTO else recipe.get("dataset", BASE_DEFAULTS["dataset"])
         _check(dataset in DATASETS, "dataset", dataset, f"one of {', '.join(DATASETS)} or auto")
-        layers = (recipe, DATASET_DEFAULTS[dataset], BASE_DEFAULTS)
 
         def fill(section: Any, prefix: str) -> Any:
             updates = {}
             for f in fields(section):
                 key = prefix + f.name
-                if getattr(section, f.name) == AUTO and key not in RUNTIME_RESOLVED:
-                    value = next((layer[key] for layer in layers if key in layer), AUTO)
+                if getattr(section, f.name) == AUTO and key not in (*RUNTIME_RESOLVED, *TRAIN_RESOLVED,
+                                                                    *PREPARE_RESOLVED):
+                    value = default_setting(self.recipe, dataset, key)
                     if value != AUTO:
                         updates[f.name] = value
             return dataclasses.replace(section, **updates)
@@ -412,6 +417,99 @@ class Params:
         return dataclasses.replace(self, dataset=dataset, **sections)
 
 
+# ---------------------------------------------------------------------- key roles
+# What each params key (dotted, as `dvc exp run -S` names it) is to a trained model. Three
+# decisions read this table and nothing else: whether a saved training state may be resumed
+# (ddpm.train_state: every NETWORK and TRAINING key must match), whether a checkpoint may be
+# used with the current params (ddpm.checkpoint: every NETWORK key must match), and who
+# resolves a key's ``auto``. A key the table does not name counts as TRAINING (fail safe), and
+# tests/test_key_roles.py walks every key of the schema and fails on one that is not named.
+NETWORK = "network"        # what the network is and the process it was trained for; changes training too
+TRAINING = "training"      # what training computes (the objective, the data, the optimizer, numerics)
+RUNTIME = "runtime"        # how training runs, not what it computes: device, threads, logging, the probe,
+                           # and train.steps (how far: a longer run continues a shorter one's state)
+DOWNSTREAM = "downstream"  # read after training: sampling, evaluation, sample quality, tracking
+# Who resolves a key's auto: ``load_params`` (the recipe, the dataset's defaults, the family),
+# the train stage from the training data (stored with the model), the train stage from the
+# machine (stored with the model), the sample stage from the stored noise levels, or the
+# prepare stage from the raw data (recorded in the prepared meta.json).
+BY_PARAMS, BY_DATA, BY_MACHINE, BY_SAMPLE, BY_PREPARE = "params", "data", "machine", "sample", "prepare"
+
+
+@dataclass(frozen=True)
+class KeyRole:
+    role: str                # NETWORK, TRAINING, RUNTIME or DOWNSTREAM
+    auto: str | None = None  # who resolves its auto (BY_*); None for a key that takes no auto
+
+
+def _roles(role: str, keys: str, auto: str | None = None) -> dict[str, KeyRole]:
+    return {key: KeyRole(role, auto) for key in keys.split()}
+
+
+KEY_ROLES: dict[str, KeyRole] = {
+    **_roles(NETWORK, "family"),
+    **_roles(NETWORK, "dataset", BY_PARAMS),
+    **_roles(NETWORK, "beta_schedule timesteps beta_start beta_end mean_type var_type", BY_PARAMS),
+    **_roles(NETWORK, "model.name model.base_channels model.channel_mult model.num_res_blocks model.attn_resolutions "
+                      "model.dropout model.mlp_hidden model.mlp_layers model.time_embedding", BY_PARAMS),
+    **_roles(NETWORK, "model.num_heads"),
+    **_roles(NETWORK, "sde.type sde.beta_min sde.beta_max sde.sigma_min sde.num_scales sde.weighting sde.eps",
+             BY_PARAMS),
+    **_roles(NETWORK, "sde.sigma_max ncsn.sigma_max ncsn.num_levels", BY_DATA),
+    **_roles(NETWORK, "ncsn.sigma_min", BY_PARAMS),
+    # recipe fills the keys left at auto; counted itself, so a state is never shared across recipes.
+    **_roles(TRAINING, "recipe seed data.folder data.swissroll_noise train.hybrid_lambda train.tf32"),
+    **_roles(TRAINING, "data.test_size", BY_PREPARE),
+    **_roles(TRAINING, "loss_type data.swissroll_train_size data.image_size train.lr "
+                       "train.warmup_steps train.grad_clip train.ema_decay train.loss_norm train.hflip", BY_PARAMS),
+    **_roles(TRAINING, "train.batch_size", BY_DATA),
+    **_roles(TRAINING, "train.precision train.channels_last", BY_MACHINE),
+    **_roles(RUNTIME, "train.steps", BY_PARAMS),
+    **_roles(RUNTIME, "train.device", BY_MACHINE),
+    **_roles(RUNTIME, "train.log_every train.checkpoint_every train.num_threads train.nproc train.compile "
+                      "train.bound_images"),
+    **_roles(RUNTIME, "train.bound_every train.bound_strata", BY_PARAMS),
+    **_roles(DOWNSTREAM, "sample.num_samples sample.batch_size sample.steps sample.eta sample.clip_denoised "
+                         "sample.trajectory_frames sample.use_ema sample.corrector_steps"),
+    **_roles(DOWNSTREAM, "sample.sampler sample.predictor sample.corrector sample.snr", BY_PARAMS),
+    **_roles(DOWNSTREAM, "ncsn.steps_per_level ncsn.step_lr", BY_SAMPLE),
+    **_roles(DOWNSTREAM, "ncsn.denoise ncsn.init", BY_PARAMS),
+    **_roles(DOWNSTREAM, "ode.rtol ode.atol ode.eps ode.num_images ode.repeats ode.denoise"),
+    **_roles(DOWNSTREAM, "ode.sample_eps ode.divergence", BY_PARAMS),
+    **_roles(DOWNSTREAM, "evaluate.num_images evaluate.batch_size evaluate.clip_denoised evaluate.use_ema"),
+    **_roles(DOWNSTREAM, "classifier.batch_size classifier.lr classifier.width classifier.feature_dim"),
+    **_roles(DOWNSTREAM, "classifier.steps", BY_PARAMS),
+    **_roles(DOWNSTREAM, "quality.sweep quality.batch_size quality.nearest_k quality.inception_weights"),
+    **_roles(DOWNSTREAM, "quality.metrics quality.kid_subset_size quality.kid_subsets", BY_PARAMS),
+    **_roles(DOWNSTREAM, "mlflow.experiment mlflow.tracking_uri"),
+}
+
+
+def key_role(key: str) -> str:
+    """The role of a dotted params key; TRAINING for a key the table does not name (fail safe)."""
+    return KEY_ROLES[key].role if key in KEY_ROLES else TRAINING
+
+
+def changes_training(key: str) -> bool:
+    """Whether a saved training state from another value of ``key`` must not be resumed."""
+    return key_role(key) in (NETWORK, TRAINING)
+
+
+def resolved_by(who: str) -> tuple[str, ...]:
+    """The keys whose ``auto`` ``who`` (one of BY_*) resolves, in the table's order."""
+    return tuple(key for key, role in KEY_ROLES.items() if role.auto == who)
+
+
+# The keys whose auto the machine decides (the train stage stores what it used), those the
+# train stage derives from the training data (NCSNv2's T1 and T2 rules, the batch capped at the
+# training split) and stores with the model, those the sample stage derives from the stored
+# noise levels, and those the prepare stage derives from the raw data (ddpm.data.prepare).
+RUNTIME_RESOLVED = resolved_by(BY_MACHINE)
+TRAIN_RESOLVED = resolved_by(BY_DATA)
+SAMPLE_RESOLVED = resolved_by(BY_SAMPLE)
+PREPARE_RESOLVED = resolved_by(BY_PREPARE)
+
+
 # ---------------------------------------------------------------------- families
 # The samplers each family can run: the discrete DDPM's own two and, through its VP-type SDE
 # (ddpm.sde.sde_from_diffusion), the score samplers; a continuous SDE's score; NCSN's
@@ -421,15 +519,15 @@ FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
     "sde": ("pc", "ode"),
     "ncsn": ("ald",),
 }
-# Keys whose ``auto`` the train stage derives from the training data (NCSNv2's T1 and T2 rules)
-# and stores with the model; and those the sample stage derives from the stored noise levels.
-TRAIN_RESOLVED = ("sde.sigma_max", "ncsn.sigma_max", "ncsn.num_levels")
-SAMPLE_RESOLVED = ("ncsn.steps_per_level", "ncsn.step_lr")
+# The smallest noise level of VE and NCSN: the references' sigma_min = 0.01 (NCSN, NCSNv2,
+# score_sde's VE configs) is on data in [0, 1]; this project's data live in [-1, 1], twice as
+# wide, so the same relative noise is 0.02 (sigma_max: auto follows the data by itself, T1).
+SIGMA_MIN = 0.02
 # The keys of each SDE type, with score_sde's defaults (sigma_max: TRAIN_RESOLVED).
 SDE_TYPE_KEYS: dict[str, dict[str, Any]] = {
     "vp": {"beta_min": 0.1, "beta_max": 20.0},
     "subvp": {"beta_min": 0.1, "beta_max": 20.0},
-    "ve": {"sigma_min": 0.01, "sigma_max": AUTO},
+    "ve": {"sigma_min": SIGMA_MIN, "sigma_max": AUTO},
 }
 SDE_COMMON = {"num_scales": 1000, "weighting": "sigma2", "eps": 1e-5}
 # Where score_sde's samplers stop (sampling.py: 1e-3 for VP and sub-VP, 1e-5 for VE).
@@ -453,7 +551,7 @@ def _resolved_families(params: Params, dataset: str, timesteps: int) -> dict[str
         sde_type = "vp" if sde.type == AUTO else sde.type
         sde = _fill_auto(dataclasses.replace(sde, type=sde_type), {**SDE_TYPE_KEYS.get(sde_type, {}), **SDE_COMMON})
     if params.family == "ncsn":
-        ncsn = _fill_auto(ncsn, {"sigma_min": 0.01, "denoise": True, "init": "uniform"})
+        ncsn = _fill_auto(ncsn, {"sigma_min": SIGMA_MIN, "denoise": True, "init": "uniform"})
     sampler = FAMILY_SAMPLERS[params.family][0] if s.sampler == AUTO else s.sampler
     s = dataclasses.replace(s, sampler=sampler)
     if sampler == "pc":
@@ -691,6 +789,15 @@ DATASET_DEFAULTS["folder"] = {
 FOLDER_IMAGE_SIZES = (16, 32, 64, 128)
 
 
+def default_setting(recipe: str, dataset: str, key: str) -> Any:
+    """What ``auto`` takes for ``key`` before any data are seen: the ``recipe``'s setting, else the
+    ``dataset``'s default (``DATASET_DEFAULTS``), else ``BASE_DEFAULTS``; ``auto`` when none sets it.
+    ``Params.resolved`` fills keys with it, and the train stage starts from it for the
+    ``TRAIN_RESOLVED`` train.batch_size (ddpm.factory.data_resolved_params)."""
+    layers = (recipe_settings(recipe), DATASET_DEFAULTS[dataset], BASE_DEFAULTS)
+    return next((layer[key] for layer in layers if key in layer), AUTO)
+
+
 class ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader that also reads YAML 1.2's float spellings as floats.
 
@@ -811,7 +918,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 __all__ = [
-    "AUTO", "FAMILY_SAMPLERS", "NcsnConfig", "OdeConfig", "SAMPLE_RESOLVED", "SdeConfig", "TRAIN_RESOLVED",
+    "AUTO", "DOWNSTREAM", "KEY_ROLES", "KeyRole", "NETWORK", "RUNTIME", "TRAINING", "changes_training", "key_role",
+    "resolved_by", "FAMILY_SAMPLERS", "NcsnConfig", "OdeConfig", "SAMPLE_RESOLVED", "SdeConfig", "TRAIN_RESOLVED",
+    "PREPARE_RESOLVED", "SIGMA_MIN", "default_setting",
     "QUALITY_FAMILIES", "RUNTIME_RESOLVED", "SAMPLERS", "ClassifierConfig", "ConfigError", "DataConfig",
     "DiffusionConfig", "EvaluateConfig", "MlflowConfig", "ModelConfig", "Params", "ParamsLoader", "QualityConfig",
     "SampleConfig", "TrainConfig", "DATASET_DEFAULTS", "default_quality_metrics", "load_params",

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ddpm.checkpoint import check_compatible, load_checkpoint
-from ddpm.config import AUTO, NCSN_LOW_DIM, NCSN_LOW_DIM_LEVELS, Params
+from ddpm.config import AUTO, NCSN_LOW_DIM, NCSN_LOW_DIM_LEVELS, Params, default_setting
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.ncsn import NoiseConditionalScoreMatching, max_pairwise_distance, num_levels_for, sigma_ladder
@@ -68,9 +68,15 @@ def build_objective(params: Params) -> Objective:
 
 def data_resolved_params(params: Params, train_x: torch.Tensor) -> Params:
     """``params`` with the keys of ``ddpm.config.TRAIN_RESOLVED`` left at auto derived from the
-    training data ``train_x`` [N, ...] in model space: sigma_max is the largest distance between
-    two examples (NCSNv2's technique 1) and NCSN's number of levels follows technique 2, or is
-    NCSN's 10 for data of dimension <= 4, where that technique has no answer."""
+    training data ``train_x`` [N, ...] in model space: the batch is the recipe's or dataset's
+    (``ddpm.config.default_setting``) capped at N, so that a small folder of images trains at its
+    defaults (an explicit train.batch_size stays, and one larger than N is refused); sigma_max is
+    the largest distance between two examples (NCSNv2's technique 1) and NCSN's number of levels
+    follows technique 2, or is NCSN's 10 for data of dimension <= 4, where that technique has no
+    answer."""
+    if params.train.batch_size == AUTO:
+        batch = min(default_setting(params.recipe, params.dataset, "train.batch_size"), len(train_x))
+        params = dataclasses.replace(params, train=dataclasses.replace(params.train, batch_size=batch))
     if params.family == "sde" and params.sde.type == "ve" and params.sde.sigma_max == AUTO:
         sigma_max = _largest_distance(train_x, params.sde.sigma_min, "sde.sigma_min")
         return dataclasses.replace(params, sde=dataclasses.replace(params.sde, sigma_max=sigma_max))

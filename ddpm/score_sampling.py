@@ -83,6 +83,19 @@ def ald_settings(params: Params) -> dict[str, Any]:
     return {"steps_per_level": steps, "step_lr": step_lr, "denoise": n.denoise, "init": n.init}
 
 
+def ode_settings(params: Params) -> dict[str, Any]:
+    """The ODE sampler's resolved settings, recorded with its samples (sampling.json)."""
+    o = params.ode
+    return {"rtol": o.rtol, "atol": o.atol, "sample_eps": o.sample_eps, "denoise": o.denoise}
+
+
+def sampler_settings(params: Params) -> dict[str, Any]:
+    """The resolved settings of the score sampler ``params.sample.sampler`` that are not in
+    the sample section itself: the ODE's and ALD's ({} for pc)."""
+    sampler = params.sample.sampler
+    return ald_settings(params) if sampler == "ald" else ode_settings(params) if sampler == "ode" else {}
+
+
 def _even(values: Sequence[Any], count: int) -> list[Any]:
     """``count`` entries spread evenly over ``values``, first and last kept."""
     idx = torch.linspace(0, len(values) - 1, min(count, len(values))).round().long().tolist()
@@ -90,7 +103,7 @@ def _even(values: Sequence[Any], count: int) -> list[Any]:
 
 
 def _pc(model: ScoreModel, params: Params, shape: Sequence[int], gens: list, frames: int, device: torch.device,
-        on_step: OnStep | None) -> tuple[torch.Tensor, list[str], torch.Tensor, float]:
+        dtype: torch.dtype, on_step: OnStep | None) -> tuple[torch.Tensor, list[str], torch.Tensor, float]:
     s = params.sample
     sde = model.sde
     num_steps = s.steps or sde.N
@@ -100,29 +113,35 @@ def _pc(model: ScoreModel, params: Params, shape: Sequence[int], gens: list, fra
     states = _even(list(range(num_steps, -1, -1)), frames)
     x, info = pc_sample(sde, model.score, shape, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
                         corrector_steps=s.corrector_steps, num_steps=num_steps, generator=gens, device=device,
-                        return_trajectory=states, on_step=on_step)
+                        dtype=dtype, return_trajectory=states, on_step=on_step)
     times = info["timesteps"].tolist()
     # State s > 0 is the input of step num_steps - s (s = num_steps: the prior draw at t = 1).
     labels = [f"t={times[num_steps - st]:.3g}" if st else "sample" for st in info["trajectory"]["steps"]]
     return x, labels, info["trajectory"]["x"], float(info["nfe"])
 
 
-def _ode(model: ScoreModel, params: Params, shape: Sequence[int], gens: list, frames: int, device: torch.device
-         ) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
+def _ode(model: ScoreModel, params: Params, shape: Sequence[int], gens: list, frames: int, device: torch.device,
+         dtype: torch.dtype) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
     o = params.ode
-    times = torch.linspace(1.0, o.sample_eps, frames, dtype=torch.float64).tolist()
-    out = ode_sample(model.sde, model.score, shape, rtol=o.rtol, atol=o.atol, eps=o.sample_eps, generator=gens,
-                     device=device, return_trajectory=times)
-    labels = [f"t={t:.3g}" for t in out["trajectory"]["t"].tolist()[:-1]] + ["sample"]
-    return out["samples"], labels, out["trajectory"]["x"], out["nfe"].double()
+    # With the denoising step the last of the frames is the denoised sample, after x(eps).
+    times = torch.linspace(1.0, o.sample_eps, frames - int(o.denoise), dtype=torch.float64).tolist()
+    out = ode_sample(model.sde, model.score, shape, rtol=o.rtol, atol=o.atol, eps=o.sample_eps, denoise=o.denoise,
+                     generator=gens, device=device, dtype=dtype, return_trajectory=times)
+    labels = [f"t={t:.3g}" for t in out["trajectory"]["t"].tolist()]
+    x = out["trajectory"]["x"]
+    if o.denoise:
+        labels, x = [*labels, "denoised"], torch.cat([x, out["samples"][None]])
+    else:
+        labels[-1] = "sample"
+    return out["samples"], labels, x, out["nfe"].double()
 
 
 def _ald(model: ScoreModel, params: Params, shape: Sequence[int], gens: list, frames: int, device: torch.device,
-         on_step: OnStep | None) -> tuple[torch.Tensor, list[str], torch.Tensor, float]:
+         dtype: torch.dtype, on_step: OnStep | None) -> tuple[torch.Tensor, list[str], torch.Tensor, float]:
     settings = ald_settings(params)
     L = len(model.sigmas)
     levels = _even(list(range(-1, L + int(settings["denoise"]))), frames)
-    x, info = ald_sample(model.level_score, model.sigmas, shape, generator=gens, device=device,
+    x, info = ald_sample(model.level_score, model.sigmas, shape, generator=gens, device=device, dtype=dtype,
                          return_trajectory=levels, on_step=on_step, **settings)
     sig = model.sigmas.tolist()
     labels = ["init" if i == -1 else "denoised" if i == L else f"sigma={sig[i]:.3g}"
@@ -132,14 +151,17 @@ def _ald(model: ScoreModel, params: Params, shape: Sequence[int], gens: list, fr
 
 def draw_score_samples(model: ScoreModel, params: Params, shape: Sequence[int], seed: int, batch_size: int = 256,
                        trajectory_frames: int = 10, device: torch.device | str = "cpu",
-                       on_step: OnStep | None = None, indices: Sequence[int] | None = None
-                       ) -> tuple[torch.Tensor, dict[str, Any]]:
+                       on_step: OnStep | None = None, indices: Sequence[int] | None = None,
+                       dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict[str, Any]]:
     """Draw the samples ``indices`` (default 0..shape[0]-1) with ``params.sample.sampler`` (pc, ode
     or ald), in batches of ``batch_size``, sample i from item i of the "sample" stream.
 
     Returns the samples [n, ...] on the CPU and ``{"labels": the trajectory's states from noise to
     sample, "x": [frames, n, ...], "nfe": NFE per sample [n] (float64; adaptive for ode)}``.
     ``on_step(done, total)`` follows pc's steps and ald's score evaluations (ode reports none).
+    ``dtype``: what the samplers compute in, and so what the network is called in, and the
+    samples' dtype (float64 with a float64 network: a sample the same in any batch up to float64
+    rounding, where a float32 network's batched calls round differently per batch size).
     """
     sampler = params.sample.sampler
     if sampler not in ("pc", "ode", "ald"):
@@ -154,15 +176,18 @@ def draw_score_samples(model: ScoreModel, params: Params, shape: Sequence[int], 
         batch_shape = (len(chunk), *shape[1:])
         batch_step = None if on_step is None else batch_progress(on_step, batch, len(starts))
         if sampler == "pc":
-            x, labels, traj, nfe = _pc(model, params, batch_shape, gens, trajectory_frames, device, batch_step)
+            x, labels, traj, nfe = _pc(model, params, batch_shape, gens, trajectory_frames, device, dtype,
+                                       batch_step)
         elif sampler == "ode":
-            x, labels, traj, nfe = _ode(model, params, batch_shape, gens, trajectory_frames, device)
+            x, labels, traj, nfe = _ode(model, params, batch_shape, gens, trajectory_frames, device, dtype)
         else:
-            x, labels, traj, nfe = _ald(model, params, batch_shape, gens, trajectory_frames, device, batch_step)
-        samples.append(x.float().cpu())
-        frames.append(traj.float().cpu())
+            x, labels, traj, nfe = _ald(model, params, batch_shape, gens, trajectory_frames, device, dtype,
+                                        batch_step)
+        samples.append(x.to(dtype).cpu())
+        frames.append(traj.to(dtype).cpu())
         nfes.append(torch.as_tensor(nfe, dtype=torch.float64).expand(len(chunk)).cpu())
     if not samples:  # a torchrun rank with no share
-        return torch.empty((0, *shape[1:])), {"labels": [], "x": torch.empty((trajectory_frames, 0, *shape[1:])),
-                                              "nfe": torch.empty(0, dtype=torch.float64)}
+        return torch.empty((0, *shape[1:]), dtype=dtype), {
+            "labels": [], "x": torch.empty((trajectory_frames, 0, *shape[1:]), dtype=dtype),
+            "nfe": torch.empty(0, dtype=torch.float64)}
     return torch.cat(samples), {"labels": labels, "x": torch.cat(frames, dim=1), "nfe": torch.cat(nfes)}

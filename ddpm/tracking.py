@@ -28,6 +28,7 @@ across runs) and a description with its numbers and links to the images.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ ENV_URI = "MLFLOW_TRACKING_URI"
 KEY_TAG = "ddpm.experiment_key"
 TRAINED_BY_TAG = "trained_by_run"
 TRAINING_METRICS_TAG = "ddpm.training_metrics"
+SUPERSEDED_BY_TAG = "ddpm.superseded_by"
 # What the stages run: a change here makes a new experiment even with the same params.
 CODE_GLOBS = ("dvc.yaml", "ddpm/**/*.py", "stages/**/*.py")
 
@@ -71,6 +73,8 @@ UNITS = {"bpd": "bits/dim", "nll": "nats/dim", "ode_bpd": "bits/dim", "ode_nll":
 # The likelihoods a report may hold: the variational bound (family ddpm) and the probability-flow
 # ODE's (families ddpm and sde), each under its own name.
 LIKELIHOODS = ("bpd", "nll", "ode_bpd", "ode_nll")
+# How long a process waits for another to finish opening a sqlite store (seconds).
+STORE_LOCK_TIMEOUT_S = 120
 
 
 def repo_root() -> Path:
@@ -250,6 +254,44 @@ def _update_experiment_tags(client: Any, exp_id: str, current: dict[str, str]) -
               f"tracked all the same", file=sys.stderr)
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _store_lock(uri: str) -> Any:
+    """An inter-process lock on a sqlite store (``<store>.lock`` beside it), or no lock for a
+    store that is a server (it serialises its own writes)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S)
+
+
+def _create_experiment(client: Any, uri: str, experiment: str) -> str:
+    """Create ``experiment``; when another process created it first, its id."""
+    from mlflow.exceptions import MlflowException
+
+    db = _sqlite_path(uri)
+    # Artifacts beside a sqlite store, by absolute path, so queued runs in temporary copies
+    # write them to the original repository.
+    artifact_location = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
+    try:
+        return client.create_experiment(experiment, artifact_location=artifact_location, tags=experiment_tags({}))
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
+def _same_params(run: Any, params: dict[str, Any]) -> bool:
+    """Whether ``run`` logged no param with another value than ``params`` has (MLflow's params
+    cannot change)."""
+    return all(run.data.params.get(k, str(v)) == str(v) for k, v in params.items())
+
+
 def _entry_point() -> str:
     """The script this process runs (``sys.argv[0]``), or ``python`` when there is none."""
     return sys.argv[0] if sys.argv and sys.argv[0] else "python"
@@ -266,26 +308,25 @@ class Tracker:
         self.experiment_id = experiment_id
         self.failed = False
         self.metric_names: set[str] = set()
+        self.logged_steps: dict[str, int] = {}  # the last step of each metric the run holds (training curves)
 
     # ------------------------------------------------------------------ opening
     @staticmethod
     def _client(uri: str, experiment: str) -> tuple[Any, str]:
+        """A client of the store at ``uri`` and the id of ``experiment``, created when missing.
+
+        Safe when several processes start at once (the workers of ``dvc queue start -j N``):
+        MLflow creates a new sqlite store's tables on first use, which two processes racing
+        each other break ("duplicate column name"), so a sqlite store is opened under a file
+        lock beside it; and the experiment is looked up and created as one step (a create that
+        loses the race to another process takes the experiment that process made)."""
         from mlflow.tracking import MlflowClient
 
         try:
-            client = MlflowClient(tracking_uri=uri)
-            exp = client.get_experiment_by_name(experiment)
-            if exp is None:
-                artifact_location = None
-                if uri.startswith("sqlite:///"):
-                    # Artifacts beside the store, by absolute path, so queued runs in
-                    # temporary copies write them to the original repository.
-                    db = Path(uri[len("sqlite:///"):])
-                    artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
-                exp_id = client.create_experiment(experiment, artifact_location=artifact_location,
-                                                  tags=experiment_tags({}))
-            else:
-                exp_id = exp.experiment_id
+            with _store_lock(uri):
+                client = MlflowClient(tracking_uri=uri)
+                exp = client.get_experiment_by_name(experiment)
+                exp_id = exp.experiment_id if exp is not None else _create_experiment(client, uri, experiment)
         except Exception as err:  # mlflow raises many types: connection, SQL, malformed URI
             raise TrackingError(
                 f"cannot use the MLflow tracking store {uri!r} ({type(err).__name__}: "
@@ -327,6 +368,62 @@ class Tracker:
         tracker = cls._create(client, exp_id, uri, run_name, cls._standard_tags(source_name) | (tags or {}))
         tracker.log_params(params)
         return tracker
+
+    @classmethod
+    def open_training(cls, experiment: str, params: dict[str, Any], configured_uri: str = "",
+                      tags: dict[str, str] | None = None, resume_run_id: str | None = None) -> Tracker:
+        """The train stage's run. ``resume_run_id``: the run that a training state restored from
+        an interrupted run recorded. That run is continued when the store still holds it, active,
+        with params that agree with ``params`` (a ``dvc repro`` after an interruption), so the
+        experiment keeps one run and one history; otherwise a new run is opened (``catch_up``
+        replays the restored history into it), and the unfinished run it supersedes is deleted
+        (MLflow keeps deleted runs until ``mlflow gc``), so no run is left RUNNING or KILLED
+        for a stage that went on to finish."""
+        uri = resolve_tracking_uri(configured_uri)
+        client, exp_id = cls._client(uri, experiment)
+        tags = cls._standard_tags(None) | (tags or {})
+        previous = cls._existing_run(client, resume_run_id) if resume_run_id else None
+        if previous is not None and previous.info.experiment_id == exp_id and _same_params(previous, params):
+            tracker = cls(client, previous.info.run_id, uri, exp_id)
+            tracker._safely("continuing the run", client.update_run, tracker.run_id, "RUNNING")
+            tracker.set_tags(tags)
+            tracker.log_params(params)
+            tracker._read_logged_steps()
+            print(f"mlflow: continuing run {tracker.run_id}, which the resumed training state was logged to",
+                  file=sys.stderr)
+            return tracker
+        tracker = cls._create(client, exp_id, uri, None, tags)
+        tracker.log_params(params)
+        if previous is not None and previous.info.status != "FINISHED":
+            tracker._supersede(previous)
+        return tracker
+
+    @staticmethod
+    def _existing_run(client: Any, run_id: str) -> Any:
+        """The active run ``run_id`` of the store, or None."""
+        try:
+            run = client.get_run(run_id)
+        except Exception:
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def _supersede(self, previous: Any) -> None:
+        """Delete the unfinished run whose history this run has taken over, saying so."""
+        old = previous.info.run_id
+        self._safely("tagging the superseded run", self.client.set_tag, old, SUPERSEDED_BY_TAG, self.run_id)
+        self._safely("deleting the superseded run", self.client.delete_run, old)
+        print(f"mlflow: run {old} ({previous.info.status}, interrupted) is superseded by run {self.run_id}, which "
+              "holds its training history; it was deleted (restore it in the UI until `mlflow gc`)", file=sys.stderr)
+
+    def _read_logged_steps(self) -> None:
+        """The last step of every metric the run holds, so that points logged before an
+        interruption are not logged twice."""
+        self._safely("reading the run's history", self._load_logged_steps)
+
+    def _load_logged_steps(self) -> None:
+        for name in self.client.get_run(self.run_id).data.metrics:
+            history = self.client.get_metric_history(self.run_id, name)
+            self.logged_steps[name] = max((m.step for m in history), default=-1)
 
     @classmethod
     def for_experiment(cls, model_run_id: str | None, experiment: str, params: dict[str, Any],
@@ -399,6 +496,29 @@ class Tracker:
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         self.metric_names.update(metrics)
         self._safely("logging metrics", self.client.log_batch, self.run_id, metrics=items)
+
+    def log_training_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Log training curves, ``(step, metrics)`` rows, skipping the points the run already
+        holds (a continued run's points up to its interruption, which the resumed training
+        recomputes from the same seeds); they are the run's training curves
+        (``mark_training_curves``)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for step, metrics in rows for k, v in metrics.items()
+                 if step > self.logged_steps.get(k, -1)]
+        for step, metrics in rows:
+            self.metric_names.update(metrics)
+            for k in metrics:
+                self.logged_steps[k] = max(step, self.logged_steps.get(k, -1))
+        for i in range(0, len(items), 1000):  # MLflow's batch limit
+            self._safely("logging metrics", self.client.log_batch, self.run_id, metrics=items[i:i + 1000])
+
+    def catch_up(self, history: list[dict[str, float]], curve: list[dict[str, float]]) -> None:
+        """Give the run the history a resumed training state restored (rows with a ``step``):
+        all of it in a new run, nothing in a continued run that already holds it."""
+        self.log_training_metrics([(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+                                   for row in [*history, *curve]])
 
     def log_missing_metrics(self, metrics: dict[str, float]) -> None:
         """Log the metrics the run does not have yet: a later stage completing a run whose

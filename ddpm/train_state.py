@@ -21,19 +21,14 @@ import torch
 from torch import nn
 
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
-from ddpm.config import Params
+from ddpm.config import Params, changes_training
 from ddpm.errors import CheckpointError
 from ddpm.io import files_digest
 from ddpm.runtime import DistInfo, print0
 
-# Sections whose values change what training computes; a saved training state is only
-# resumed when they are all unchanged.
-_TRAINING_SECTIONS = ("dataset", "seed", "beta_schedule", "timesteps", "beta_start", "beta_end",
-                      "mean_type", "var_type", "loss_type", "data.", "model.", "train.")
-# Keys that change how fast, not what, training computes (on the same device), and
-# train.steps, since the schedule does not depend on it: a longer run continues a shorter one.
-_NOT_TRAINING = ("train.steps", "train.log_every", "train.checkpoint_every", "train.device", "train.num_threads",
-                 "train.compile", "train.nproc", "train.bound_every", "train.bound_images", "train.bound_strata")
+# The stage that drives training, beside the package in this repository: its code is part
+# of what a state was trained by.
+TRAIN_STAGE = Path("stages") / "train.py"
 
 
 @dataclass
@@ -48,6 +43,7 @@ class TrainingState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # one row per log interval
     curve: list[dict[str, float]] = field(default_factory=list)    # the bound's learning curve: step + estimate
+    run_id: str | None = None       # the tracking run this training logs to: a resumed run continues it
 
 
 @dataclass(frozen=True)
@@ -61,19 +57,22 @@ class RunIdentity:
 
 
 def training_fingerprint(params: Params) -> dict[str, Any]:
-    """The flattened params that determine the training trajectory."""
-    return {k: v for k, v in params.flatten().items()
-            if k.startswith(_TRAINING_SECTIONS) and k not in _NOT_TRAINING}
+    """The flattened params that determine the training trajectory: every key whose role
+    (``ddpm.config.KEY_ROLES``) is network or training, and any key the table does not name."""
+    return {k: v for k, v in params.flatten().items() if changes_training(k)}
 
 
 @functools.lru_cache(maxsize=4)
 def code_fingerprint(root: Path | None = None) -> str:
-    """SHA-256 of the ddpm package's source files (``root``: the package directory). A training
+    """SHA-256 of the code that trains: the ddpm package's source files and the train stage
+    (``root``: the directory holding ``ddpm/`` and ``stages/``, by default this package's
+    parent; a stage that is not there, as for an installed package, is left out). A training
     state saved by other code is not resumed: when the code changes, ``dvc repro`` reruns the
-    train stage, which must train anew rather than pick up the finished state of the old code's
-    run."""
-    root = Path(__file__).resolve().parent if root is None else root
-    return files_digest(root, root.rglob("*.py"))
+    train stage, which must train anew rather than pick up the finished state of the old
+    code's run."""
+    root = Path(__file__).resolve().parents[1] if root is None else root
+    files = [*(root / "ddpm").rglob("*.py"), *[p for p in [root / TRAIN_STAGE] if p.is_file()]]
+    return files_digest(root, files)
 
 
 def save_training_state(path: str | os.PathLike, state: TrainingState, identity: RunIdentity) -> None:
@@ -81,7 +80,7 @@ def save_training_state(path: str | os.PathLike, state: TrainingState, identity:
     save_checkpoint(path, {
         "fingerprint": identity.fingerprint, "code": code_fingerprint(), "precision": identity.precision,
         "device_type": identity.device_type, "world_size": identity.world_size,
-        "step": state.step, "history": state.history, "curve": state.curve,
+        "step": state.step, "history": state.history, "curve": state.curve, "run_id": state.run_id,
         "model": state.model.state_dict(), "ema": state.ema.state_dict(),
         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict(),
@@ -111,6 +110,7 @@ def restore_training_state(path: str | os.PathLike, state: TrainingState, identi
     state.scheduler.load_state_dict(saved["scheduler"])
     state.scaler.load_state_dict(saved["scaler"])
     state.step, state.history, state.curve = saved["step"], saved["history"], saved["curve"]
+    state.run_id = saved.get("run_id")
     print0(f"resuming training from step {state.step} ({path})")
     return True
 
@@ -123,7 +123,8 @@ def _why_not_resume(saved: dict[str, Any], identity: RunIdentity) -> str | None:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:5])
         return f"it was saved with other params ({shown}{', ...' if len(keys) > 5 else ''})"
     if saved.get("code") != code_fingerprint():
-        return "it was saved by other ddpm code (the package's source has changed since)"
+        return (f"it was saved by other training code (the ddpm package's or {TRAIN_STAGE.as_posix()}'s source "
+                "has changed since)")
     return None
 
 

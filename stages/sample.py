@@ -20,7 +20,7 @@ from ddpm.io import atomic_save_npz, atomic_write_json
 from ddpm.plotting import SAMPLER_TITLES, plot_reverse_process, plot_samples
 from ddpm.runtime import gather_to_main, shard
 from ddpm.samplers import draw_samples
-from ddpm.score_sampling import ald_settings, draw_score_samples, score_model, with_trained_keys
+from ddpm.score_sampling import draw_score_samples, sampler_settings, score_model, with_trained_keys
 from ddpm.tracking import Tracker
 
 
@@ -90,8 +90,7 @@ def _draw(params: Params, trained: TrainedModel, shape: tuple[int, ...], indices
     if images:
         # The samples are images on [-1, 1]; the score samplers do not clip (score_sde clips on saving).
         samples = samples.clamp(-1, 1)
-    settings = ald_settings(run) if sc.sampler == "ald" else {}
-    return samples, {**trajectory, "steps": [-1] * len(trajectory["labels"]), "settings": settings}
+    return samples, {**trajectory, "steps": [-1] * len(trajectory["labels"]), "settings": sampler_settings(run)}
 
 
 HINTS = {CheckpointError: "`dvc repro train` writes models/model.pt; retrain if it is from another config"}

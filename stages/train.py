@@ -21,6 +21,7 @@ from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.nn import count_parameters
 from ddpm.runtime import dist_info, init_distributed, launch_torchrun, print0, resolve_device, set_threads
 from ddpm.tracking import KEY_TAG, Tracker, experiment_key
+from ddpm.train_state import TrainingState
 from ddpm.training import Probe, check_batch_size, resolved_params, train
 
 HINTS = {
@@ -57,24 +58,19 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(params.train.num_threads)
         # What was actually used (auto resolved): stored with the model and logged.
         used = resolved_params(params, prepared.meta, device, dist)
-        precision = used.train.precision
-        tracker = None
-        if dist.is_main:
-            # The key lets sample, evaluate and plot of this experiment find this run.
-            tracker = Tracker.open(params.mlflow.experiment, None, used.flatten(), params.mlflow.tracking_uri,
-                                   tags={"num_parameters": str(num_params), "device": str(device),
-                                         "world_size": str(dist.world_size), "precision": precision,
-                                         KEY_TAG: experiment_key(current.flatten())})
-            print0(f"training {num_params:,} parameters on {device} x{dist.world_size} ({precision}); "
-                   f"mlflow run {tracker.run_id} in {tracker.uri}; compare runs at {tracker.view_url()} "
-                   "(after `mlflow ui --backend-store-uri <that store>`)")
-            tracker.log_dataset(prepared.meta["dataset"], str(Path(args.data).resolve()),
-                                {"train": (prepared.train, prepared.train_labels),
-                                 "test": (prepared.test, prepared.test_labels)})
+        tracker: Tracker | None = None
+
+        def on_start(state: TrainingState) -> None:
+            # After a saved state was restored (or not): the run that state was logged to goes on.
+            nonlocal tracker
+            tracker = open_run(params, current, used, prepared, args.data, num_params, device, dist, state)
+            state.run_id = tracker.run_id
+
         try:
             result = train(params, prepared.train, prepared.meta, device, dist, state_path=args.state,
-                           on_log=(lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None,
-                           probe=bound_probe(params, prepared, device) if dist.is_main else None)
+                           on_log=lambda step, metrics: tracker.log_training_metrics([(step, metrics)]),
+                           probe=bound_probe(params, prepared, device) if dist.is_main else None,
+                           on_start=on_start if dist.is_main else None)
         except BaseException as err:
             if tracker is not None:
                 tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", error=err)
@@ -101,8 +97,28 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_csv(Path(args.reports) / "bound.csv", ["step", "bound_estimate", "stderr"],
                          [[r["step"], r[f"{unit}_estimate"], r[f"{unit}_estimate_stderr"]] for r in result.curve])
         tracker.log_artifact(model_path, "model")
+        tracker.finish()
 
     return run_stage("train", body, parser, argv, hints=HINTS)
+
+
+def open_run(params, current, used, prepared, data_dir: str, num_params: int, device: torch.device, dist,
+             state: TrainingState) -> Tracker:
+    """The experiment's MLflow run, with the training history a resumed ``state`` restored: the
+    run that state was logged to, continued, or a new one (``Tracker.open_training``)."""
+    # The key lets sample, evaluate and plot of this experiment find this run.
+    tracker = Tracker.open_training(
+        params.mlflow.experiment, used.flatten(), params.mlflow.tracking_uri,
+        tags={"num_parameters": str(num_params), "device": str(device), "world_size": str(dist.world_size),
+              "precision": used.train.precision, KEY_TAG: experiment_key(current.flatten())},
+        resume_run_id=state.run_id if state.step > 0 else None)
+    tracker.catch_up(state.history, state.curve)
+    print0(f"training {num_params:,} parameters on {device} x{dist.world_size} ({used.train.precision}); "
+           f"mlflow run {tracker.run_id} in {tracker.uri}; compare runs at {tracker.view_url()} "
+           "(after `mlflow ui --backend-store-uri <that store>`)")
+    splits = {"train": (prepared.train, prepared.train_labels), "test": (prepared.test, prepared.test_labels)}
+    tracker.log_dataset(prepared.meta["dataset"], str(Path(data_dir).resolve()), splits)
+    return tracker
 
 
 def bound_probe(params, prepared, device: torch.device) -> Probe | None:

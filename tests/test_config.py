@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
+import torch
 import yaml
 
 from ddpm.config import (
@@ -21,11 +22,16 @@ from ddpm.config import (
     parse_sampler_setting,
 )
 from ddpm.data import DATASETS
+from ddpm.factory import data_resolved_params
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 # The train stage resolves these on the machine that trains and stores what it used with the
 # model (ddpm.training.resolved_params); every other `auto` is resolved when params load.
 RUNTIME_KEYS = {"train.precision", "train.device", "train.channels_last"}
+# And these from the data: the train stage caps the batch at the training split and stores it
+# with the model (ddpm.factory.data_resolved_params), the prepare stage holds out a tenth of a
+# folder and records it in meta.json (ddpm.data.prepare.auto_test_size).
+DATA_KEYS = {"train.batch_size", "data.test_size"}
 # With family=ddpm and sample.sampler=ancestral, the keys of the other families and of the pc
 # sampler do not apply and stay auto.
 UNUSED_BY_DDPM = ({f"sde.{f.name}" for f in fields(SdeConfig)} | {f"ncsn.{f.name}" for f in fields(NcsnConfig)}
@@ -60,19 +66,19 @@ def test_resolved_leaves_auto_only_in_the_runtime_resolved_keys(dataset):
     raw = every_key_auto(dataset)
     assert {f"train.{k}" for k in raw["train"]} >= RUNTIME_KEYS  # the mapping really holds them as auto
     flat = Params.from_dict(raw).flatten()
-    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS | UNUSED_BY_DDPM
+    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS | DATA_KEYS | UNUSED_BY_DDPM
     for key, value in DATASET_DEFAULTS[dataset].items():
-        assert flat[key] == (list(value) if isinstance(value, tuple) else value)
+        assert flat[key] == ("auto" if key in DATA_KEYS else list(value) if isinstance(value, tuple) else value)
 
 
 def test_repository_params_load_and_resolve_every_auto_but_the_runtime_keys():
     params = load_params(REPO_PARAMS)
     assert params.dataset == "digits"
     flat = params.flatten()
-    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS | UNUSED_BY_DDPM
+    assert {key for key, value in flat.items() if value == "auto"} == RUNTIME_KEYS | DATA_KEYS | UNUSED_BY_DDPM
     for key, value in DATASET_DEFAULTS["digits"].items():
         section, name = key.split(".")
-        assert getattr(getattr(params, section), name) == value
+        assert getattr(getattr(params, section), name) == ("auto" if key in DATA_KEYS else value)
 
 
 def test_repository_params_file_lists_every_field():
@@ -87,7 +93,10 @@ def test_repository_params_file_lists_every_field():
 def test_cifar10_gets_ddpm_settings():
     p = Params.from_dict({"dataset": "cifar10"})
     assert (p.model.base_channels, p.model.channel_mult, p.model.attn_resolutions) == (128, (1, 2, 2, 2), (16,))
-    assert (p.train.lr, p.train.batch_size, p.train.ema_decay, p.train.hflip) == (2e-4, 128, 0.9999, True)
+    assert (p.train.lr, p.train.ema_decay, p.train.hflip) == (2e-4, 0.9999, True)
+    # The batch is DDPM's 128 for CIFAR-10's 50,000 training images (the train stage caps it at the split).
+    assert p.train.batch_size == "auto"
+    assert data_resolved_params(p, torch.zeros(50_000, 1)).train.batch_size == 128
 
 
 def test_explicit_values_override_auto():
@@ -118,6 +127,10 @@ def test_flatten_and_round_trip():
     ({"beta_schedule": "jsd"}, ["mean_type='eps'", "jsd"]),
     ({"train": {"lr": "fast"}}, ["train.lr='fast'", "a number or auto"]),
     ({"train": {"batch_size": 0}}, ["train.batch_size=0", ">= 1"]),
+    ({"train": {"batch_size": "all"}}, ["train.batch_size='all'", "an integer or auto"]),
+    ({"data": {"test_size": -1}}, ["data.test_size=-1", "an integer >= 0", "or auto"]),
+    ({"data": {"test_size": "tenth"}}, ["data.test_size='tenth'", "an integer or auto"]),
+    ({"data": {"test_size": 2.5}}, ["data.test_size=2.5", "an integer or auto"]),
     ({"train": {"hflip": "yes"}}, ["train.hflip='yes'", "true or false"]),
     ({"model": {"channel_mult": [1, "a"]}}, ["model.channel_mult=[1, 'a']", "list of integers"]),
     ({"model": {"dropout": 1.0}}, ["model.dropout=1.0", "[0, 1)"]),
@@ -301,11 +314,12 @@ def test_each_family_resolves_its_own_keys_and_leaves_the_others_auto():
     assert sde.ode.sample_eps == 1e-3 and sde.ode.divergence == "hutchinson"
     ve = Params.from_dict({"family": "sde", "sde": {"type": "ve"}, "dataset": "swissroll"})
     assert (ve.sample.predictor, ve.sample.corrector, ve.sample.snr) == ("reverse_diffusion", "annealed_langevin", 0.16)
-    assert ve.sde.sigma_min == 0.01 and ve.sde.sigma_max == "auto"  # the train stage derives it from the data
+    # score_sde's sigma_min = 0.01 is on data in [0, 1]; in this project's [-1, 1] the same relative noise is 0.02.
+    assert ve.sde.sigma_min == 0.02 and ve.sde.sigma_max == "auto"  # the train stage derives it from the data
     assert ve.ode.sample_eps == 1e-5 and ve.ode.divergence == "exact"  # D = 2: the exact trace is cheap
     ncsn = Params.from_dict({"family": "ncsn"})
     assert ncsn.sample.sampler == "ald" and ncsn.sde.type == "auto"
-    assert (ncsn.ncsn.sigma_min, ncsn.ncsn.denoise, ncsn.ncsn.init) == (0.01, True, "uniform")
+    assert (ncsn.ncsn.sigma_min, ncsn.ncsn.denoise, ncsn.ncsn.init) == (0.02, True, "uniform")  # NCSN's 0.01 on [0, 1]
     assert ncsn.ncsn.num_levels == ncsn.ncsn.sigma_max == ncsn.ncsn.step_lr == "auto"
     ddpm = Params.from_dict({"sample": {"sampler": "ode"}, "timesteps": 50})
     assert ddpm.ode.sample_eps == 1 / 50  # the VP-type SDE of the discrete diffusion starts at its first knot
@@ -331,7 +345,7 @@ def test_resolved_family_params_load_back_unchanged():
     ({"family": "ncsn", "loss_type": "vlb"}, ["loss_type='vlb'", "auto with family=ncsn"]),
     ({"family": "sde", "mean_type": "x0"}, ["mean_type='x0'", "auto with family=sde"]),
     ({"family": "sde", "sde": {"beta_min": 30}}, ["sde.beta_max=20.0", "> sde.beta_min=30"]),
-    ({"family": "sde", "sde": {"type": "ve", "sigma_max": 0.001}}, ["sde.sigma_max=0.001", "> sde.sigma_min=0.01"]),
+    ({"family": "sde", "sde": {"type": "ve", "sigma_max": 0.001}}, ["sde.sigma_max=0.001", "> sde.sigma_min=0.02"]),
     ({"family": "sde", "sde": {"num_scales": 10}}, ["sde.num_scales=10", "> sde.beta_max=20"]),
     ({"family": "sde", "sde": {"type": "subvp"}, "sample": {"predictor": "ancestral"}},
      ["sample.predictor='ancestral'", "sub-VP has no ancestral chain"]),
@@ -344,11 +358,25 @@ def test_resolved_family_params_load_back_unchanged():
     ({"ode": {"eps": 1.5}}, ["ode.eps=1.5", "(0, 1)"]),
     ({"ode": {"divergence": "trace"}}, ["ode.divergence='trace'", "exact", "hutchinson"]),
     ({"ode": {"num_images": -1}}, ["ode.num_images=-1", ">= 0"]),
+    ({"ode": {"denoise": "yes"}}, ["ode.denoise='yes'", "true or false"]),
+    ({"ode": {"denoise": 1}}, ["ode.denoise=1", "true or false"]),
     ({"family": "ncsn", "ncsn": {"num_levels": 1}}, ["ncsn.num_levels=1", ">= 2"]),
-    ({"family": "ncsn", "ncsn": {"sigma_max": 0.005}}, ["ncsn.sigma_max=0.005", "> ncsn.sigma_min=0.01"]),
+    ({"family": "ncsn", "ncsn": {"sigma_max": 0.005}}, ["ncsn.sigma_max=0.005", "> ncsn.sigma_min=0.02"]),
 ])
 def test_bad_family_settings_name_key_value_and_accepted(raw, fragments):
     with pytest.raises(ConfigError) as err:
         Params.from_dict(raw)
     for fragment in fragments:
         assert fragment in str(err.value)
+
+
+def test_sizes_and_the_ode_denoising_step_as_typed_on_the_command_line(tmp_path):
+    """`dvc exp run -S data.test_size=auto -S train.batch_size=1e2 -S ode.denoise=false` writes
+    these values into params.yaml; each loads as the user meant it."""
+    assert Params.from_dict({}).ode.denoise is True  # score_sde's noise_removal, on by default
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  test_size: auto\ntrain:\n  batch_size: 1e2\node:\n  denoise: false\n")
+    params = load_params(path)
+    assert (params.data.test_size, params.train.batch_size, params.ode.denoise) == ("auto", 100, False)
+    path.write_text("data:\n  test_size: 3e1\n")
+    assert load_params(path).data.test_size == 30

@@ -745,3 +745,14 @@ def test_prepare_stage_reports_a_test_size_larger_than_the_test_split_as_a_confi
     err = capsys.readouterr().err
     assert "prepare: error: data.test_size=11 is not accepted for mnist" in err
     assert "prepare: hint: fix the key" in err and "Traceback" not in err
+
+
+def test_auto_test_size_keeps_300_and_a_small_official_test_split_whole(tmp_path: Path) -> None:
+    """data.test_size's default, auto: the 300 held-out digits and Swiss-roll points of before, a
+    subset of 300 of a torchvision test split, or all of a split that holds no more than that."""
+    auto, explicit = (prepare_dataset("digits", "unused", seed=0, test_size=size) for size in ("auto", 300))
+    assert auto.meta == explicit.meta and np.array_equal(auto.test, explicit.test)
+    assert prepare_dataset("swissroll", "unused", seed=0, test_size="auto", num_train_vectors=10).test.shape == (300, 2)
+    write_mnist_like(tmp_path, "MNIST")  # 10 test images
+    small = prepare_dataset("mnist", tmp_path, seed=0, test_size="auto", download=False)
+    assert small.meta["test_size"] == 10 and small.meta["source"].endswith("official test split (10 images)")

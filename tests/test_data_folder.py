@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from test_stages import write_params
 
 from ddpm.config import DATASET_DEFAULTS, Params, quality_families_for
 from ddpm.data import load_prepared, prepare_dataset, write_prepared
 from ddpm.data.folder import find_images, load_image
+from ddpm.data.prepare import auto_test_size
 from ddpm.errors import ConfigError, DataError, DatasetNotFoundError
+from ddpm.factory import data_resolved_params
 
 
 def noise(shape: tuple[int, ...], seed: int, low: int = 0, high: int = 256) -> np.ndarray:
@@ -282,6 +285,31 @@ def test_a_test_size_the_folder_cannot_honour_names_the_key(tmp_path):
             prepare(tmp_path, test_size=test_size)
 
 
+@pytest.mark.parametrize(("images", "held_out"), [(2, 1), (9, 1), (15, 1), (40, 4), (60, 6), (2999, 299),
+                                                  (3000, 300), (10000, 300)])
+def test_auto_test_size_of_a_folder_is_a_tenth_of_it_from_1_to_300(images, held_out):
+    assert auto_test_size("folder", images) == held_out
+    assert auto_test_size("digits", 1797) == 300  # the other datasets as before
+    assert auto_test_size("mnist", 10000) == 300 and auto_test_size("mnist", 10) == 0  # 0: all of a small split
+
+
+def test_auto_test_size_holds_out_a_tenth_of_a_folder_and_says_so(tmp_path):
+    for i in range(25):
+        save(tmp_path / f"{i:02d}.png", noise((9, 9), i))
+    prepared = prepare(tmp_path, test_size="auto")
+    assert (prepared.meta["train_size"], prepared.meta["test_size"]) == (23, 2)
+    assert "random split of 2 test images (data.test_size=auto" in prepared.meta["source"]
+    # The same split as the number written out.
+    np.testing.assert_array_equal(prepare(tmp_path, test_size=2).test, prepared.test)
+
+
+def test_a_folder_of_one_image_is_refused_naming_the_folder(tmp_path):
+    save(tmp_path / "only.png", noise((9, 9), 0))
+    for test_size in ("auto", 1):
+        with pytest.raises(ConfigError, match=r"data\.folder='.*' holds 1 image; expected at least 2"):
+            prepare(tmp_path, test_size=test_size)
+
+
 def _png_bytes() -> bytes:
     import io
 
@@ -298,7 +326,9 @@ def test_params_for_a_folder_resolve_and_check_the_image_size():
     assert (p.data.folder, p.data.image_size) == ("imgs", 64)
     for key, value in DATASET_DEFAULTS["folder"].items():
         section, name = key.split(".")
-        assert getattr(getattr(p, section), name) == value
+        # The batch is the train stage's to resolve: the default capped at the training split.
+        assert getattr(getattr(p, section), name) == ("auto" if key == "train.batch_size" else value)
+    assert p.data.test_size == "auto"  # the prepare stage's: a tenth of the folder
     assert quality_families_for("folder") == ("classifier", "inception")
     with pytest.raises(ConfigError, match=r"data\.image_size=48 is not accepted; expected one of 16, 32, 64, 128"):
         Params.from_dict({"dataset": "folder", "data": {"image_size": 48}})
@@ -308,6 +338,19 @@ def test_params_for_a_folder_resolve_and_check_the_image_size():
     assert p.data.image_size == 48
     with pytest.raises(ConfigError, match=r"data\.image_size=0 is not accepted; expected an integer >= 1"):
         Params.from_dict({"data": {"image_size": 0}})
+
+
+def test_the_batch_is_the_default_capped_at_the_training_split_and_an_explicit_one_stays():
+    auto = Params.from_dict({"dataset": "folder"})
+    default = DATASET_DEFAULTS["folder"]["train.batch_size"]  # 64
+    assert auto.train.batch_size == "auto"
+    assert data_resolved_params(auto, torch.zeros(36, 3, 16, 16)).train.batch_size == 36
+    assert data_resolved_params(auto, torch.zeros(500, 3, 16, 16)).train.batch_size == default
+    recipe = Params.from_dict({"recipe": "lucidrains_folder"})  # a recipe's batch is auto's value too
+    assert data_resolved_params(recipe, torch.zeros(20, 3, 16, 16)).train.batch_size == 20
+    assert data_resolved_params(recipe, torch.zeros(500, 3, 16, 16)).train.batch_size == 32
+    explicit = Params.from_dict({"dataset": "folder", "train": {"batch_size": 64}})
+    assert data_resolved_params(explicit, torch.zeros(36, 3, 16, 16)) == explicit  # the train stage refuses it
 
 
 # --- stages -------------------------------------------------------------------------------
@@ -352,3 +395,38 @@ def test_prepare_stage_names_a_corrupt_file_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()[0]
     assert error.startswith(f"prepare: error: {tmp_path / 'images' / 'broken.jpg'}: not a readable PNG or JPEG")
     assert not out.exists()
+
+
+def test_a_folder_of_a_few_dozen_images_prepares_and_trains_at_its_default_sizes(tmp_path, monkeypatch, capsys):
+    """The issue's report: at the defaults, data.test_size (then 300) stopped a 40-image folder at
+    prepare, and the folder's batch of 64 stopped its 36 training images at train. Now prepare
+    holds out a tenth (4) and records it in meta.json, and the train stage caps the batch at the
+    36 training images and stores that with the model. Only the network and the step count are
+    made tiny; data.test_size and train.batch_size stay as params.yaml has them."""
+    from stages import prepare as prepare_stage
+    from stages import train
+
+    for i in range(40):
+        save(tmp_path / "images" / f"{i:02d}.png", noise((18, 20, 3), i))
+    tiny = {key: value for key, value in TINY.items() if key not in ("data.test_size", "train.batch_size")}
+    params = write_params(tmp_path / "params.yaml", **{**tiny, "data.image_size": 16,
+                                                        "data.folder": str(tmp_path / "images"), "train.steps": 2})
+    assert yaml.safe_load(params.read_text())["data"]["test_size"] == "auto"
+    assert yaml.safe_load(params.read_text())["train"]["batch_size"] == "auto"
+    prep = tmp_path / "prep"
+    assert prepare_stage.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--out", str(prep)]) == 0
+    meta = json.loads((prep / "meta.json").read_text())
+    assert (meta["train_size"], meta["test_size"]) == (36, 4)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    models = tmp_path / "models"
+    assert train.main(["--params", str(params), "--data", str(prep), "--out", str(models),
+                       "--state", str(tmp_path / "state.pt"), "--reports", str(tmp_path / "rep")]) == 0
+    stored = torch.load(models / "model.pt", weights_only=True)["params"]
+    assert stored["train"]["batch_size"] == 36 == min(DATASET_DEFAULTS["folder"]["train.batch_size"], 36)
+    assert json.loads((models / "run.json").read_text())["params"]["train"]["batch_size"] == 36
+    # An explicit batch larger than the training split is still refused, naming the key.
+    too_big = write_params(tmp_path / "big.yaml", **{**tiny, "data.image_size": 16, "train.batch_size": 64,
+                                                     "data.folder": str(tmp_path / "images"), "train.steps": 2})
+    assert train.main(["--params", str(too_big), "--data", str(prep), "--out", str(tmp_path / "m2"),
+                       "--state", str(tmp_path / "s2.pt"), "--reports", str(tmp_path / "r2")]) == 2
+    assert "train.batch_size=64 is larger than the training set (36 examples)" in capsys.readouterr().err

@@ -140,6 +140,56 @@ def test_p_mean_variance_is_posterior_at_true_prediction(mean_type):
     torch.testing.assert_close(out["log_variance"], true_logvar)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                 reason="needs a CUDA device")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_p_mean_variance_under_bf16_autocast_is_full_precision_math_on_the_bf16_output(device):
+    """Under bf16 autocast (training, the bound probe) the network's output is bf16, and the
+    diffusion math on it runs in x_t's float32 from the float64 tables (DESIGN.md: the network
+    may run in low precision, the diffusion math never does): the mean equals Ho et al.'s
+    eqs. 11/7 computed here in float64 from that same bf16 output, to float32 rounding."""
+    T = 100
+    betas = get_beta_schedule("linear", T)
+    d = GaussianDiffusion(betas)
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1).to(device)  # default (non-zero) init: an O(1) eps
+    x = torch.randn(8, 1, 8, 8, generator=g).to(device)
+    t = torch.tensor([1, 3, 10, 25, 50, 75, 90, 99], device=device)
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+        out = d.p_mean_variance(lambda x_t, _: conv(x_t), x, t)
+        eps = conv(x)
+    assert eps.dtype == torch.bfloat16  # the network really ran in bf16
+    assert out["mean"].dtype == out["log_variance"].dtype == torch.float32
+    assert torch.equal(out["model_output"], eps.float())
+    # Ho et al. eqs. 4 (solved for x0), 6 and 7, in float64, independently of the tables.
+    abar = torch.cumprod(1 - betas, 0)
+    abar_prev = torch.cat([torch.ones(1, dtype=F64), abar[:-1]])
+    at = lambda v: v[t.cpu()].reshape(-1, 1, 1, 1)
+    x64, eps64 = x.cpu().double(), eps.cpu().double()
+    a, b = 1 / at(abar).sqrt(), (1 / at(abar) - 1).sqrt()
+    pred_x0 = (a * x64 - b * eps64).clamp(-1, 1)
+    c1 = at(betas) * at(abar_prev).sqrt() / (1 - at(abar))
+    c2 = (1 - at(abar_prev)) * (1 - at(betas)).sqrt() / (1 - at(abar))
+    mean = c1 * pred_x0 + c2 * x64
+    log_var = torch.log(at(betas) * (1 - at(abar_prev)) / (1 - at(abar))).expand_as(x64)
+    # float32 arithmetic: pred_x0 = a x - b eps rounds the two coefficients, the two products
+    # and the difference, each by at most u = 2^-24 of the largest operand (3 u (|a x| + |b eps|)
+    # to first order; clamping is 1-Lipschitz); the mean adds c1 times that and 3 u (|c1 pred_x0|
+    # + |c2 x|) for its own roundings. 4 u covers the second-order terms. The same math in bf16
+    # (8 bits) would be off by about 2^-9 of those terms: 10^4 times more.
+    u = 2.0**-24
+    bound = 4 * u * (c1 * (a * x64.abs() + b * eps64.abs()) + c1 * pred_x0.abs() + c2 * x64.abs())
+    worst = ((out["mean"].cpu().double() - mean).abs() / bound).max().item()
+    assert worst <= 1, f"the mean is off by {worst:.3g} times the float32 bound"
+    torch.testing.assert_close(out["pred_x0"].cpu().double(), pred_x0, rtol=0,
+                               atol=(4 * u * (a * x64.abs() + b * eps64.abs())).max().item())
+    # One float32 rounding of the float64 table value (2^-23: the table's own last-bit
+    # difference from this formula can move a rounding by one float32 step).
+    torch.testing.assert_close(out["log_variance"].cpu().double(), log_var, rtol=2.0**-23, atol=0)
+
+
 def test_variance_types():
     T = 50
     betas = get_beta_schedule("linear", T)

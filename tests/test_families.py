@@ -3,6 +3,7 @@ settings the train stage derives from the data (NCSNv2's rules), and the DDPM pa
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -39,7 +40,7 @@ def test_ncsn_ladder_comes_from_the_data_by_ncsnv2s_rules():
     images = torch.rand(100, 1, 8, 8, generator=g) * 2 - 1
     q = data_resolved_params(Params.from_dict({"family": "ncsn"}), images)
     assert q.ncsn.sigma_max == pytest.approx(largest_distance(images), rel=1e-6)
-    assert q.ncsn.num_levels == num_levels_for(q.ncsn.sigma_max, 0.01, 64) > 10
+    assert q.ncsn.sigma_min == 0.02 and q.ncsn.num_levels == num_levels_for(q.ncsn.sigma_max, 0.02, 64) > 10
     assert network_timesteps(q) == q.ncsn.num_levels
     explicit = data_resolved_params(Params.from_dict({"family": "ncsn", "ncsn": {"num_levels": 7, "sigma_max": 5.0}}),
                                     images)
@@ -51,14 +52,14 @@ def test_ve_sigma_max_comes_from_the_data_and_the_other_families_are_untouched()
     ve = data_resolved_params(Params.from_dict({"family": "sde", "sde": {"type": "ve"}, "dataset": "swissroll"}), x)
     assert ve.sde.sigma_max == pytest.approx(largest_distance(x), rel=1e-6)
     for raw in ({"family": "sde"}, {"family": "sde", "sde": {"type": "ve", "sigma_max": 50}}, {}):
-        p = Params.from_dict({**raw, "dataset": "swissroll"})
+        p = Params.from_dict({**raw, "dataset": "swissroll", "train": {"batch_size": 50}})
         assert data_resolved_params(p, x) == p
 
 
 def test_a_sigma_min_above_every_distance_names_the_key():
     x = torch.zeros(4, 2)
     x[0, 0] = 1e-3
-    with pytest.raises(ConfigError, match=r"ncsn.sigma_min=0.01 .*largest distance"):
+    with pytest.raises(ConfigError, match=r"ncsn.sigma_min=0.02 .*largest distance"):
         data_resolved_params(Params.from_dict({"family": "ncsn", "dataset": "swissroll"}), x)
 
 
@@ -81,7 +82,7 @@ def test_each_family_builds_its_objective_and_network(raw, kind, timesteps):
 
 
 def test_ddpm_draws_are_the_integer_timesteps_of_the_steps_generator():
-    p = Params.from_dict({"timesteps": 50})
+    p = Params.from_dict({"timesteps": 50, "train": {"batch_size": 128}})  # the train stage resolves auto
     t, noise, _ = batch_draws(p, 7, (2,), 50, torch.device("cpu"))
     g = seeding.generator(p.seed, "train_noise", item=7)
     assert torch.equal(t, torch.randint(0, 50, (p.train.batch_size,), generator=g))
@@ -89,7 +90,7 @@ def test_ddpm_draws_are_the_integer_timesteps_of_the_steps_generator():
 
 
 def test_continuous_time_draws_lie_in_eps_to_one():
-    p = Params.from_dict({"family": "sde", "dataset": "swissroll", "sde": {"eps": 0.25}})
+    p = Params.from_dict({"family": "sde", "dataset": "swissroll", "sde": {"eps": 0.25}, "train": {"batch_size": 256}})
     t, _, _ = batch_draws(p, 0, (2,), 1000, torch.device("cpu"), build_objective(p))
     assert t.dtype == torch.float64 and bool(((t >= 0.25) & (t < 1)).all())
     assert len(set(t.tolist())) == len(t)  # continuous, not a grid
@@ -142,7 +143,8 @@ def run_stages(root, **overrides) -> dict:
     ({"family": "sde", "sde.type": "ve", "sample.steps": 30}, 60),      # reverse diffusion + annealed Langevin
     ({"family": "ncsn", "ncsn.steps_per_level": 3}, 10 * 3 + 1),        # 10 levels (dimension 2), denoised
     ({"sample.sampler": "pc", "timesteps": 40}, 40),                     # a DDPM checkpoint through its SDE
-    ({"sample.sampler": "ode", "timesteps": 40}, None),                  # adaptive
+    ({"sample.sampler": "ode", "timesteps": 40}, None),                  # adaptive, then denoised
+    ({"sample.sampler": "ode", "timesteps": 40, "ode.denoise": False}, None),  # adaptive, x(eps) itself
 ])
 def test_sample_stage_draws_with_the_score_samplers_and_records_nfe(tmp_path, monkeypatch, overrides, nfe):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -153,8 +155,13 @@ def test_sample_stage_draws_with_the_score_samplers_and_records_nfe(tmp_path, mo
     assert out["nfe"].shape == (6,)
     if nfe is not None:
         assert (out["nfe"] == nfe).all() and out["sampling"]["nfe"] == nfe
-    else:  # Dopri5: 2 evaluations to start, then 6 per attempted step, per example
-        assert ((out["nfe"] - 2) % 6 == 0).all() and out["sampling"]["nfe_max"] == out["nfe"].max() > 2
+    else:  # Dopri5: 2 evaluations to start, then 6 per attempted step, per example; + 1 to denoise
+        denoise = overrides.get("ode.denoise", True)
+        assert ((out["nfe"] - 2 - denoise) % 6 == 0).all() and out["sampling"]["nfe_max"] == out["nfe"].max() > 2
+        # The sampler's resolved settings go with the samples; the ddpm family's ODE stops at 1 / T.
+        assert out["sampling"] == {**out["sampling"], "sampler": "ode", "rtol": 1e-5, "atol": 1e-5,
+                                   "sample_eps": 1 / 40, "denoise": denoise}
+        assert out["labels"][-1] == ("denoised" if denoise else "sample") and len(out["labels"]) == 4
     if overrides.get("family") == "ncsn":
         checkpoint = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
         prepared = np.load(tmp_path / "prep" / "train.npy")
@@ -166,24 +173,42 @@ def test_sample_stage_draws_with_the_score_samplers_and_records_nfe(tmp_path, mo
 
 @pytest.mark.parametrize("sampler", ["pc", "ode", "ald"])
 def test_a_score_sample_does_not_depend_on_its_batch(sampler):
+    """An example's sample is the same whether drawn in a batch of 5, of 2 or alone: its own
+    generator (item i of the "sample" stream), and for ode its own adaptive steps (ddpm.ode).
+
+    The network runs in float64. In float32, batched kernels round differently for different
+    batch sizes (BLAS blocking, other SIMD paths): about 6e-8 relative per call, which over the
+    ODE's thousands of evaluations, and through the adaptive steps it can move, left 1.1e-5
+    between batches on an AVX512-BF16 CPU: of the order of the solver's own error, which is
+    also what a batch-coupled step size (scipy's, torchdiffeq's) would change, so a float32
+    comparison could not tell the two apart."""
     family = "ncsn" if sampler == "ald" else "sde"
-    # ode: tight tolerances, so that the float32 rounding of batched network calls, which can move
-    # an example's adaptive steps, moves its sample by much less than the comparison's 1e-5.
     raw = {"family": family, "dataset": "swissroll", **TINY_MLP, "sample": {"sampler": sampler, "steps": 20},
-           "sde": {"type": "ve", "sigma_max": 5.0} if family == "sde" else {}, "ode": {"rtol": 1e-8, "atol": 1e-8}}
+           "sde": {"type": "ve", "sigma_max": 5.0} if family == "sde" else {}}
     if family == "ncsn":
         raw["ncsn"] = {"sigma_max": 5.0, "num_levels": 4, "steps_per_level": 3}
     p = Params.from_dict(raw)
     torch.manual_seed(0)
-    trained = TrainedModel(p, VECTOR_META, None, build_network(p, VECTOR_META).eval(), None, torch.device("cpu"))
-    model = score_model(trained)
-    whole, info = draw_score_samples(model, p, (5, 2), seed=3, batch_size=5, trajectory_frames=3)
-    split, _ = draw_score_samples(model, p, (5, 2), seed=3, batch_size=2, trajectory_frames=3)
-    # pc and ald: the same arithmetic per example; ode: per-example step control (ddpm.ode).
-    assert torch.allclose(whole, split, rtol=0, atol=1e-5 if sampler == "ode" else 1e-6)
-    alone, _ = draw_score_samples(model, p, (5, 2), seed=3, batch_size=1, trajectory_frames=3, indices=[4])
-    assert torch.allclose(alone[0], whole[4], rtol=0, atol=1e-5 if sampler == "ode" else 1e-6)
-    assert info["x"].shape[1:] == (5, 2) and (info["nfe"] > 0).all()
+    network = build_network(p, VECTOR_META).double().eval()
+    model = score_model(TrainedModel(p, VECTOR_META, None, network, None, torch.device("cpu")))
+    draw = functools.partial(draw_score_samples, model, p, (5, 2), seed=3, trajectory_frames=3, dtype=torch.float64)
+    whole, info = draw(batch_size=5)
+    split, _ = draw(batch_size=2)
+    alone, _ = draw(batch_size=1, indices=[4])
+    assert whole.dtype == torch.float64 and info["x"].shape[1:] == (5, 2) and (info["nfe"] > 0).all()
+    # The bound: each network call's rows may be summed in another order per batch size, a
+    # relative difference of at most fan_in * u (u = 2^-53, fan_in the longest dot product);
+    # a call's difference enters the sample through a step h * drift no larger than the
+    # sample's scale max|x|, so over an example's NFE calls they add up to at most
+    # NFE * fan_in * u * max|x| (no cancellation assumed; here ~1e-11).
+    # pc and ald take fixed steps; ode's accept/reject decisions would flip only for an error
+    # ratio within ~1e-13 of 1. A shared step size would move a sample by about the solver's
+    # error (rtol = atol = 1e-5 per step), a million times more.
+    fan_in = max(w.shape[-1] for w in network.parameters() if w.ndim == 2)
+    bound = info["nfe"].max().item() * fan_in * 2.0**-53 * whole.abs().max().item()
+    torch.testing.assert_close(split, whole, rtol=0, atol=bound)
+    torch.testing.assert_close(alone[0], whole[4], rtol=0, atol=bound)
+    assert (whole[4] - whole[3]).abs().min() > 1e3 * bound  # the examples differ: their own generators
 
 
 # ---------------------------------------------------------------------- evaluate: the ODE likelihood
@@ -222,16 +247,54 @@ def test_evaluate_reports_the_ode_likelihood_beside_the_bound_per_family(tmp_pat
 
 
 # ---------------------------------------------------------------------- figures
-@pytest.mark.parametrize("raw", [{"family": "sde", "sde": {"type": "ve", "sigma_max": 12.0}}, {"family": "sde"},
-                                 {"family": "ncsn", "ncsn": {"sigma_max": 12.0, "num_levels": 30}}])
-def test_plot_draws_the_familys_schedule(tmp_path, raw):
-    from PIL import Image
+def sde_schedule(c, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean coefficient, std and g(t) of the VE, VP and sub-VP SDEs of params section ``c``
+    (Song et al. 2021, eqs. 9, 11 and 14 with their kernels), independently of ddpm.sde."""
+    if c.type == "ve":
+        std = c.sigma_min * (c.sigma_max / c.sigma_min) ** t
+        return np.ones_like(t), std, std * np.sqrt(2 * np.log(c.sigma_max / c.sigma_min))
+    beta = c.beta_min + t * (c.beta_max - c.beta_min)
+    integral = c.beta_min * t + 0.5 * (c.beta_max - c.beta_min) * t**2  # of beta from 0 to t
+    mean = np.exp(-0.5 * integral)
+    if c.type == "vp":
+        return mean, np.sqrt(-np.expm1(-integral)), np.sqrt(beta)
+    return mean, -np.expm1(-integral), np.sqrt(beta * -np.expm1(-2 * integral))
 
+
+@pytest.mark.parametrize("raw", [{"family": "sde", "sde": {"type": "ve", "sigma_max": 12.0}}, {"family": "sde"},
+                                 {"family": "sde", "sde": {"type": "subvp", "beta_max": 15.0}},
+                                 {"family": "ncsn", "ncsn": {"sigma_max": 12.0, "num_levels": 30}}])
+def test_plot_draws_the_familys_schedule(tmp_path, monkeypatch, raw):
+    """The figure's curves are the family's schedule, computed here independently: the SDE's
+    mean coefficient, std and g(t) on [eps, 1] (std and g on log axes), or NCSN's geometric
+    ladder sigma_max (sigma_min / sigma_max)^(i / (L - 1)). Tolerance: a few float64 roundings
+    of exp, sqrt and powers (relative 1e-12, as tests/test_sde.py's closed forms)."""
+    from ddpm import plotting
     from stages.plot import family_schedule
 
-    path = family_schedule(Params.from_dict(raw), tmp_path / "schedule.png")
-    with Image.open(path) as image:
-        assert image.width > 500 and image.height > 300
+    figures, save = [], plotting._save_figure
+    monkeypatch.setattr(plotting, "_save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
+    p = Params.from_dict(raw)
+    path = family_schedule(p, tmp_path / "schedule.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    (fig,) = figures
+    lines = [ax.get_lines() for ax in fig.axes]
+    assert [len(axis_lines) for axis_lines in lines] == [1] * len(fig.axes)
+    if p.family == "ncsn":
+        n = p.ncsn
+        (line,) = lines[0]
+        levels = np.arange(n.num_levels)
+        np.testing.assert_array_equal(line.get_xdata(), levels)
+        want = n.sigma_max * (n.sigma_min / n.sigma_max) ** (levels / (n.num_levels - 1))
+        np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12)
+        assert fig.axes[0].get_yscale() == "log"
+        return
+    t = np.asarray(lines[0][0].get_xdata())
+    assert t[0] == p.sde.eps and t[-1] == 1.0 and len(t) >= 100 and (np.diff(t) > 0).all()
+    assert len(fig.axes) == 3 and [ax.get_yscale() for ax in fig.axes] == ["linear", "log", "log"]
+    for (line,), want in zip(lines, sde_schedule(p.sde, t), strict=True):
+        np.testing.assert_array_equal(line.get_xdata(), t)
+        np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12)
 
 
 def test_the_trajectory_strip_takes_a_samplers_labels_and_refuses_a_wrong_count():

@@ -185,7 +185,7 @@ def test_mid_run_tracking_failure_keeps_model_and_metrics(tmp_path):
     # A wrapper that deletes the sqlite store right after the run is created.
     code = (
         "import sys, os, ddpm.tracking as t\n"
-        "orig = t.Tracker.open.__func__\n"
+        "orig = t.Tracker.open_training.__func__\n"
         "def opened(cls, *a, **k):\n"
         "    tr = orig(cls, *a, **k)\n"
         "    os.chmod(os.environ['DBDIR'], 0o500)\n"
@@ -195,7 +195,7 @@ def test_mid_run_tracking_failure_keeps_model_and_metrics(tmp_path):
         "            return fail\n"
         "    tr.client = Gone()\n"
         "    return tr\n"
-        "t.Tracker.open = classmethod(opened)\n"
+        "t.Tracker.open_training = classmethod(opened)\n"
         "from stages.train import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )

@@ -1,5 +1,6 @@
 """CUDA checks (skipped without a GPU): the bound on the GPU equals the CPU's with the same noise, bf16 autocast
-training keeps the diffusion math in full precision, seeded GPU sampling reproduces."""
+training stays finite, seeded GPU sampling reproduces. (That the diffusion math stays in full precision under
+bf16 autocast is tests/test_diffusion.py's, on the CPU and on CUDA.)"""
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from ddpm.config import Params
 from ddpm.factory import build_diffusion, build_network
+from ddpm.runtime import set_tf32
 from ddpm.samplers import draw_samples
 from ddpm.seeding import generators
 from ddpm.training import train
@@ -46,19 +48,18 @@ def test_bf16_training_is_finite_and_gpu_bound_equals_cpu_bound_with_the_same_no
     torch.testing.assert_close(gpu["terms"].cpu(), cpu["terms"], rtol=0, atol=1e-5)
 
 
-def test_p_mean_variance_stays_float32_under_bf16_autocast():
-    p, result = trained_network()
-    d = build_diffusion(p)
-    x = torch.randn(8, 1, 8, 8, device="cuda")
-    t = torch.full((8,), 10, device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = d.p_mean_variance(result.model, x, t)
-    assert out["mean"].dtype == torch.float32 and out["log_variance"].dtype == torch.float32
-
-
 def test_seeded_gpu_sampling_reproduces_and_ignores_batching():
     p, result = trained_network()
     d = build_diffusion(p)
+    # Full float32: train() leaves TF32 on (train.tf32) and cuDNN allows it by default; its
+    # 10-bit mantissa (1e-3 relative per call), rounded differently by the kernels each batch
+    # size picks, would move the samples by ~1e-3 (the sum below times 1e-3).
+    set_tf32(False)
     a, _ = draw_samples(d, result.ema.eval(), (12, 1, 8, 8), seed=3, batch_size=12, device="cuda")
     b, _ = draw_samples(d, result.ema.eval(), (12, 1, 8, 8), seed=3, batch_size=5, device="cuda")
+    # The noise is each example's own (its generator), so only the float32 network calls differ
+    # between the batch sizes: ~1e-6 per call (see the bound test above). A change e of eps moves
+    # the step's mean by beta_t / sqrt(alpha_t (1 - abar_t)) e: summed over T = 100 steps, 2.13
+    # for this schedule, and carried forward by at most prod 1 / sqrt(alpha_t) = 1.66 times the
+    # network's own sensitivity (a few): a few 1e-5 at most; clipping only contracts.
     torch.testing.assert_close(a, b, rtol=0, atol=1e-4)

@@ -212,7 +212,7 @@ def test_inception_score_of_images_equals_direct_formula(run):
     (sample_feats, _), result = run
     expected = direct_inception_score(sample_feats.logits)
     assert result["inception_score"].value == pytest.approx(expected, rel=is_rounding_bound(sample_feats.logits))
-    assert result["inception_score"].stderr == 0.0  # one split
+    assert math.isnan(result["inception_score"].stderr)  # one split: no standard error to give
 
 
 def test_fid_of_real_images_with_themselves_is_zero(run):
@@ -229,6 +229,14 @@ def synthetic(seed: int, n: int, d: int, shift: float = 0.0) -> InceptionFeature
     pool = (torch.randn(n, d, generator=g, dtype=torch.float64) + shift).float()
     logits = (2 * torch.randn(n, 10, generator=g, dtype=torch.float64)).float()
     return InceptionFeatures(pool, logits)
+
+
+def test_a_single_kid_subset_or_is_split_has_a_nan_standard_error():
+    """torch-fidelity reports a std of 0 over one subset; one estimate has no standard error."""
+    result = inception_metrics(synthetic(1, 8, 3), synthetic(2, 8, 3), None, kid_subset_size=8, kid_subsets=1,
+                               is_splits=1)
+    assert math.isfinite(result["kid"].value) and math.isnan(result["kid"].stderr)
+    assert math.isfinite(result["inception_score"].value) and math.isnan(result["inception_score"].stderr)
 
 
 def test_fid_equals_frechet_distance_with_full_rank_covariances():

@@ -108,6 +108,8 @@ def test_kid_single_full_subset_is_the_full_mmd2():
     x, y = r.normal(size=(40, 4)), r.normal(size=(40, 4))
     result = kid(x, y, num_subsets=1, subset_size=40)
     assert result.value == pytest.approx(mmd2_unbiased(torch.tensor(x), torch.tensor(y)).item(), rel=1e-12)
+    # One subset is one estimate: its standard error is unknown (NaN), not 0, which would claim an exact value.
+    assert math.isnan(result.stderr)
 
 
 def test_kid_is_unbiased_for_one_distribution_and_positive_for_a_shifted_one():

@@ -110,7 +110,19 @@ def test_num_levels_for_refuses_dimensions_without_a_shell_and_unreachable_targe
         num_levels_for(3.0, 0.01, 2)
     with pytest.raises(ValueError, match="target must lie in"):
         num_levels_for(50.0, 0.01, 64, target=0.999)
-    assert num_levels_for(50.0, 0.01, 5) >= 2
+
+
+@pytest.mark.parametrize(("sigma_max", "sigma_min", "dim", "levels"), [
+    (50.0, 0.01, 5, 4),     # the smallest dimension with a shell: 3 levels give ~0, 4 give 0.65
+    (50.0, 0.01, 64, 29),   # 8x8 digits
+    (10.0, 1.0, 5, 2),      # a range so narrow that 2 levels already overlap more than the target
+])
+def test_num_levels_for_is_the_ladder_whose_criterion_is_closest_to_a_half(sigma_max, sigma_min, dim, levels):
+    """Technique 2 by brute force with scipy's normal tails: of the ladders of 2 .. 1000 levels
+    from sigma_max to sigma_min, the one whose ratio brings the criterion closest to 0.5."""
+    candidates = np.arange(2, 1001)
+    gaps = [abs(_criterion_scipy((sigma_max / sigma_min) ** (1 / (n - 1)), dim) - 0.5) for n in candidates]
+    assert num_levels_for(sigma_max, sigma_min, dim) == candidates[int(np.argmin(gaps))] == levels
 
 
 def _variance_after_steps(eps: np.ndarray, sigma_min: float, gamma: float, steps: int) -> np.ndarray:

@@ -389,9 +389,23 @@ def test_build_model_rejects_misfits(dataset: str, name: str, shape: tuple[int, 
         build_model(cfg, shape, timesteps=10, learn_sigma=False)
 
 
-def test_dataset_defaults_fit_the_shufflenet_unet() -> None:
-    for dataset, shape in (("digits", (1, 8, 8)), ("mnist", (1, 28, 28)), ("cifar10", (3, 32, 32))):
-        build_model(model_config(dataset, name="shufflenet_unet"), shape, timesteps=10, learn_sigma=False)
+@pytest.mark.parametrize(("dataset", "shape"), [("digits", (1, 8, 8)), ("mnist", (1, 28, 28)),
+                                              ("cifar10", (3, 32, 32))])
+def test_dataset_defaults_fit_the_shufflenet_unet(dataset: str, shape: tuple[int, ...]) -> None:
+    """Each dataset's default model section, with name=shufflenet_unet, builds a ShuffleNet U-Net
+    whose forward pass runs at the dataset's image size (every level's upsampling meets its
+    skip) and returns a finite output of the input's shape that depends on t."""
+    cfg = model_config(dataset, name="shufflenet_unet")
+    model = build_model(cfg, shape, timesteps=10, learn_sigma=False)
+    assert isinstance(model, ShuffleUNet) and model.base_channels == cfg.base_channels
+    model = perturb_zero_params(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *shape, generator=gen)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0, 9]))
+        other_t = model(x, torch.tensor([9, 0]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert not torch.equal(out, other_t)
 
 
 # --- training -------------------------------------------------------------------------------

@@ -26,13 +26,15 @@ from scipy import integrate, stats
 from ddpm.metrics import energy_distance
 from ddpm.ode import (
     EXACT_DIVERGENCE_MAX_DIM,
+    denoise_step,
     dequantization_offset,
     log_likelihood,
     ode_bpd,
     ode_nll,
     ode_sample,
 )
-from ddpm.sde import VESDE, VPSDE, SubVPSDE
+from ddpm.schedules import get_beta_schedule
+from ddpm.sde import VESDE, VPSDE, SubVPSDE, sde_from_diffusion
 from ddpm.seeding import generators
 
 BETA_MIN, BETA_MAX, SIGMA_MIN, SIGMA_MAX = 0.1, 20.0, 0.01, 50.0
@@ -311,8 +313,9 @@ def test_ode_bpd_refuses_data_off_the_grid():
 @pytest.mark.parametrize("kind, law_args", [("vp", MIXTURE_2D), ("ve", ([1.0], [[0.7, -0.3]], [0.5]))])
 def test_ode_sample_with_the_exact_score_reproduces_the_law(kind, law_args):
     law, eps, n = Mixture(kind, *law_args), 1e-3, 600
+    # The law at eps is what the ODE carries the prior to: no denoising step after it.
     out = ode_sample(SDES[kind], law.score, (n, 2), eps=eps, generator=generators(0, "sample", range(n)),
-                     dtype=torch.float64)
+                     dtype=torch.float64, denoise=False)
     reference, other = law.sample(n, eps, seed=1), law.sample(n, eps, seed=2)
     model = energy_distance(out["samples"], reference)
     floor = energy_distance(other, reference)
@@ -334,7 +337,10 @@ def test_ode_sample_is_per_example_and_records_its_trajectory():
     traj = out["trajectory"]
     assert out["samples"].dtype == torch.float32 and traj["x"].shape == (11, 4, 2)
     assert traj["t"][0] == 1.0 and traj["t"][-1] == pytest.approx(1e-3)
-    assert torch.equal(traj["x"][0], noise) and torch.equal(traj["x"][-1], out["samples"])
+    # The trajectory holds the ODE's states, the last one x(eps); the sample is x(eps) denoised.
+    plain = ode_sample(sde, law.score, noise.clone(), denoise=False)
+    assert torch.equal(traj["x"][0], noise) and torch.equal(traj["x"][-1], plain["samples"])
+    torch.testing.assert_close(out["samples"], denoise_step(sde, law.score, plain["samples"], 1e-3), rtol=0, atol=0)
     # The same noise in another batch (first two examples only) gives the same samples.
     part = ode_sample(sde, law.score, noise[:2].clone())
     assert torch.allclose(part["samples"], out["samples"][:2], rtol=0, atol=1e-6)
@@ -358,3 +364,83 @@ def test_non_positive_tolerances_and_eps_are_refused(bad):
                  lambda: ode_bpd(sde, law.score, x, 17, **bad), lambda: ode_nll(sde, law.score, x, **bad)):
         with pytest.raises(ValueError, match=f"{name}="):
             call()
+
+
+# --- the final denoising step ---------------------------------------------------------------------
+# score_sde's ODE sampler (sampling.py, get_ode_sampler with denoise = config.sampling.noise_removal,
+# True in every config) ends with its reverse-diffusion predictor at t = eps without the noise:
+# x - f + G^2 s(x, eps), (f, G) the SDE's discretization step i = floor(eps (N - 1)) = 0. The
+# expected values below are written from the formulas (Song et al. 2021, eqs. 45-47 and the
+# Euler-Maruyama step of sub-VP), not from ddpm.sde's discretize.
+T_DISCRETE = 1000
+DISCRETE = sde_from_diffusion(type("Diffusion", (), {"betas": get_beta_schedule("linear", T_DISCRETE)})())
+DENOISE_CASES = {"vp": (SDES["vp"], 1e-3), "subvp": (SDES["subvp"], 1e-3), "ve": (SDES["ve"], 1e-5),
+                 "ddpm": (DISCRETE, 1.0 / T_DISCRETE)}
+
+
+def reverse_diffusion_mean(kind: str, x: torch.Tensor, s: torch.Tensor, eps: float) -> torch.Tensor:
+    """x - f + G^2 s at step 0 of each SDE's own chain, from the formulas."""
+    if kind == "ve":  # NCSN's chain: f = 0, G^2 = sigma_0^2 - sigma_{-1}^2 = sigma_min^2
+        return x + SIGMA_MIN**2 * s
+    if kind in ("vp", "ddpm"):  # DDPM's step with the first beta: f = (sqrt(1 - beta_0) - 1) x, G^2 = beta_0
+        beta0 = BETA_MIN / 1000 if kind == "vp" else float(get_beta_schedule("linear", T_DISCRETE)[0])
+        return x - (math.sqrt(1 - beta0) - 1) * x + beta0 * s
+    # sub-VP: Euler-Maruyama of size 1 / N, f = -beta(eps) x / (2 N), G^2 = g(eps)^2 / N.
+    beta = BETA_MIN + eps * (BETA_MAX - BETA_MIN)
+    g2 = beta * (1 - math.exp(-2 * BETA_MIN * eps - (BETA_MAX - BETA_MIN) * eps**2))
+    return x + 0.5 * beta * x / 1000 + g2 / 1000 * s
+
+
+@pytest.mark.parametrize("kind", list(DENOISE_CASES))
+def test_ode_sample_ends_with_one_noise_free_reverse_diffusion_step_by_default(kind):
+    sde, eps = DENOISE_CASES[kind]
+    law = gaussian("vp" if kind == "ddpm" else kind, 3)  # any smooth score will do for the step itself
+    noise = sde.prior_sampling((5, 3), generators(1, "sample", range(5)), dtype=torch.float64)
+    plain = ode_sample(sde, law.score, noise.clone(), eps=eps, denoise=False)
+    out = ode_sample(sde, law.score, noise.clone(), eps=eps)  # the default: denoised
+    x = plain["samples"]
+    expected = reverse_diffusion_mean(kind, x, law.score(x, torch.full((5,), eps, dtype=torch.float64)), eps)
+    # Both in float64: the step's own rounding, a few ulps of max|x|.
+    torch.testing.assert_close(out["samples"], expected, rtol=0, atol=64 * 2.0**-53 * x.abs().max().item())
+    assert (out["samples"] - x).abs().max() > 1e-6  # the step moves the sample: the check above has power
+    assert torch.equal(out["nfe"], plain["nfe"] + 1) and out["nfe_total"] == plain["nfe_total"] + 1
+
+
+@pytest.mark.parametrize("kind", ["ve", "ddpm"])
+def test_denoised_ode_samples_of_gaussian_data_are_the_posterior_mean(kind):
+    """Data N(m, v I) narrower than a grey level: at time eps, x = a x0 + std z, and E[x0 | x] =
+    m + a v (x - a m) / (a^2 v + std^2) in closed form (Gaussian conditioning). The ODE's x(eps)
+    misses it by most of the noise std(eps) = 0.01; the denoised sample meets it up to the known
+    distance of the reference's step from this mean:
+    VE's step takes sigma_min^2 for sigma(eps)^2, |x - E| = (sigma(eps)^2 - sigma_min^2) |s|; the
+    discrete VP-type SDE at its first knot has a^2 = 1 - beta_0, std^2 = beta_0, and the step's
+    ((2 - a) x + beta_0 s) differs from E = (x + beta_0 s) / a by |x| (1 - a)^2 / a + beta_0 |s| (1 / a - 1)."""
+    sde, eps = DENOISE_CASES[kind]
+    m, v = 0.3, 0.002**2  # a quarter of an 8-bit grey level (2 / 255 in [-1, 1]) wide
+    if kind == "ve":
+        a, std2 = 1.0, (SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** eps) ** 2
+    else:
+        beta0 = float(get_beta_schedule("linear", T_DISCRETE)[0])
+        a, std2 = math.sqrt(1 - beta0), beta0
+
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # the exact score of the perturbed data
+        tb = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+        mean, sd = sde.mean_coef(tb)[:, None], sde.marginal_std(tb)[:, None]
+        return -(x - mean * m) / (mean**2 * v + sd**2)
+
+    n = 64
+    noise = sde.prior_sampling((n, 2), generators(2, "sample", range(n)), dtype=torch.float64)
+    # The closed form is a function of x(eps) itself, so the solver's own error does not enter.
+    x = ode_sample(sde, score, noise.clone(), eps=eps, denoise=False)["samples"]
+    denoised = ode_sample(sde, score, noise.clone(), eps=eps)["samples"]
+    posterior_mean = m + a * v * (x - a * m) / (a**2 * v + std2)
+    s = -(x - a * m) / (a**2 * v + std2)
+    if kind == "ve":
+        bound = (std2 - SIGMA_MIN**2) * s.abs()
+    else:
+        bound = x.abs() * (1 - a) ** 2 / a + beta0 * s.abs() * (1 / a - 1)
+    bound = bound + 64 * 2.0**-53 * x.abs().max()  # float64 rounding
+    assert ((denoised - posterior_mean).abs() <= bound).all()
+    # Without the step the samples keep the noise: on average more than half a grey level (1 / 255)
+    # off the mean, E|x - E| = sqrt(2 / pi) std^2 / sqrt(a^2 v + std^2) = 0.0078 here.
+    assert (x - posterior_mean).abs().mean() > 1 / 255 > 100 * bound.max()

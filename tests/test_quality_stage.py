@@ -5,6 +5,7 @@ the sample stage's seeds, and one clear line for each bad input with nothing wri
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -95,6 +96,27 @@ def test_report_merges_the_bound_and_the_quality_into_one_metrics_file(tmp_path)
     assert report.main(args) == 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == {
         "metric": "bpd", "bpd": {"total": 2.9}, "quality": {"samples": {"fd_classifier": 1.0}}}
+
+
+def test_a_single_kid_subset_has_a_nan_standard_error_in_every_report(trained, tmp_path, monkeypatch):
+    """kid_subset_size = sample.num_samples (KID over all the samples) leaves one subset: one
+    estimate, whose standard error is unknown. It is NaN (never 0, which would claim an exact
+    value) in quality.json, in metrics.json (where DVC shows nan) and in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = write_params(tmp_path / "params.yaml", **{**TINY, "quality.kid_subset_size": 24, "quality.sweep": []})
+    assert quality.main(quality_args(trained, params, tmp_path / "q")) == 0
+    headline = json.loads((tmp_path / "q" / "quality.json").read_text())["samples"]
+    assert math.isfinite(headline["kid_classifier"]) and math.isnan(headline["kid_classifier_stderr"])
+    (tmp_path / "bound.json").write_text(json.dumps({"metric": "bpd", "bpd": {"total": 2.9}}))
+    assert report.main(["--bound", str(tmp_path / "bound.json"), "--quality", str(tmp_path / "q" / "quality.json"),
+                        "--out", str(tmp_path / "metrics.json")]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert math.isnan(metrics["quality"]["samples"]["kid_classifier_stderr"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert math.isfinite(run.data.metrics["kid_classifier"]) and math.isnan(run.data.metrics["kid_classifier_stderr"])
 
 
 def test_report_refuses_a_missing_part_with_one_line(tmp_path, capsys):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ddpm.config import DATASET_DEFAULTS, ConfigError, Params, load_params
+from ddpm.factory import data_resolved_params
 from ddpm.recipes import BASE_DEFAULTS, RECIPES
 
 
@@ -18,8 +20,10 @@ def value_of(params: Params, key: str):
 
 
 def resolve(recipe: str, **raw) -> Params:
-    # dataset=folder needs no folder to resolve (the prepare stage checks the folder).
-    return Params.from_dict({"recipe": recipe, **raw})
+    """The params as the train stage uses them: loaded, then the train stage's keys (the batch)
+    resolved from a training split larger than any batch. dataset=folder needs no folder to
+    resolve (the prepare stage checks the folder)."""
+    return data_resolved_params(Params.from_dict({"recipe": recipe, **raw}), torch.zeros(100_000, 2))
 
 
 @pytest.mark.parametrize("name", list(RECIPES))

@@ -6,6 +6,10 @@ real sqlite MLflow store."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -311,3 +315,41 @@ def test_a_failed_stage_does_not_rewrite_the_description(repo):
     tracker.log_metrics({"bpd": 3.0})
     tracker.finish("FAILED", error=RuntimeError("diverged"))
     assert NOTE_TAG not in tracker.client.get_run(tracker.run_id).data.tags
+
+
+# ---------------------------------------------------------------------- several processes, one store
+OPEN_WHEN_RELEASED = """
+import sys
+import mlflow.tracking  # the import costs seconds: done before the release, so the opens race
+from ddpm.tracking import Tracker
+with open(sys.argv[1]) as go:  # a FIFO: every reader's open returns when the test opens it to write
+    go.read()
+tracker = Tracker.open("ddpm", None, {"seed": sys.argv[2]}, tags={"worker": sys.argv[2]})
+print(tracker.experiment_id, tracker.run_id)
+"""
+
+
+@pytest.mark.parametrize("store", ["fresh", "without_the_experiment"])
+def test_queue_and_parallel_processes_opening_one_store_at_once_all_get_their_runs(tmp_path, store):
+    """The first `dvc queue start -j 2` of a fresh clone: its workers' train stages open the
+    store together. Without the lock and the create-or-get, one of two failed on a fresh store
+    ("duplicate column name": both created MLflow's tables) and on a store without the
+    experiment ("already exists")."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if store == "without_the_experiment":
+        MlflowClient(tracking_uri=uri).search_experiments()  # creates the tables, not the experiment
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DVC_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    workers = [subprocess.Popen([sys.executable, "-c", OPEN_WHEN_RELEASED, str(go), str(i)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    time.sleep(8)  # every worker has imported mlflow and waits on the FIFO
+    with open(go, "w"):
+        pass  # releases them together
+    results = [w.communicate(timeout=120) for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, [err[-1500:] for _, err in results]
+    experiments = {out.split()[0] for out, _ in results}
+    assert len(experiments) == 1
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs(list(experiments))
+    assert sorted(r.data.tags["worker"] for r in runs) == ["0", "1", "2", "3"]

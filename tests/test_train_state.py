@@ -21,8 +21,9 @@ from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import Params
 from ddpm.errors import CheckpointError
 from ddpm.factory import load_trained
-from ddpm.runtime import precision_name, resolve_device
-from ddpm.training import train, training_precision
+from ddpm.runtime import DistInfo, precision_name, resolve_device
+from ddpm.train_state import restore_training_state, run_identity
+from ddpm.training import setup_training, train, training_precision
 from stages import prepare
 from stages import train as train_stage
 
@@ -45,24 +46,41 @@ def tensors(tree, path=""):
             yield from tensors(v, f"{path}.{i}")
 
 
-def test_training_state_restores_whatever_the_map_location(tmp_path):
-    """A GPU run loads its state with tensors on the GPU; generator states accept only CPU byte
-    tensors. Every tensor in the state must either be a weight or optimizer tensor (which
-    load_state_dict moves to the parameters' device) or an RNG state that set_state accepts
-    after loading to another device (here "meta", which the CPU can simulate)."""
-    state = tmp_path / "state.pt"
-    train(params(steps=4), levels(), digits_meta(), CPU, state_path=state, progress=False)
-    for location in ("cpu", "meta"):
-        saved = torch.load(state, map_location=location, weights_only=True)
-        for path, tensor in tensors(saved):
-            if path.split(".")[0] in ("model", "ema", "optimizer", "scaler"):
-                continue
-            assert tensor.dtype == torch.uint8, f"{path}: an unexpected {tensor.dtype} tensor in the state"
-            torch.Generator().set_state(tensor)  # an RNG state: must be restorable as loaded
-    # And the restore itself, through the loop's own loader, continues the run.
-    resumed = train(params(steps=8), levels(), digits_meta(), CPU, state_path=state, progress=False)
-    full = train(params(steps=8), levels(), digits_meta(), CPU, progress=False)
-    assert_same_weights(resumed.model.state_dict(), full.model.state_dict())
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_training_state_restores_whatever_the_map_location(tmp_path, device):
+    """The loop reads its state on the CPU whatever device wrote it, and load_state_dict puts
+    every tensor where the parameters live: each restored tensor of the weights, the EMA and
+    the optimizer (the fused Adam's step counts too) lies on the parameters' device and equals
+    the saved one, and the scheduler, scaler, step and history are the saved ones. The state
+    restored into is poisoned first (NaN weights and EMA, a fresh optimizer), so that only the
+    restore can make it equal."""
+    device = torch.device(device)
+    path = tmp_path / "state.pt"
+    p = params(steps=4)
+    train(p, levels(), digits_meta(), device, state_path=path, progress=False)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    trainer = setup_training(p, digits_meta(), device)
+    state = trainer.state
+    with torch.no_grad():
+        for tensor in (*state.model.state_dict().values(), *state.ema.state_dict().values()):
+            tensor.fill_(float("nan"))
+    identity = run_identity(p, precision_name(trainer.amp_dtype), device, DistInfo())
+    assert restore_training_state(path, state, identity, p.train.steps)
+    restored = {"model": state.model.state_dict(), "ema": state.ema.state_dict(),
+                "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+                "scaler": state.scaler.state_dict()}
+    got, want = dict(tensors(restored)), dict(tensors({k: saved[k] for k in restored}))
+    assert got.keys() == want.keys()
+    num_params = len(list(state.model.parameters()))
+    assert sum(k.startswith("optimizer.state.") for k in got) == 3 * num_params  # step, exp_avg, exp_avg_sq
+    for name, tensor in got.items():
+        assert tensor.device == next(state.model.parameters()).device, f"{name} is on {tensor.device}"
+        assert tensor.dtype == want[name].dtype and torch.equal(tensor.cpu(), want[name]), name
+    assert restored["optimizer"]["param_groups"] == saved["optimizer"]["param_groups"]
+    assert restored["scheduler"] == saved["scheduler"] and restored["scaler"] == saved["scaler"]
+    assert (state.step, state.history, state.curve) == (saved["step"], saved["history"], saved["curve"])
+    assert state.step == 4
 
 
 def test_state_saved_on_another_device_type_is_refused_with_one_line(tmp_path):

@@ -3,6 +3,7 @@ global batch, divergence stops with the step, EMA and warmup do what they say.""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -101,21 +102,23 @@ def test_state_saved_by_other_code_is_not_resumed(tmp_path, capsys, monkeypatch)
     train(params(), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
     monkeypatch.setattr(train_state, "code_fingerprint", lambda: "0" * 64)
     rerun = train(params(), data, digits_meta(), torch.device("cpu"), state_path=state, progress=False)
-    assert "it was saved by other ddpm code" in capsys.readouterr().err
+    assert "it was saved by other training code" in capsys.readouterr().err
     assert [r["step"] for r in rerun.history] == [4, 8, 12]  # trained from step 0, not resumed at 12
 
 
 def test_code_fingerprint_changes_with_any_source_file_of_the_package(tmp_path):
     package = Path(training.__file__).resolve().parent
-    copy = tmp_path / "ddpm"
-    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = tmp_path / "copy"
+    shutil.copytree(package, copy / "ddpm", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "stages").mkdir()
+    shutil.copy(package.parent / "stages" / "train.py", copy / "stages" / "train.py")
     assert training.code_fingerprint(copy) == training.code_fingerprint()
     edited = tmp_path / "edited"
     shutil.copytree(copy, edited)
-    (edited / "nn" / "unet.py").write_text((copy / "nn" / "unet.py").read_text() + "\n")
+    (edited / "ddpm" / "nn" / "unet.py").write_text((copy / "ddpm" / "nn" / "unet.py").read_text() + "\n")
     added = tmp_path / "added"
     shutil.copytree(copy, added)
-    (added / "extra.py").write_text("")
+    (added / "ddpm" / "extra.py").write_text("")
     fingerprints = {training.code_fingerprint(d) for d in (copy, edited, added)}
     assert len(fingerprints) == 3
 
@@ -246,3 +249,57 @@ def test_resumed_run_keeps_the_learning_curve_of_its_first_part(tmp_path):
                   probe=probe)
     assert [r["step"] for r in first.curve] == [4, 8]
     assert resumed.curve == whole.curve and [r["step"] for r in whole.curve] == [4, 8, 12]
+
+
+def test_ema_decay_warms_up_and_the_initial_networks_weight_is_the_product_of_decays():
+    assert [training.ema_decay_at(0.9999, s) for s in (0, 1, 89990)] == [0.1, 2 / 11, 0.9999]
+    assert training.ema_decay_at(0.995, 10_000) == 0.995
+    for decay, steps in ((0.9999, 4690), (0.995, 3000), (0.9, 7), (0.5, 1)):
+        brute = math.prod(min(decay, (1 + s) / (10 + s)) for s in range(steps))
+        assert training.ema_initial_weight(decay, steps) == pytest.approx(brute, rel=1e-12, abs=0)
+    # While the warm-up lasts the product telescopes: 9! N! / (N + 9)!.
+    assert training.ema_initial_weight(0.9999, 40) == pytest.approx(
+        math.factorial(9) * math.factorial(40) / math.factorial(49), rel=1e-12)
+    assert training.ema_initial_weight(0.9, 0) == 1.0
+
+
+def test_ema_after_one_step_is_the_warmed_up_average_of_the_initial_and_trained_weights():
+    p = params(steps=1)
+    initial = training.setup_training(p, digits_meta(), torch.device("cpu")).state.model.state_dict()
+    result = train(p, levels(), digits_meta(), torch.device("cpu"), progress=False)
+    decay = training.ema_decay_at(p.train.ema_decay, 0)  # 0.1: the first step keeps a tenth of the start
+    for name, w in result.ema.named_parameters():
+        expected = decay * initial[name] + (1 - decay) * result.model.state_dict()[name]
+        torch.testing.assert_close(w, expected, rtol=0, atol=1e-6)  # float32 lerp of O(1) weights
+
+
+def test_mnist_shufflenet_recipes_average_is_not_mostly_the_initial_network_after_a_short_run(capsys):
+    """EMA 0.9999 without warm-up keeps 0.9999^N of the initial network: after this 6-step run
+    the average would sit 0.06% of the way to the trained weights (63% initial after the
+    recipe's 4690 steps). Warmed up, it follows the trained weights."""
+    p = Params.from_dict({"recipe": "mnist_shufflenet", "model": {"base_channels": 16},
+                          "train": {"steps": 6, "batch_size": 8, "bound_every": 0, "log_every": 3}})
+    assert p.train.ema_decay == 0.9999 and p.model.name == "shufflenet_unet"
+    meta = {"dataset": "mnist", "kind": "image", "shape": [1, 28, 28], "num_levels": 256}
+    data = np.random.default_rng(0).integers(0, 256, size=(16, 1, 28, 28), dtype=np.uint8)
+    initial = training.setup_training(p, meta, torch.device("cpu")).state.model.state_dict()
+    result = train(p, data, meta, torch.device("cpu"), progress=False)
+    trained = result.model.state_dict()
+    moved = sum(float((w - initial[n]).square().sum()) for n, w in result.ema.state_dict().items()
+                if w.is_floating_point()) ** 0.5
+    trained_moved = sum(float((trained[n] - initial[n]).square().sum()) for n in trained
+                        if trained[n].is_floating_point()) ** 0.5
+    assert moved > 0.5 * trained_moved  # plain 0.9999: about 0.0006 of it
+    assert training.ema_initial_weight(p.train.ema_decay, 4690) < 1e-20  # 0.63 without the warm-up
+    assert "still hold" not in capsys.readouterr().err
+
+
+def test_a_run_whose_average_is_still_mostly_initial_says_so(capsys):
+    train(params(steps=1), levels(), digits_meta(), torch.device("cpu"), progress=False)
+    assert "the averaged weights (train.ema_decay=0.9) still hold 10% of the initial network after 1 steps" in (
+        capsys.readouterr().err)
+
+
+def test_a_batch_size_still_auto_is_refused_with_what_resolves_it():
+    with pytest.raises(ConfigError, match=r"train.batch_size is auto: .*data_resolved_params"):
+        training.check_batch_size(Params.from_dict({}), 64)

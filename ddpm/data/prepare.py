@@ -32,6 +32,24 @@ logger = logging.getLogger(__name__)
 NUM_CLASSES: dict[str, int] = {
     "digits": 10, "mnist": idx.NUM_CLASSES, "fashion_mnist": idx.NUM_CLASSES, "cifar10": cifar.NUM_CLASSES,
 }
+# data.test_size auto: 300 held-out examples (digits' split, the Swiss roll's test draw, a subset of
+# a torchvision test split); a folder of one's own images holds out a tenth of its images, at
+# least one and at most this many, so that a few dozen images leave most of them to train on.
+AUTO = "auto"
+DEFAULT_TEST_SIZE = 300
+FOLDER_TEST_FRACTION = 10
+
+
+def auto_test_size(name: str, num_examples: int) -> int:
+    """What data.test_size auto holds out of dataset ``name`` with ``num_examples`` examples (for
+    a torchvision dataset: in its official test split): ``DEFAULT_TEST_SIZE``; for a torchvision
+    test split no larger than that, 0 (all of it); for a folder, a tenth of its images rounded
+    down, clipped to 1..DEFAULT_TEST_SIZE."""
+    if name == "folder":
+        return min(DEFAULT_TEST_SIZE, max(1, num_examples // FOLDER_TEST_FRACTION))
+    if name in ("mnist", "fashion_mnist", "cifar10") and num_examples <= DEFAULT_TEST_SIZE:
+        return 0
+    return DEFAULT_TEST_SIZE
 
 
 def prepare_dataset(
@@ -39,7 +57,7 @@ def prepare_dataset(
     raw_dir: str | os.PathLike[str],
     *,
     seed: int,
-    test_size: int,
+    test_size: int | str,
     num_train_vectors: int = 10000,
     noise: float = 0.5,
     download: bool = True,
@@ -65,6 +83,10 @@ def prepare_dataset(
       split at random (stream "data_split" of ``seed``) into ``test_size`` test images and
       the rest for training, each split in sorted file order; ``raw_dir`` is unused.
 
+    ``test_size="auto"`` (params' data.test_size default) is ``auto_test_size``: 300 (a torchvision
+    test split of at most 300 images: all of it), or a tenth of a folder's images (1..300); the
+    meta's ``test_size`` records the number held out.
+
     ``download=True`` lets torchvision fetch missing files; when they stay missing,
     DatasetNotFoundError says which files to place where, and DataError names a malformed
     one (for a folder: each unreadable, too small or refused image file; an empty or missing
@@ -74,7 +96,10 @@ def prepare_dataset(
     """
     check_name(name)
     _check_int("seed", seed, minimum=0)
-    _check_int("test_size", test_size, minimum=0)
+    if test_size != AUTO:
+        _check_int("test_size", test_size, minimum=0, alternative=f"or {AUTO!r}")
+    elif name in ("digits", "swissroll"):
+        test_size = DEFAULT_TEST_SIZE
     start = time.perf_counter()
     if name == "swissroll":
         _check_int("num_train_vectors", num_train_vectors, minimum=1)
@@ -118,9 +143,10 @@ def _meta(name: str, train: np.ndarray, test: np.ndarray, source: str, seed: int
     }
 
 
-def _check_int(key: str, value: Any, *, minimum: int) -> None:
+def _check_int(key: str, value: Any, *, minimum: int, alternative: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{key}: bad value {value!r}; accepted: an integer >= {minimum}")
+        raise ValueError(f"{key}: bad value {value!r}; accepted: an integer >= {minimum}{' ' * bool(alternative)}"
+                         f"{alternative}")
 
 
 def _test_size_error(test_size: int, dataset: str, accepted: str) -> ConfigError:
@@ -173,8 +199,11 @@ def _prepare_swissroll(
     return draw(num_train_vectors, train_seed), draw(test_size, test_seed), source
 
 
-def _official_test_subset(name: str, test: LabelledSplit, test_size: int, seed: int) -> tuple[LabelledSplit, str]:
+def _official_test_subset(name: str, test: LabelledSplit, test_size: int | str, seed: int
+                          ) -> tuple[LabelledSplit, str]:
     n = test.images.shape[0]
+    if test_size == AUTO:
+        test_size = auto_test_size(name, n)
     if test_size == 0:
         return test, f"official test split ({n} images)"
     if test_size > n:
@@ -184,15 +213,23 @@ def _official_test_subset(name: str, test: LabelledSplit, test_size: int, seed: 
     return LabelledSplit(test.images[keep], test.labels[keep]), source
 
 
-def _prepare_folder(folder: str | os.PathLike[str], image_size: int, seed: int, test_size: int) -> Prepared:
+def _prepare_folder(folder: str | os.PathLike[str], image_size: int, seed: int, test_size: int | str
+                    ) -> Prepared:
     if not str(folder).strip():
         raise ConfigError("data.folder='' is not accepted for dataset=folder; expected the path of a folder "
                           "of PNG or JPEG images (flat, or in class subfolders)")
     found = image_folder.find_images(folder)
     n = len(found.files)
+    if n < 2:
+        raise ConfigError(f"data.folder={str(folder)!r} holds {n} image; expected at least 2 (one to train on, "
+                          "one held out for the bound)")
+    rule = ""
+    if test_size == AUTO:
+        test_size = auto_test_size("folder", n)
+        rule = f" (data.test_size=auto: a tenth of the images, 1..{DEFAULT_TEST_SIZE})"
     if not 1 <= test_size <= n - 1:
-        raise _test_size_error(test_size, f"the folder {folder}", f"1..{n - 1} of its {n} images (both splits "
-                                                                   "non-empty)")
+        accepted = f"1..{n - 1} of its {n} images (both splits non-empty), or auto: {auto_test_size('folder', n)}"
+        raise _test_size_error(test_size, f"the folder {folder}", accepted)
     images = image_folder.read_images(found.files, image_size)
     order = np.random.default_rng(stream_seed(seed, "data_split")).permutation(n)
     # Sorted indices keep each split in sorted file order, so an image is easy to trace back.
@@ -200,7 +237,7 @@ def _prepare_folder(folder: str | os.PathLike[str], image_size: int, seed: int, 
     classes = (f"{len(found.class_names)} class subfolders" if found.labels is not None
                else "no class subfolders (no labels)")
     source = (f"image folder {folder}: {n} images, {classes}, resized (shorter side, bicubic) and centre-cropped "
-              f"to {image_size} x {image_size}; random split of {test_size} test images")
+              f"to {image_size} x {image_size}; random split of {test_size} test images{rule}")
     train, test = images[train_idx], images[test_idx]
     meta = {**_meta("folder", train, test, source, seed), "shape": list(images.shape[1:]),
             "num_classes": len(found.class_names) or None, "class_names": list(found.class_names) or None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -67,9 +68,10 @@ def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def mean_and_stderr(values: torch.Tensor) -> Estimate:
-    """Mean of independent draws and its standard error std / sqrt(n) (0 for a single draw)."""
+    """Mean of independent draws and its standard error std / sqrt(n); NaN for a single draw,
+    which has no spread to estimate one from (0 would claim an exact value)."""
     n = values.numel()
-    stderr = values.std().item() / n**0.5 if n > 1 else 0.0
+    stderr = values.std().item() / n**0.5 if n > 1 else math.nan
     return Estimate(values.mean().item(), stderr)
 
 

@@ -176,8 +176,9 @@ def _library_seed(seed: int) -> int:
 
 def _estimate(mean: float, population_std: float, draws: int) -> Estimate:
     """torch-fidelity reports np.std (ddof=0) over ``draws``; the standard error of their mean
-    is the sample std / sqrt(draws) = population std / sqrt(draws - 1) (0 for a single draw)."""
-    return Estimate(float(mean), float(population_std) / math.sqrt(draws - 1) if draws > 1 else 0.0)
+    is the sample std / sqrt(draws) = population std / sqrt(draws - 1); NaN for a single draw
+    (torch-fidelity's std is then 0, which no single draw can tell)."""
+    return Estimate(float(mean), float(population_std) / math.sqrt(draws - 1) if draws > 1 else math.nan)
 
 
 def _check_sizes(num_samples: int, num_real: int, kid_subset_size: int, kid_subsets: int, is_splits: int) -> None:
@@ -205,10 +206,11 @@ def inception_metrics(
     Returns ``fid`` (float: sample mean and unbiased covariance of the pool features, as the
     reference code), ``kid`` (``Estimate``: the mean unbiased MMD^2 with the cubic polynomial
     kernel over ``kid_subsets`` subsets of ``kid_subset_size`` drawn independently, each without
-    replacement, so subsets overlap and the standard error understates the data's sampling error
-    when they reuse images) and ``inception_score`` (``Estimate``: the mean over ``is_splits``
-    disjoint splits of the shuffled samples and its standard error; the field's "IS +- std"
-    quotes std = stderr * sqrt(is_splits - 1)). KID subsets and the IS shuffle come from
+    replacement, so subsets can share images at any number of subsets and the standard error
+    then understates the data's sampling error) and ``inception_score`` (``Estimate``: the mean
+    over ``is_splits`` disjoint splits of the shuffled samples and its standard error; the field's
+    "IS +- std" quotes std = stderr * sqrt(is_splits - 1)); a single subset or split has a NaN
+    standard error. KID subsets and the IS shuffle come from
     ``seed``'s "metrics" stream. ``on_step(done, total)`` counts images through the network.
     """
     _check_images(samples, "samples")

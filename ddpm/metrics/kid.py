@@ -39,7 +39,9 @@ def kid(
     the permutation is redrawn every B subsets. So while num_subsets <= B the subsets are
     disjoint, each MMD^2 is an independent unbiased estimate, and the standard error covers the
     sampling error of the data. Beyond that, subsets reuse samples (as in the reference code,
-    which draws every subset independently) and the standard error understates it.
+    which draws every subset independently) and the standard error understates it. A single
+    subset (``num_subsets=1``: say kid_subset_size = sample.num_samples, one MMD^2 over all the
+    samples) is a valid estimate without a standard error: stderr is NaN.
     """
     if num_subsets < 1 or subset_size < 2:
         raise ValueError(f"KID needs num_subsets >= 1 and subset_size >= 2, got {num_subsets} and {subset_size}")

@@ -1,0 +1,109 @@
+"""End to end, with the real DVC and a real MLflow sqlite store on a fresh clone: a sweep run by
+`dvc queue start -j 2` loses no experiment, and a training stage killed by SIGTERM and rerun
+by `dvc repro` leaves one run holding its whole history, finished."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from test_pipeline_e2e import TINY, deep_update, dvc, make_workspace
+
+pytestmark = pytest.mark.slow
+
+
+def store(root: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    return client, client.get_experiment_by_name("ddpm").experiment_id
+
+
+def steps_of(client: MlflowClient, run_id: str, metric: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, metric))
+
+
+def test_queue_and_parallel_two_experiments_run_by_dvc_queue_start_j2_are_complete_in_mlflow(tmp_path):
+    root, env = make_workspace(tmp_path / "repo")
+    assert not (root / "mlflow.db").exists()  # a fresh clone: the workers create the store together
+    for schedule in ("cosine", "quadratic"):
+        dvc(["exp", "run", "--queue", "-S", f"beta_schedule={schedule}"], root, env)
+    dvc(["queue", "start", "-j", "2"], root, env)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = dvc(["queue", "status"], root, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+
+    client, exp_id = store(root)
+    runs = client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'")
+    by_schedule = {r.data.params["beta_schedule"]: r for r in runs}
+    assert sorted(by_schedule) == ["cosine", "quadratic"], [(r.info.status, r.data.params.get("beta_schedule"))
+                                                          for r in client.search_runs([exp_id])]
+    names = set()
+    for schedule, r in by_schedule.items():
+        assert r.data.tags.get("dvc_experiment"), schedule
+        names.add(r.data.tags["dvc_experiment"])
+        assert {"bpd", "fd_classifier", "loss", "bpd_estimate"} <= set(r.data.metrics), schedule
+        assert steps_of(client, r.info.run_id, "loss") == [10, 20, 30]
+        artifacts = {f.path for f in client.list_artifacts(r.info.run_id)}
+        assert {"model", "samples"} <= artifacts, (schedule, artifacts)
+    assert len(names) == 2  # each run written by its own experiment
+    assert len(client.search_runs([exp_id])) == 2  # and no other run (no half-made duplicate)
+
+
+def test_resume_and_mlflow_sigterm_mid_training_then_dvc_repro_keeps_one_whole_history(tmp_path):
+    overrides = deep_update(deep_update({}, TINY), {"train": {"steps": 240, "log_every": 10, "checkpoint_every": 60,
+                                                              "bound_every": 60}})
+    root, env = make_workspace(tmp_path / "repo", overrides)
+    dvc(["repro", "prepare"], root, env)
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = root / "checkpoints" / "train_state.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        # Interrupted after its first checkpoint, with points logged beyond it (which the resumed
+        # run recomputes and must not log twice).
+        if state.exists() and (root / "mlflow.db").exists():
+            saved = torch.load(state, weights_only=True)["step"]
+            client, exp_id = store(root)
+            running = client.search_runs([exp_id])
+            if running and steps_of(client, running[0].info.run_id, "loss")[-1:] >= [saved + 20]:
+                break
+        time.sleep(0.2)
+    stage = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if "stages.train" in " ".join(p.cmdline()))
+    stage.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-2000:]
+    interrupted_at = torch.load(state, weights_only=True)["step"]
+    assert 0 < interrupted_at < 240
+    (killed,) = client.search_runs([exp_id])
+    assert killed.info.status == "KILLED"
+
+    dvc(["repro"], root, env)
+    client, exp_id = store(root)
+    runs = client.search_runs([exp_id])
+    assert [r.info.status for r in runs] == ["FINISHED"], "one run, finished: none left RUNNING or KILLED"
+    (r,) = runs
+    assert r.info.run_id == killed.info.run_id  # the interrupted run was continued
+    assert steps_of(client, r.info.run_id, "loss") == list(range(10, 241, 10))  # whole, once each
+    assert steps_of(client, r.info.run_id, "bpd_estimate") == [60, 120, 180, 240]
+    losses = [float(line.split(",")[1]) for line in (root / "reports/train/loss.csv").read_text().splitlines()[1:]]
+    assert [m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)] == (
+        pytest.approx(losses, rel=1e-12))
+    assert {"bpd", "fd_classifier"} <= set(r.data.metrics)  # the later stages used the same run
+
+
+def test_a_train_stage_that_no_later_stage_follows_leaves_a_finished_run(tmp_path):
+    root, env = make_workspace(tmp_path / "repo")
+    dvc(["repro", "train"], root, env)
+    client, exp_id = store(root)
+    assert [r.info.status for r in client.search_runs([exp_id])] == ["FINISHED"]
