@@ -344,8 +344,9 @@ def test_queue_and_parallel_processes_opening_one_store_at_once_all_get_their_ru
     workers = [subprocess.Popen([sys.executable, "-c", OPEN_WHEN_RELEASED, str(go), str(i)], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
     time.sleep(8)  # every worker has imported mlflow and waits on the FIFO
-    with open(go, "w"):
-        pass  # releases them together
+    # Opening a FIFO read-write never blocks on Linux (a worker that died before waiting cannot
+    # hang the test); as a writer it releases every worker blocked opening it, together.
+    os.close(os.open(go, os.O_RDWR))
     results = [w.communicate(timeout=120) for w in workers]
     assert [w.returncode for w in workers] == [0] * 4, [err[-1500:] for _, err in results]
     experiments = {out.split()[0] for out, _ in results}
