@@ -354,3 +354,49 @@ def test_queue_and_parallel_processes_opening_one_store_at_once_all_get_their_ru
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs(list(experiments))
     assert sorted(r.data.tags["worker"] for r in runs) == ["0", "1", "2", "3"]
+
+
+# ---------------------------------------------------------------------- a resumed training run
+def interrupted_run(params: dict, steps: range) -> Tracker:
+    tracker = Tracker.open_training("ddpm", params)
+    tracker.log_training_metrics([(s, {"loss": 1.0 / s}) for s in steps])
+    tracker.finish("KILLED", error=KeyboardInterrupt("signal 15"))
+    return tracker
+
+
+def test_resume_and_mlflow_the_resumed_training_continues_its_run_without_logging_a_point_twice(repo):
+    killed = interrupted_run(PARAMS, range(10, 60, 10))  # logged up to 50; the state was saved at 40
+    tracker = Tracker.open_training("ddpm", PARAMS, resume_run_id=killed.run_id)
+    assert tracker.run_id == killed.run_id
+    assert tracker.client.get_run(tracker.run_id).info.status == "RUNNING"
+    tracker.catch_up([{"step": s, "loss": 1.0 / s} for s in range(10, 50, 10)], [])
+    tracker.log_training_metrics([(s, {"loss": 1.0 / s}) for s in range(50, 80, 10)])  # recomputed 50, then on
+    history = tracker.client.get_metric_history(tracker.run_id, "loss")
+    assert sorted(m.step for m in history) == [10, 20, 30, 40, 50, 60, 70]
+
+
+def test_resume_and_mlflow_a_run_that_cannot_be_continued_is_replayed_into_a_new_one_and_superseded(repo):
+    killed = interrupted_run(PARAMS, range(10, 60, 10))
+    other = {**PARAMS, "sample.steps": 50}  # the same training, another experiment: its params differ
+    tracker = Tracker.open_training("ddpm", other, resume_run_id=killed.run_id)
+    assert tracker.run_id != killed.run_id
+    tracker.catch_up([{"step": s, "loss": 1.0 / s} for s in range(10, 50, 10)],
+                     [{"step": 40, "bpd_estimate": 3.5, "bpd_estimate_stderr": 0.1}])
+    tracker.log_training_metrics([(50, {"loss": 0.02})])
+    client = tracker.client
+    assert sorted(m.step for m in client.get_metric_history(tracker.run_id, "loss")) == [10, 20, 30, 40, 50]
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "bpd_estimate")] == [40]
+    old = client.get_run(killed.run_id)
+    assert old.info.lifecycle_stage == "deleted" and old.data.tags["ddpm.superseded_by"] == tracker.run_id
+    tracker.mark_training_curves()
+    assert set(client.get_run(tracker.run_id).data.tags["ddpm.training_metrics"].split(",")) == {
+        "loss", "bpd_estimate", "bpd_estimate_stderr"}
+
+
+def test_resume_and_mlflow_a_finished_run_is_never_deleted(repo):
+    finished = Tracker.open_training("ddpm", PARAMS)
+    finished.finish()
+    longer = {**PARAMS, "train.steps": 60}  # a longer run continues the finished state in a new run
+    tracker = Tracker.open_training("ddpm", longer, resume_run_id=finished.run_id)
+    assert tracker.run_id != finished.run_id
+    assert tracker.client.get_run(finished.run_id).info.lifecycle_stage == "active"
