@@ -50,7 +50,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from _common import batches, environment, eval_network, random_levels  # noqa: E402
+from _common import batches, environment, eval_network, random_levels, sync  # noqa: E402
 
 SECTIONS = ("install_wheels", "gpu_tests", "stage_run", "train_step", "bound_and_sampling")
 STAGES = ("prepare", "train", "sample", "evaluate", "classifier", "quality", "report", "plot")
@@ -306,11 +306,6 @@ class SectionFailed(Exception):
     def __init__(self, partial: dict[str, Any], message: str) -> None:
         super().__init__(message)
         self.partial = partial
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:

@@ -374,9 +374,10 @@ class Params:
         _validate_families(self)
 
     def resolved(self) -> Params:
-        """Replace every ``auto`` (but the stages' ``RUNTIME_RESOLVED``, ``TRAIN_RESOLVED`` and
-        ``PREPARE_RESOLVED``, and the samplers' ``SAMPLE_RESOLVED``): an explicit value stays, else the
-        recipe's setting, else the dataset's default, else ``BASE_DEFAULTS`` (ddpm.recipes)."""
+        """Replace every ``auto`` that ``KEY_ROLES`` says loading resolves (``BY_PARAMS``; the
+        stages resolve the rest from the machine, the data or the stored noise levels): an
+        explicit value stays, else the recipe's setting, else the dataset's default, else
+        ``BASE_DEFAULTS`` (ddpm.recipes)."""
         _check(self.recipe in RECIPES, "recipe", self.recipe, f"one of {', '.join(RECIPES)}")
         recipe = recipe_settings(self.recipe)
         dataset = self.dataset if self.dataset != AUTO else recipe.get("dataset", BASE_DEFAULTS["dataset"])
@@ -386,8 +387,7 @@ class Params:
             updates = {}
             for f in fields(section):
                 key = prefix + f.name
-                if getattr(section, f.name) == AUTO and key not in (*RUNTIME_RESOLVED, *TRAIN_RESOLVED,
-                                                                    *PREPARE_RESOLVED):
+                if getattr(section, f.name) == AUTO and KEY_ROLES[key].auto == BY_PARAMS:
                     value = default_setting(self.recipe, dataset, key)
                     if value != AUTO:
                         updates[f.name] = value

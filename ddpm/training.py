@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ddpm import seeding
-from ddpm.config import Params
+from ddpm.config import AUTO, Params
 from ddpm.data import to_model_space
 from ddpm.errors import ConfigError, TrainingDiverged
 from ddpm.factory import Objective, build_network, build_objective, network_timesteps
@@ -95,10 +95,8 @@ def ema_decay_at(decay: float, step: int) -> float:
 
 def ema_initial_weight(decay: float, steps: int) -> float:
     """The weight the initial network keeps in the average after ``steps`` steps: the product of
-    the decays (in log space, float64)."""
-    s = np.arange(steps, dtype=np.float64)
-    decays = np.minimum(decay, (1 + s) / (EMA_WARMUP_OFFSET + s))
-    return float(np.exp(np.log(decays).sum())) if steps else 1.0
+    the decays ``ema_decay_at`` (a sum of logs: 800k factors neither underflow nor drift)."""
+    return math.exp(math.fsum(math.log(ema_decay_at(decay, s)) for s in range(steps)))
 
 
 @torch.no_grad()
@@ -112,7 +110,7 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def check_batch_size(params: Params, num_train: int, dist: DistInfo = ONE_PROCESS) -> None:
     """The global batch must fit the training set and split evenly over the ranks."""
     batch = params.train.batch_size
-    if batch == "auto":  # resolved from the training split's size, as the train stage does
+    if batch == AUTO:  # resolved from the training split's size, as the train stage does
         raise ConfigError("train.batch_size is auto: resolve it from the training data first "
                           "(ddpm.factory.data_resolved_params caps the dataset's default at the training split)")
     if batch > num_train:

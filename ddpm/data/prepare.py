@@ -145,8 +145,8 @@ def _meta(name: str, train: np.ndarray, test: np.ndarray, source: str, seed: int
 
 def _check_int(key: str, value: Any, *, minimum: int, alternative: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{key}: bad value {value!r}; accepted: an integer >= {minimum}{' ' * bool(alternative)}"
-                         f"{alternative}")
+        accepted = " ".join(filter(None, [f"an integer >= {minimum}", alternative]))
+        raise ValueError(f"{key}: bad value {value!r}; accepted: {accepted}")
 
 
 def _test_size_error(test_size: int, dataset: str, accepted: str) -> ConfigError:
