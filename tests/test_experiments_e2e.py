@@ -5,9 +5,11 @@ by `dvc repro` leaves one run holding its whole history, finished."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import psutil
@@ -26,6 +28,29 @@ def store(root: Path) -> tuple[MlflowClient, str]:
 
 def steps_of(client: MlflowClient, run_id: str, metric: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
+
+
+def last_logged_step(db: Path, metric: str) -> int | None:
+    """The highest step logged for `metric`, read without MLflow (opening a client takes about a
+    second); None while the store or the metric does not exist yet, or while the writer holds the
+    database locked."""
+    if not db.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0)) as con:
+            return con.execute("SELECT max(step) FROM metrics WHERE key = ?", (metric,)).fetchone()[0]
+    except sqlite3.OperationalError:  # locked, or the tables are still being made
+        return None
+
+
+def train_process(dvc_pid: int) -> psutil.Process | None:
+    """The python process running the train stage under `dvc repro` (not a shell that started it)."""
+    try:
+        matches = [p for p in psutil.Process(dvc_pid).children(recursive=True)
+                   if "stages.train" in " ".join(p.cmdline())]
+    except psutil.NoSuchProcess:  # a child ended while being listed: look again next time
+        return None
+    return next((p for p in matches if not any(c in matches for c in p.children())), None)
 
 
 def test_queue_and_parallel_two_experiments_run_by_dvc_queue_start_j2_are_complete_in_mlflow(tmp_path):
@@ -67,24 +92,31 @@ def test_resume_and_mlflow_sigterm_mid_training_then_dvc_repro_keeps_one_whole_h
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = root / "checkpoints" / "train_state.pt"
+    # Interrupted after its first checkpoint, with points logged beyond it (which the resumed run
+    # recomputes and must not log twice). Racing a running stage is flaky on a loaded machine (it
+    # can reach step 240 between two looks), so each look is taken with the stage stopped
+    # (SIGSTOP), and the SIGTERM is sent before it runs again.
+    stage = None
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        # Interrupted after its first checkpoint, with points logged beyond it (which the resumed
-        # run recomputes and must not log twice).
-        if state.exists() and (root / "mlflow.db").exists():
-            saved = torch.load(state, weights_only=True)["step"]
-            client, exp_id = store(root)
-            running = client.search_runs([exp_id])
-            if running and steps_of(client, running[0].info.run_id, "loss")[-1:] >= [saved + 20]:
+        stage = stage or train_process(proc.pid)
+        if stage is not None:
+            stage.send_signal(signal.SIGSTOP)
+            saved = torch.load(state, weights_only=True)["step"] if state.exists() else None
+            logged = last_logged_step(root / "mlflow.db", "loss")
+            if saved and logged is not None and saved + 20 <= logged < 240:
+                stage.send_signal(signal.SIGTERM)
+                stage.send_signal(signal.SIGCONT)
                 break
-        time.sleep(0.2)
-    stage = next(p for p in psutil.Process(proc.pid).children(recursive=True)
-                 if "stages.train" in " ".join(p.cmdline()))
-    stage.send_signal(signal.SIGTERM)
+            stage.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    else:
+        pytest.fail("the train stage ended or never reached a point past its first checkpoint")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out[-2000:]
     interrupted_at = torch.load(state, weights_only=True)["step"]
     assert 0 < interrupted_at < 240
+    client, exp_id = store(root)
     (killed,) = client.search_runs([exp_id])
     assert killed.info.status == "KILLED"
 
