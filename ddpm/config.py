@@ -87,6 +87,9 @@ class TrainConfig:
     batch_size: int | Auto = AUTO       # global batch (split over ranks under torchrun)
     lr: float | Auto = AUTO             # Adam learning rate after warmup
     warmup_steps: int | Auto = AUTO     # linear warmup from 0 to lr
+    # constant: lr after warmup (Ho et al.); cosine: lr decays along half a cosine to 0 at
+    # train.steps, so train.steps then changes training (a longer run cannot continue a shorter one)
+    lr_schedule: Literal["auto", "constant", "cosine"] = AUTO
     grad_clip: float | Auto = AUTO      # max global gradient norm; 0 disables clipping (auto: 1)
     ema_decay: float | Auto = AUTO      # EMA of the weights, evaluated and sampled by default
     loss_norm: Literal["auto", "l2", "l1"] = AUTO  # the simple loss's norm (auto: l2)
@@ -427,7 +430,8 @@ class Params:
 NETWORK = "network"        # what the network is and the process it was trained for; changes training too
 TRAINING = "training"      # what training computes (the objective, the data, the optimizer, numerics)
 RUNTIME = "runtime"        # how training runs, not what it computes: device, threads, logging, the probe,
-                           # and train.steps (how far: a longer run continues a shorter one's state)
+                           # and train.steps (how far: a longer run continues a shorter one's state,
+                           # unless train.lr_schedule decays to 0 at train.steps: ddpm.train_state)
 DOWNSTREAM = "downstream"  # read after training: sampling, evaluation, sample quality, tracking
 # Who resolves a key's auto: ``load_params`` (the recipe, the dataset's defaults, the family),
 # the train stage from the training data (stored with the model), the train stage from the
@@ -460,7 +464,7 @@ KEY_ROLES: dict[str, KeyRole] = {
     # recipe fills the keys left at auto; counted itself, so a state is never shared across recipes.
     **_roles(TRAINING, "recipe seed data.folder data.swissroll_noise train.hybrid_lambda train.tf32"),
     **_roles(TRAINING, "data.test_size", BY_PREPARE),
-    **_roles(TRAINING, "loss_type data.swissroll_train_size data.image_size train.lr "
+    **_roles(TRAINING, "loss_type data.swissroll_train_size data.image_size train.lr train.lr_schedule "
                        "train.warmup_steps train.grad_clip train.ema_decay train.loss_norm train.hflip", BY_PARAMS),
     **_roles(TRAINING, "train.batch_size", BY_DATA),
     **_roles(TRAINING, "train.precision train.channels_last", BY_MACHINE),

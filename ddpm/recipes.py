@@ -25,7 +25,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "mean_type": "eps", "var_type": "fixed_small", "loss_type": "simple",
     "data.image_size": 32, "data.swissroll_train_size": 10000,
     "model.mlp_hidden": 128, "model.mlp_layers": 3, "model.time_embedding": "sinusoidal",
-    "train.grad_clip": 1.0, "train.loss_norm": "l2",
+    "train.grad_clip": 1.0, "train.loss_norm": "l2", "train.lr_schedule": "constant",
 }
 
 

@@ -58,8 +58,12 @@ class RunIdentity:
 
 def training_fingerprint(params: Params) -> dict[str, Any]:
     """The flattened params that determine the training trajectory: every key whose role
-    (``ddpm.config.KEY_ROLES``) is network or training, and any key the table does not name."""
-    return {k: v for k, v in params.flatten().items() if changes_training(k)}
+    (``ddpm.config.KEY_ROLES``) is network or training, and any key the table does not name;
+    and ``train.steps`` when the learning rate decays to 0 at it (a cosine schedule): then a
+    run of other length took other steps from the first one on."""
+    flat = params.flatten()
+    return {k: v for k, v in flat.items()
+            if changes_training(k) or (k == "train.steps" and flat["train.lr_schedule"] != "constant")}
 
 
 @functools.lru_cache(maxsize=4)

@@ -99,6 +99,16 @@ def ema_initial_weight(decay: float, steps: int) -> float:
     return math.exp(math.fsum(math.log(ema_decay_at(decay, s)) for s in range(steps)))
 
 
+def lr_factor(schedule: str, warmup: int, steps: int, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (from 0) over ``train.lr``: a linear warmup
+    over ``warmup`` steps, times 1 (``constant``, Ho et al.'s) or half a cosine from 1 at step 0
+    to 0 at ``steps`` (``cosine``: Loshchilov & Hutter 2017's annealing without restarts)."""
+    ramp = min(1.0, (step + 1) / warmup)
+    if schedule == "constant":
+        return ramp
+    return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     ema_params = list(ema.parameters())
@@ -155,7 +165,8 @@ def setup_training(params: Params, meta: dict[str, Any], device: torch.device, d
     # The fused Adam kernel exists for CUDA and the CPU (its speed against the loop: benchmarks/README.md).
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type in ("cuda", "cpu"))
     warmup = max(tc.warmup_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    # A plain function, so the scheduler's state_dict holds no lambda state (as before schedules).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(tc.lr_schedule, warmup, tc.steps, s))
     amp_dtype = training_precision(params, meta, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     channels_last = uses_channels_last(params, meta)

@@ -49,7 +49,7 @@ def test_sde_and_ncsn_are_experiments_of_the_same_pipeline(workspace):
     ode = metrics["ode_bpd"]
     assert "bpd" not in metrics and metrics["ode_unit"] == "bits/dim"  # no variational bound for an SDE
     assert ode["num_images"] == 4 and ode["divergence"] == "hutchinson" and math.isfinite(ode["total"])
-    assert ode["stderr"] > 0 and ode["nfe"] > 2 and ode["rtol"] == 1e-5
+    assert ode["stderr"] > 0 and ode["nfe"] > 2 and ode["rtol"] == 0.01  # TINY's tolerance
     samples = metrics["quality"]["samples"]
     assert samples["sampler"] == "pc" and samples["nfe"] == 1000  # Euler-Maruyama over sde.num_scales
     run_ = by_family["sde"]

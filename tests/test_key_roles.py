@@ -138,8 +138,8 @@ def test_the_train_stage_depends_on_every_key_that_changes_training():
 META = {"dataset": "digits", "kind": "image", "shape": [1, 8, 8], "num_levels": 17}
 MODEL = {"name": "unet", "base_channels": 8, "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": [],
          "dropout": 0.0, "num_heads": 1, "mlp_hidden": 16, "mlp_layers": 2, "time_embedding": "sinusoidal"}
-TRAIN = {"steps": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "grad_clip": 1.0, "ema_decay": 0.9,
-         "loss_norm": "l2", "hybrid_lambda": 0.001, "hflip": False, "precision": "fp32", "tf32": True,
+TRAIN = {"steps": 1, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 1, "grad_clip": 1.0,
+         "ema_decay": 0.9, "loss_norm": "l2", "hybrid_lambda": 0.001, "hflip": False, "precision": "fp32", "tf32": True,
          "channels_last": False, "log_every": 1, "checkpoint_every": 1, "bound_every": 0}
 DATA = {"test_size": 300, "swissroll_train_size": 1000, "swissroll_noise": 0.5, "folder": "data/images",
         "image_size": 32}
@@ -194,6 +194,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("ddpm", "model.time_embedding", {"model.time_embedding": "learned"}),
     ("ddpm", "train.batch_size", {"train.batch_size": 8}),
     ("ddpm", "train.lr", {"train.lr": 2e-3}),
+    ("ddpm", "train.lr_schedule", {"train.lr_schedule": "cosine"}),
     ("ddpm", "train.warmup_steps", {"train.warmup_steps": 2}),
     ("ddpm", "train.grad_clip", {"train.grad_clip": 0.5}),
     ("ddpm", "train.ema_decay", {"train.ema_decay": 0.99}),
@@ -281,6 +282,20 @@ def test_resume_and_family_a_chain_of_models_sharing_one_state_path_each_trains_
         if previous is not None and previous.keys() == result.ema.state_dict().keys():
             assert any(not torch.equal(previous[k], v) for k, v in result.ema.state_dict().items())
         previous = {k: v.clone() for k, v in result.ema.state_dict().items()}
+
+
+def test_resume_and_family_under_a_decaying_lr_a_longer_run_trains_anew(tmp_path):
+    """train.steps is runtime (a longer run continues a shorter one) only while the learning rate
+    is constant: a cosine schedule ends at 0 at train.steps, so a run to 3 steps and a run to 1 step
+    differ from their first step on, and the finished 1-step state must not be continued."""
+    for schedule, continued in (("constant", True), ("cosine", False)):
+        state = tmp_path / f"{schedule}.pt"
+        short = tiny_params({"train.lr_schedule": schedule})
+        train(short, levels(), META, CPU, state_path=state, progress=False)
+        longer = dataclasses.replace(short, train=dataclasses.replace(short.train, steps=3))
+        assert train(longer, levels(), META, CPU, state_path=state, progress=False).start_step == (
+            1 if continued else 0), schedule
+        assert ("train.steps" in training_fingerprint(short)) is not continued
 
 
 def test_resume_refused_after_the_train_stage_changes(tmp_path):

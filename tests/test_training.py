@@ -303,3 +303,20 @@ def test_a_run_whose_average_is_still_mostly_initial_says_so(capsys):
 def test_a_batch_size_still_auto_is_refused_with_what_resolves_it():
     with pytest.raises(ConfigError, match=r"train.batch_size is auto: .*data_resolved_params"):
         training.check_batch_size(Params.from_dict({}), 64)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_learning_rate_of_every_step_is_the_schedules(schedule):
+    """Each logged lr (the rate of the next step) against the closed form: the linear warmup over
+    3 steps, then 1 (constant) or 0.5 (1 + cos(pi s / 12)), which reaches 0 at the last step."""
+    result = train(params(lr_schedule=schedule, log_every=1, lr=1e-2), levels(), digits_meta(), torch.device("cpu"),
+                   progress=False)
+
+    def closed_form(s: int) -> float:
+        ramp = min(1.0, (s + 1) / 3)
+        return 1e-2 * ramp * (1.0 if schedule == "constant" else 0.5 * (1 + math.cos(math.pi * s / 12)))
+
+    assert [row["step"] for row in result.history] == list(range(1, 13))
+    assert [row["lr"] for row in result.history] == pytest.approx([closed_form(s) for s in range(1, 13)],
+                                                                   rel=1e-12, abs=1e-18)
+    assert (result.history[-1]["lr"] == 0.0) is (schedule == "cosine")
