@@ -400,3 +400,35 @@ def test_resume_and_mlflow_a_finished_run_is_never_deleted(repo):
     tracker = Tracker.open_training("ddpm", longer, resume_run_id=finished.run_id)
     assert tracker.run_id != finished.run_id
     assert tracker.client.get_run(finished.run_id).info.lifecycle_stage == "active"
+
+
+def test_credentials_are_redacted_from_uris_and_errors():
+    from ddpm.tracking import one_line, redact
+
+    assert redact("http://alice:s3cret@host:5000/x and https://bob:pw@h") == "http://***@host:5000/x and https://***@h"
+    assert redact("sqlite:///a/b@c.db") == "sqlite:///a/b@c.db"  # a path, not credentials
+    line = one_line(RuntimeError("API request to http://alice:s3cret@host/api failed\nResponse body: ..."))
+    assert line == "RuntimeError: API request to http://***@host/api failed"
+
+
+def test_a_tracking_uri_with_credentials_in_params_is_refused(monkeypatch):
+    from ddpm.tracking import resolve_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(TrackingError, match="MLFLOW_TRACKING_PASSWORD") as err:
+        resolve_tracking_uri("http://alice:s3cret@host:5000")
+    assert "s3cret" not in str(err.value)
+
+
+def test_a_servers_http_retries_are_capped_unless_the_user_set_them(monkeypatch):
+    from ddpm.tracking import HTTP_LIMITS, limit_http_retries
+
+    for name in HTTP_LIMITS:  # set, then deleted: monkeypatch restores what was there, so nothing leaks
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    limit_http_retries("sqlite:///m.db")
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # only for a server
+    limit_http_retries("http://host:5000")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"  # the user's value wins
