@@ -70,6 +70,9 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # one experiment tag per saved view
 COMPARE_VIEW_ID = "ddpm-compare"
 COMPARE_VIEW_NAME = "ddpm: compare runs"
 SAMPLES_ARTIFACTS = "samples"  # the artifact folder whose images a run's description links
+# The sample stage's MLflow images (``Tracker.log_image``: key ``samples/<file stem>``), which the
+# chart view of the comparison view shows first, side by side across runs.
+SAMPLE_IMAGE_KEYS = ("samples/grid", "samples/reverse_process")
 # The runs table of the comparison view, in this order: the bound and each metric family's main
 # distance, the params experiments sweep, the other sample-quality metrics. A metric no run has
 # shows no column.
@@ -92,6 +95,7 @@ STORE_LOCK_TIMEOUT_S = 120
 # seconds or is down. Set for a server's URI only, and only where the user set no value.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+SUPPRESS_URL_PRINTING = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 # ``scheme://user:password@host``: the credentials part, which no message, param or tag may show.
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s:]*:[^/@\s]*@")
 
@@ -140,13 +144,18 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def limit_http_retries(uri: str) -> None:
-    """Apply ``HTTP_LIMITS`` for a tracking server, where the user set none, and keep urllib3's
-    "Retrying ..." warnings (one per retry) off stderr: the stage says in one line what failed."""
+def configure_server_client(uri: str) -> None:
+    """For a tracking server: apply ``HTTP_LIMITS`` where the user set none; keep urllib3's
+    "Retrying ..." warnings (one per retry) off stderr, the stage says in one line what failed;
+    and stop MLflow printing "View run ... at <tracking URI>" when each stage closes the run:
+    it repeats the link the train stage prints, and shows a URI's password."""
     if not is_server(uri):
         return
     for name, value in HTTP_LIMITS.items():
         os.environ.setdefault(name, value)
+    os.environ.setdefault(SUPPRESS_URL_PRINTING, "true")
+    if redact(uri) != uri:
+        os.environ[SUPPRESS_URL_PRINTING] = "true"
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
@@ -201,18 +210,39 @@ def merged_params(current: dict[str, Any], trained: dict[str, str]) -> dict[str,
     return {k: trained.get(k, v) if v == "auto" else v for k, v in current.items()}
 
 
+def sample_image_cards() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The chart view's cards and sections for the sample images, as MLflow's UI (3.x) stores
+    them in a view: one image card per key of ``SAMPLE_IMAGE_KEYS`` in a ``samples`` section.
+
+    Without them the UI makes its own image cards, which open on a list of every param of each
+    run (about a hundred here) above the image, so at the card's default size the grid is below
+    the fold: ``showRunParams: false`` leaves each run's name and its image. The UI adds its own
+    cards for every other metric and image key after these, and keeps this section first
+    (``isAccordionReordered`` in ``compare_view_state``)."""
+    section = "ddpm-samples"
+    cards = [{"uuid": f"ddpm-{key.replace('/', '-')}", "type": "IMAGE", "runsCountToCompare": 10,
+              "metricSectionId": section, "deleted": False, "isGenerated": True, "imageKeys": [key], "step": 0,
+              "showRunParams": False} for key in SAMPLE_IMAGE_KEYS]
+    sections = [{"uuid": section, "name": SAMPLES_ARTIFACTS, "display": True, "isReordered": False,
+                 "deleted": False, "isGenerated": True}]
+    return cards, sections
+
+
 def compare_view_state() -> dict[str, Any]:
     """The comparison view as MLflow's UI stores a view of the runs table: its search (every
-    active run, lowest bound first) and its columns (``params.`name```, ``metrics.`name```).
-    The charts are left to the UI, which makes one per metric and an image grid per image key."""
+    active run, lowest bound first), its columns (``params.`name```, ``metrics.`name```) and,
+    for its chart view, the sample images first (``sample_image_cards``); the UI makes a chart
+    for every other metric."""
     columns = ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in HEADLINE_METRICS),
                *(f"params.`{p}`" for p in COMPARE_PARAMS), *(f"metrics.`{m}`" for m in MORE_METRICS)]
     # Wide enough for the column's name (the UI's default cuts most of them); the dataset's
     # name, digest and split.
     widths = {c: max(90, 28 + 7 * len(c.split("`")[1])) for c in columns} | {"attributes.`Dataset`": 230}
+    cards, sections = sample_image_cards()
     # What differs from the UI's defaults (which fill in the rest: every active run, all time).
     return {"orderByKey": "metrics.`bpd`", "orderByAsc": True,
-            "selectedColumns": columns, "columnOrder": columns, "columnWidths": widths}
+            "selectedColumns": columns, "columnOrder": columns, "columnWidths": widths,
+            "compareRunCharts": cards, "compareRunSections": sections, "isAccordionReordered": True}
 
 
 def compare_view_tag() -> str:
@@ -375,7 +405,7 @@ class Tracker:
         loses the race to another process takes the experiment that process made)."""
         from mlflow.tracking import MlflowClient
 
-        limit_http_retries(uri)
+        configure_server_client(uri)
         try:
             with _store_lock(uri):
                 client = MlflowClient(tracking_uri=uri)
@@ -670,7 +700,7 @@ class Tracker:
     def view_url(self, server: str | None = None) -> str:
         """``compare_view_url`` of this run's experiment: on the tracking server itself (its
         address without credentials), else ``server`` (default: where ``mlflow ui`` serves)."""
-        default = redact(self.uri) if is_server(self.uri) else "http://127.0.0.1:5000"
+        default = _CREDENTIALS.sub("", self.uri) if is_server(self.uri) else "http://127.0.0.1:5000"
         return compare_view_url(self.experiment_id, server or default)
 
     def set_tags(self, tags: dict[str, str]) -> None:

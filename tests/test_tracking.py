@@ -421,14 +421,17 @@ def test_a_tracking_uri_with_credentials_in_params_is_refused(monkeypatch):
 
 
 def test_a_servers_http_retries_are_capped_unless_the_user_set_them(monkeypatch):
-    from ddpm.tracking import HTTP_LIMITS, limit_http_retries
+    from ddpm.tracking import HTTP_LIMITS, SUPPRESS_URL_PRINTING, configure_server_client
 
-    for name in HTTP_LIMITS:  # set, then deleted: monkeypatch restores what was there, so nothing leaks
+    for name in [*HTTP_LIMITS, SUPPRESS_URL_PRINTING]:  # set, then deleted: monkeypatch restores what was there
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
-    limit_http_retries("sqlite:///m.db")
+    configure_server_client("sqlite:///m.db")
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # only for a server
-    limit_http_retries("http://host:5000")
+    configure_server_client("http://host:5000")
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"  # the user's value wins
+    monkeypatch.setenv(SUPPRESS_URL_PRINTING, "false")
+    configure_server_client("http://alice:s3cret@host:5000")  # MLflow would print this URI: never
+    assert os.environ[SUPPRESS_URL_PRINTING] == "true"
