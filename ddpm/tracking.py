@@ -565,8 +565,11 @@ class Tracker:
             fn(*args, **kwargs)
         except Exception as err:
             self.failed = True
-            print(f"mlflow: {what} failed ({one_line(err)}); the stage keeps going and "
-                  f"writes its outputs, but logs nothing more to run {self.run_id}", file=sys.stderr)
+            from tqdm.auto import tqdm
+
+            # tqdm.write: on a line of its own, not glued to a progress bar (training's, say).
+            tqdm.write(f"mlflow: {what} failed ({one_line(err)}); the stage keeps going and "
+                       f"writes its outputs, but logs nothing more to run {self.run_id}", file=sys.stderr)
 
     def check_recorded(self, rerun: str) -> None:
         """Raise ``TrackingError`` when logging failed (``_safely`` said what): called by a stage
