@@ -216,15 +216,18 @@ def sample_image_cards() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
     Without them the UI makes its own image cards, which open on a list of every param of each
     run (about a hundred here) above the image, so at the card's default size the grid is below
-    the fold: ``showRunParams: false`` leaves each run's name and its image. The UI adds its own
-    cards for every other metric and image key after these, and keeps this section first
-    (``isAccordionReordered`` in ``compare_view_state``)."""
+    the fold: ``showRunParams: false`` leaves each run's name and its image. A card of the UI's
+    default three per row holds one run's grid, the others below it inside the card; the section
+    has one card per row (``columns: 1``), wide enough for the grids of several runs side by side
+    at the default card height (seen in headless Chromium at 1600 px: three runs, two clones).
+    The UI adds its own cards for every other metric and image key after these, and keeps this
+    section first (``isAccordionReordered`` in ``compare_view_state``)."""
     section = "ddpm-samples"
     cards = [{"uuid": f"ddpm-{key.replace('/', '-')}", "type": "IMAGE", "runsCountToCompare": 10,
               "metricSectionId": section, "deleted": False, "isGenerated": True, "imageKeys": [key], "step": 0,
               "showRunParams": False} for key in SAMPLE_IMAGE_KEYS]
     sections = [{"uuid": section, "name": SAMPLES_ARTIFACTS, "display": True, "isReordered": False,
-                 "deleted": False, "isGenerated": True}]
+                 "deleted": False, "isGenerated": True, "columns": 1}]
     return cards, sections
 
 

@@ -435,3 +435,22 @@ def test_a_servers_http_retries_are_capped_unless_the_user_set_them(monkeypatch)
     monkeypatch.setenv(SUPPRESS_URL_PRINTING, "false")
     configure_server_client("http://alice:s3cret@host:5000")  # MLflow would print this URI: never
     assert os.environ[SUPPRESS_URL_PRINTING] == "true"
+
+
+def test_the_views_chart_view_opens_on_the_sample_grids_without_the_params_list():
+    """Issue 23: the image cards of MLflow's chart view list every param of each run above its
+    image unless told not to; the view's cards show the sample stage's images, one card per row."""
+    from ddpm.tracking import SAMPLE_IMAGE_KEYS
+
+    state = compare_view_state()
+    (section,) = state["compareRunSections"]
+    assert section["name"] == "samples" and section["columns"] == 1 and state["isAccordionReordered"] is True
+    cards = state["compareRunCharts"]
+    assert [c["imageKeys"] for c in cards] == [[k] for k in SAMPLE_IMAGE_KEYS]
+    assert all(c["type"] == "IMAGE" and c["showRunParams"] is False and c["metricSectionId"] == section["uuid"]
+               for c in cards)
+    # The keys are those the sample stage logs (Tracker.log_image: "<artifact folder>/<file stem>").
+    sample_stage = (ROOT / "stages" / "sample.py").read_text()
+    assert 'for name in ("grid.png", "reverse_process.png")' in sample_stage and 'log_image(out / name, "samples")' in (
+        sample_stage)
+    assert SAMPLE_IMAGE_KEYS == ("samples/grid", "samples/reverse_process")
