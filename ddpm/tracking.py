@@ -11,12 +11,20 @@ no stage ever writes into another experiment's run.
 
 The store defaults to ``sqlite:///mlflow.db`` at the repository root, also for queued DVC
 experiments, which run in temporary copies (DVC tells them the original root in
-``DVC_ROOT``); ``MLFLOW_TRACKING_URI`` overrides it.
+``DVC_ROOT``); ``MLFLOW_TRACKING_URI`` overrides it, e.g. with a team's tracking server
+(``http://host:5000``, README: Working as a team). Credentials come from MLflow's own
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` or its credentials file, never from
+params.yaml (which git and dvc.lock record); a ``user:password@`` in a URI is redacted from every
+message, param and tag this module writes.
 
 Tracking must never cost a result: the store is checked before any expensive work
 (``Tracker.open`` and ``Tracker.for_experiment`` fail fast with a clear message), and an
-error in the middle of a run is reported once on stderr and further logging is skipped,
-while the stage goes on to write its outputs.
+error in the middle of a run (a tracking server that went away) is reported once, in one line,
+on stderr and further logging is skipped, while the stage goes on to write its outputs. A
+server's requests are retried for seconds, not MLflow's default minutes (``HTTP_LIMITS``).
+Then the stage fails (``Tracker.check_recorded``), so that DVC does not record it as done:
+the next ``dvc repro`` reruns it and logs the run (the train stage from its saved final state,
+without training again).
 
 What the MLflow UI shows first (``compare_view_url``): the experiment is tagged as model
 training, and it holds a saved view of the runs table (MLflow's "Views" menu) with the numbers
@@ -31,7 +39,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -59,6 +70,9 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # one experiment tag per saved view
 COMPARE_VIEW_ID = "ddpm-compare"
 COMPARE_VIEW_NAME = "ddpm: compare runs"
 SAMPLES_ARTIFACTS = "samples"  # the artifact folder whose images a run's description links
+# The sample stage's MLflow images (``Tracker.log_image``: key ``samples/<file stem>``), which the
+# chart view of the comparison view shows first, side by side across runs.
+SAMPLE_IMAGE_KEYS = ("samples/grid", "samples/reverse_process")
 # The runs table of the comparison view, in this order: the bound and each metric family's main
 # distance, the params experiments sweep, the other sample-quality metrics. A metric no run has
 # shows no column.
@@ -75,6 +89,15 @@ UNITS = {"bpd": "bits/dim", "nll": "nats/dim", "ode_bpd": "bits/dim", "ode_nll":
 LIKELIHOODS = ("bpd", "nll", "ode_bpd", "ode_nll")
 # How long a process waits for another to finish opening a sqlite store (seconds).
 STORE_LOCK_TIMEOUT_S = 120
+# MLflow's HTTP client retries a failed request for minutes by default (7 retries, backoff factor 2,
+# a 120 s timeout: made for rate-limited hosted services), so a stage would stall for minutes at
+# its first call after a tracking server went away. A server on the lab's network answers within
+# seconds or is down. Set for a server's URI only, and only where the user set no value.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+SUPPRESS_URL_PRINTING = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+# ``scheme://user:password@host``: the credentials part, which no message, param or tag may show.
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s:]*:[^/@\s]*@")
 
 
 def repo_root() -> Path:
@@ -88,13 +111,52 @@ def repo_root() -> Path:
         return Path.cwd()
 
 
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URI in it (``user:password@``) replaced by ``***@``."""
+    return _CREDENTIALS.sub("***@", text)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one short line for stderr: its type and the first line of its message
+    (MLflow's carry the server's whole response body), credentials redacted."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = redact(text)
+    return f"{type(err).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
 def resolve_tracking_uri(configured: str = "") -> str:
-    """``MLFLOW_TRACKING_URI`` > ``mlflow.tracking_uri`` in params > the repo's sqlite store."""
+    """``MLFLOW_TRACKING_URI`` > ``mlflow.tracking_uri`` in params > the repo's sqlite store.
+
+    A configured URI with credentials is refused: params.yaml is committed to git."""
     if os.environ.get(ENV_URI):
         return os.environ[ENV_URI]
     if configured:
+        if redact(configured) != configured:
+            raise TrackingError(f"mlflow.tracking_uri={redact(configured)!r} holds credentials, and params.yaml is "
+                                "committed to git: give them in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                                "(or MLflow's credentials file, ~/.mlflow/credentials) instead")
         return configured
     return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (reached over HTTP) rather than a store opened in-process."""
+    return uri.startswith(("http://", "https://"))
+
+
+def configure_server_client(uri: str) -> None:
+    """For a tracking server: apply ``HTTP_LIMITS`` where the user set none; keep urllib3's
+    "Retrying ..." warnings (one per retry) off stderr, the stage says in one line what failed;
+    and stop MLflow printing "View run ... at <tracking URI>" when each stage closes the run:
+    it repeats the link the train stage prints, and shows a URI's password."""
+    if not is_server(uri):
+        return
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault(SUPPRESS_URL_PRINTING, "true")
+    if redact(uri) != uri:
+        os.environ[SUPPRESS_URL_PRINTING] = "true"
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def git_revision() -> str | None:
@@ -148,18 +210,42 @@ def merged_params(current: dict[str, Any], trained: dict[str, str]) -> dict[str,
     return {k: trained.get(k, v) if v == "auto" else v for k, v in current.items()}
 
 
+def sample_image_cards() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The chart view's cards and sections for the sample images, as MLflow's UI (3.x) stores
+    them in a view: one image card per key of ``SAMPLE_IMAGE_KEYS`` in a ``samples`` section.
+
+    Without them the UI makes its own image cards, which open on a list of every param of each
+    run (about a hundred here) above the image, so at the card's default size the grid is below
+    the fold: ``showRunParams: false`` leaves each run's name and its image. A card of the UI's
+    default three per row holds one run's grid, the others below it inside the card; the section
+    has one card per row (``columns: 1``), wide enough for the grids of several runs side by side
+    at the default card height (seen in headless Chromium at 1600 px: three runs, two clones).
+    The UI adds its own cards for every other metric and image key after these, and keeps this
+    section first (``isAccordionReordered`` in ``compare_view_state``)."""
+    section = "ddpm-samples"
+    cards = [{"uuid": f"ddpm-{key.replace('/', '-')}", "type": "IMAGE", "runsCountToCompare": 10,
+              "metricSectionId": section, "deleted": False, "isGenerated": True, "imageKeys": [key], "step": 0,
+              "showRunParams": False} for key in SAMPLE_IMAGE_KEYS]
+    sections = [{"uuid": section, "name": SAMPLES_ARTIFACTS, "display": True, "isReordered": False,
+                 "deleted": False, "isGenerated": True, "columns": 1}]
+    return cards, sections
+
+
 def compare_view_state() -> dict[str, Any]:
     """The comparison view as MLflow's UI stores a view of the runs table: its search (every
-    active run, lowest bound first) and its columns (``params.`name```, ``metrics.`name```).
-    The charts are left to the UI, which makes one per metric and an image grid per image key."""
+    active run, lowest bound first), its columns (``params.`name```, ``metrics.`name```) and,
+    for its chart view, the sample images first (``sample_image_cards``); the UI makes a chart
+    for every other metric."""
     columns = ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in HEADLINE_METRICS),
                *(f"params.`{p}`" for p in COMPARE_PARAMS), *(f"metrics.`{m}`" for m in MORE_METRICS)]
     # Wide enough for the column's name (the UI's default cuts most of them); the dataset's
     # name, digest and split.
     widths = {c: max(90, 28 + 7 * len(c.split("`")[1])) for c in columns} | {"attributes.`Dataset`": 230}
+    cards, sections = sample_image_cards()
     # What differs from the UI's defaults (which fill in the rest: every active run, all time).
     return {"orderByKey": "metrics.`bpd`", "orderByAsc": True,
-            "selectedColumns": columns, "columnOrder": columns, "columnWidths": widths}
+            "selectedColumns": columns, "columnOrder": columns, "columnWidths": widths,
+            "compareRunCharts": cards, "compareRunSections": sections, "isAccordionReordered": True}
 
 
 def compare_view_tag() -> str:
@@ -250,7 +336,7 @@ def _update_experiment_tags(client: Any, exp_id: str, current: dict[str, str]) -
         for key, value in experiment_tags(current).items():
             client.set_experiment_tag(exp_id, key, value)
     except Exception as err:
-        print(f"mlflow: could not set the experiment's view tags ({type(err).__name__}: {err}); the runs are "
+        print(f"mlflow: could not set the experiment's view tags ({one_line(err)}); the runs are "
               f"tracked all the same", file=sys.stderr)
 
 
@@ -322,6 +408,7 @@ class Tracker:
         loses the race to another process takes the experiment that process made)."""
         from mlflow.tracking import MlflowClient
 
+        configure_server_client(uri)
         try:
             with _store_lock(uri):
                 client = MlflowClient(tracking_uri=uri)
@@ -329,8 +416,8 @@ class Tracker:
                 exp_id = exp.experiment_id if exp is not None else _create_experiment(client, uri, experiment)
         except Exception as err:  # mlflow raises many types: connection, SQL, malformed URI
             raise TrackingError(
-                f"cannot use the MLflow tracking store {uri!r} ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}). Set {ENV_URI} to a reachable store, "
+                f"cannot use the MLflow tracking store {redact(uri)!r} ({one_line(err)}). Set {ENV_URI} to a "
+                f"reachable store (a server's credentials: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), "
                 f"or unset it to use sqlite:///mlflow.db at the repository root."
             ) from None
         if exp is not None:
@@ -339,8 +426,10 @@ class Tracker:
 
     @staticmethod
     def _standard_tags(source_name: str | None) -> dict[str, str]:
+        # Which machine and clone wrote the run: runs from several machines meet in a team's server.
         tags = {"git_revision": git_revision() or "unknown", "mlflow.source.name": source_name or _entry_point(),
-                "mlflow.source.type": "LOCAL"}
+                "mlflow.source.type": "LOCAL", "ddpm.host": socket.gethostname(),
+                "ddpm.repository": str(repo_root().resolve())}
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
         if os.environ.get("DVC_EXP_BASELINE_REV"):
@@ -352,7 +441,7 @@ class Tracker:
         try:
             run = client.create_run(exp_id, run_name=run_name or tags.get("dvc_experiment"), tags=tags)
         except Exception as err:
-            raise TrackingError(f"cannot create an MLflow run in {uri!r}: {err}") from None
+            raise TrackingError(f"cannot create an MLflow run in {redact(uri)!r}: {one_line(err)}") from None
         return cls(client, run.info.run_id, uri, exp_id)
 
     @classmethod
@@ -447,7 +536,7 @@ class Tracker:
             runs = client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
                                       order_by=["attributes.start_time DESC"], max_results=200)
         except Exception as err:
-            raise TrackingError(f"cannot search the MLflow runs in {uri!r}: {err}") from None
+            raise TrackingError(f"cannot search the MLflow runs in {redact(uri)!r}: {one_line(err)}") from None
         for run in runs:
             if run.info.run_id == model_run_id or run.data.tags.get(TRAINED_BY_TAG) == model_run_id:
                 return cls(client, run.info.run_id, uri, exp_id)
@@ -479,13 +568,25 @@ class Tracker:
             fn(*args, **kwargs)
         except Exception as err:
             self.failed = True
-            print(f"mlflow: {what} failed ({type(err).__name__}: {err}); the stage keeps going and "
-                  f"writes its outputs, but logs nothing more to run {self.run_id}", file=sys.stderr)
+            from tqdm.auto import tqdm
+
+            # tqdm.write: on a line of its own, not glued to a progress bar (training's, say).
+            tqdm.write(f"mlflow: {what} failed ({one_line(err)}); the stage keeps going and "
+                       f"writes its outputs, but logs nothing more to run {self.run_id}", file=sys.stderr)
+
+    def check_recorded(self, rerun: str) -> None:
+        """Raise ``TrackingError`` when logging failed (``_safely`` said what): called by a stage
+        after it wrote its outputs, so that DVC does not record the stage as done and ``rerun``
+        (what the next ``dvc repro`` does about it) logs the run once the store is back."""
+        if self.failed:
+            raise TrackingError(f"the run {self.run_id} in {redact(self.uri)!r} is incomplete: logging to it failed "
+                                f"(said above); this stage's outputs are written. Once the store is reachable, "
+                                f"`dvc repro` {rerun}")
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)) for k, v in params.items()]
+        items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit
             self._safely("logging params", self.client.log_batch, self.run_id, params=items[i:i + 100])
 
@@ -602,13 +703,15 @@ class Tracker:
             text += "\n\nThe model was reused from DVC's cache (trained by the run linked above)."
         self.client.set_tag(self.run_id, NOTE_TAG, text)
 
-    def view_url(self, server: str = "http://127.0.0.1:5000") -> str:
-        """``compare_view_url`` of this run's experiment."""
-        return compare_view_url(self.experiment_id, server)
+    def view_url(self, server: str | None = None) -> str:
+        """``compare_view_url`` of this run's experiment: on the tracking server itself (its
+        address without credentials), else ``server`` (default: where ``mlflow ui`` serves)."""
+        default = _CREDENTIALS.sub("", self.uri) if is_server(self.uri) else "http://127.0.0.1:5000"
+        return compare_view_url(self.experiment_id, server or default)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self._safely("setting tags", self.client.set_tag, self.run_id, k, v)
+            self._safely("setting tags", self.client.set_tag, self.run_id, k, redact(str(v)))
 
     def finish(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
         """Close the run; a failed run records why (tag ``error``), so the UI says it. Each

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             tracker.log_artifact(args.metrics, "metrics")
             tracker.log_artifact(args.terms, "metrics")
             tracker.finish()
+            tracker.check_recorded("reruns this stage and logs it")
 
     return run_stage("evaluate", body, parser, argv, hints=HINTS)
 

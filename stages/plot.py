@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             for fig in figures:
                 tracker.log_artifact(fig, "figures")
             tracker.finish()
+            tracker.check_recorded("reruns this stage and logs it")
 
     return run_stage("plot", body, parser, argv, hints=HINTS)
 

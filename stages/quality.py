@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("quality.json", "nfe.csv"):
                 tracker.log_artifact(out / name, "quality")
             tracker.finish()
+            tracker.check_recorded("reruns this stage and logs it")
 
     return run_stage("quality", body, parser, argv, hints=HINTS)
 

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 tracker.log_image(out / name, "samples")  # an artifact, and an image of the chart view
             tracker.log_artifact(out / "sampling.json", "samples")
             tracker.finish()
+            tracker.check_recorded("reruns this stage and logs it")
 
     return run_stage("sample", body, parser, argv, hints=HINTS)
 

@@ -20,7 +20,7 @@ from ddpm.factory import build_diffusion, build_network, build_objective, data_r
 from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.nn import count_parameters
 from ddpm.runtime import dist_info, init_distributed, launch_torchrun, print0, resolve_device, set_threads
-from ddpm.tracking import KEY_TAG, Tracker, experiment_key
+from ddpm.tracking import KEY_TAG, Tracker, experiment_key, is_server, redact
 from ddpm.train_state import TrainingState
 from ddpm.training import Probe, check_batch_size, resolved_params, train
 
@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                          [[r["step"], r[f"{unit}_estimate"], r[f"{unit}_estimate_stderr"]] for r in result.curve])
         tracker.log_artifact(model_path, "model")
         tracker.finish()
+        # The training state at the last step is saved: a rerun restores it and trains no step.
+        tracker.check_recorded(f"reruns this stage, which restores the training state saved at step {result.step} "
+                               f"({args.state}) without training again and logs the rest of the run")
 
     return run_stage("train", body, parser, argv, hints=HINTS)
 
@@ -114,8 +117,8 @@ def open_run(params, current, used, prepared, data_dir: str, num_params: int, de
         resume_run_id=state.run_id if state.step > 0 else None)
     tracker.catch_up(state.history, state.curve)
     print0(f"training {num_params:,} parameters on {device} x{dist.world_size} ({used.train.precision}); "
-           f"mlflow run {tracker.run_id} in {tracker.uri}; compare runs at {tracker.view_url()} "
-           "(after `mlflow ui --backend-store-uri <that store>`)")
+           f"mlflow run {tracker.run_id} in {redact(tracker.uri)}; compare runs at {tracker.view_url()}"
+           + ("" if is_server(tracker.uri) else " (after `mlflow ui --backend-store-uri <that store>`)"))
     splits = {"train": (prepared.train, prepared.train_labels), "test": (prepared.test, prepared.test_labels)}
     tracker.log_dataset(prepared.meta["dataset"], str(Path(data_dir).resolve()), splits)
     return tracker

@@ -177,7 +177,8 @@ def test_sigterm_during_train_keeps_outputs_whole_and_rerun_resumes(tmp_path):
 
 def test_mid_run_tracking_failure_keeps_model_and_metrics(tmp_path):
     """The store disappears after the run was opened: training, the model file and the
-    metrics are still written; the stage reports the tracking failure once."""
+    metrics are still written; the stage reports the tracking failure once, then fails (exit 2)
+    so that DVC does not record it as done and the next `dvc repro` logs the run (issue 23)."""
     env = stage_env(tmp_path)
     params = tiny_params(tmp_path, steps=20, checkpoint_every=10)
     subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(params), "--out", str(tmp_path / "prep")],
@@ -204,8 +205,10 @@ def test_mid_run_tracking_failure_keeps_model_and_metrics(tmp_path):
                           "--reports", str(tmp_path / "rep")],
                          cwd=tmp_path, env={**env, "DBDIR": str(tmp_path / "prep")}, capture_output=True, text=True)
     os.chmod(tmp_path / "prep", 0o755)
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 2, run.stderr[-2000:]
     assert run.stderr.count("tracking server unreachable") == 1
+    assert "Traceback" not in run.stderr
+    assert "`dvc repro` reruns this stage, which restores the training state saved at step 20" in run.stderr
     assert (tmp_path / "models" / "model.pt").exists()
     assert len((tmp_path / "rep" / "loss.csv").read_text().splitlines()) == 1 + 2
     assert json.loads((tmp_path / "models" / "run.json").read_text())["mlflow_run_id"]

@@ -400,3 +400,57 @@ def test_resume_and_mlflow_a_finished_run_is_never_deleted(repo):
     tracker = Tracker.open_training("ddpm", longer, resume_run_id=finished.run_id)
     assert tracker.run_id != finished.run_id
     assert tracker.client.get_run(finished.run_id).info.lifecycle_stage == "active"
+
+
+def test_credentials_are_redacted_from_uris_and_errors():
+    from ddpm.tracking import one_line, redact
+
+    assert redact("http://alice:s3cret@host:5000/x and https://bob:pw@h") == "http://***@host:5000/x and https://***@h"
+    assert redact("sqlite:///a/b@c.db") == "sqlite:///a/b@c.db"  # a path, not credentials
+    line = one_line(RuntimeError("API request to http://alice:s3cret@host/api failed\nResponse body: ..."))
+    assert line == "RuntimeError: API request to http://***@host/api failed"
+
+
+def test_a_tracking_uri_with_credentials_in_params_is_refused(monkeypatch):
+    from ddpm.tracking import resolve_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(TrackingError, match="MLFLOW_TRACKING_PASSWORD") as err:
+        resolve_tracking_uri("http://alice:s3cret@host:5000")
+    assert "s3cret" not in str(err.value)
+
+
+def test_a_servers_http_retries_are_capped_unless_the_user_set_them(monkeypatch):
+    from ddpm.tracking import HTTP_LIMITS, SUPPRESS_URL_PRINTING, configure_server_client
+
+    for name in [*HTTP_LIMITS, SUPPRESS_URL_PRINTING]:  # set, then deleted: monkeypatch restores what was there
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    configure_server_client("sqlite:///m.db")
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # only for a server
+    configure_server_client("http://host:5000")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"  # the user's value wins
+    monkeypatch.setenv(SUPPRESS_URL_PRINTING, "false")
+    configure_server_client("http://alice:s3cret@host:5000")  # MLflow would print this URI: never
+    assert os.environ[SUPPRESS_URL_PRINTING] == "true"
+
+
+def test_the_views_chart_view_opens_on_the_sample_grids_without_the_params_list():
+    """Issue 23: the image cards of MLflow's chart view list every param of each run above its
+    image unless told not to; the view's cards show the sample stage's images, one card per row."""
+    from ddpm.tracking import SAMPLE_IMAGE_KEYS
+
+    state = compare_view_state()
+    (section,) = state["compareRunSections"]
+    assert section["name"] == "samples" and section["columns"] == 1 and state["isAccordionReordered"] is True
+    cards = state["compareRunCharts"]
+    assert [c["imageKeys"] for c in cards] == [[k] for k in SAMPLE_IMAGE_KEYS]
+    assert all(c["type"] == "IMAGE" and c["showRunParams"] is False and c["metricSectionId"] == section["uuid"]
+               for c in cards)
+    # The keys are those the sample stage logs (Tracker.log_image: "<artifact folder>/<file stem>").
+    sample_stage = (ROOT / "stages" / "sample.py").read_text()
+    assert 'for name in ("grid.png", "reverse_process.png")' in sample_stage and 'log_image(out / name, "samples")' in (
+        sample_stage)
+    assert SAMPLE_IMAGE_KEYS == ("samples/grid", "samples/reverse_process")
