@@ -320,10 +320,12 @@ def test_a_failed_stage_does_not_rewrite_the_description(repo):
 # ---------------------------------------------------------------------- several processes, one store
 OPEN_WHEN_RELEASED = """
 import sys
+from pathlib import Path
 import mlflow.tracking  # the import costs seconds: done before the release, so the opens race
 from ddpm.tracking import Tracker
-with open(sys.argv[1]) as go:  # a FIFO: every reader's open returns when the test opens it to write
-    go.read()
+with open(sys.argv[1]) as go:  # a FIFO the test holds open for writing: this open returns at once
+    Path(f"{sys.argv[1]}.ready{sys.argv[2]}").touch()
+    go.read()  # returns (end of file) when the test closes its end: every worker at the same moment
 tracker = Tracker.open("ddpm", None, {"seed": sys.argv[2]}, tags={"worker": sys.argv[2]})
 print(tracker.experiment_id, tracker.run_id)
 """
@@ -341,12 +343,19 @@ def test_queue_and_parallel_processes_opening_one_store_at_once_all_get_their_ru
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DVC_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
     go = tmp_path / "go"
     os.mkfifo(go)
+    # Held open read-write (which never blocks on Linux) until every worker waits in its read: a
+    # worker slow to import mlflow on a loaded machine still finds a writer, and closing this end
+    # releases them all together (a fixed sleep before a brief open once left a late worker
+    # blocked in its open for good).
+    writer = os.open(go, os.O_RDWR)
     workers = [subprocess.Popen([sys.executable, "-c", OPEN_WHEN_RELEASED, str(go), str(i)], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
-    time.sleep(8)  # every worker has imported mlflow and waits on the FIFO
-    # Opening a FIFO read-write never blocks on Linux (a worker that died before waiting cannot
-    # hang the test); as a writer it releases every worker blocked opening it, together.
-    os.close(os.open(go, os.O_RDWR))
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(Path(f"{go}.ready{i}").exists() for i in range(4)):
+        if any(w.poll() is not None for w in workers):
+            break  # a worker died before waiting: the assertions below show its error
+        time.sleep(0.1)
+    os.close(writer)
     results = [w.communicate(timeout=120) for w in workers]
     assert [w.returncode for w in workers] == [0] * 4, [err[-1500:] for _, err in results]
     experiments = {out.split()[0] for out, _ in results}
