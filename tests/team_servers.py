@@ -6,6 +6,7 @@ refused by a real server)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -18,8 +19,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ADMIN, ADMIN_PASSWORD = "admin", "team-tests-admin-password"  # MLflow wants at least 12 characters
 
@@ -197,3 +201,23 @@ def start_mlflow_server(postgres: Postgres, folder: Path, database: str, auth: b
     server = MlflowServer(None, free_port(), postgres.create_database(database), folder / "artifacts", folder, auth)
     server.start()
     return server
+
+
+@contextlib.contextmanager
+def admin_servers(folder: Path) -> Iterator[tuple[Postgres, MlflowServer]]:
+    """A PostgreSQL and an `mlflow server` on it (artifacts under ``folder``), this process reading
+    the server as the admin through MLflow's credential environment variables; both stopped on exit."""
+    postgres = start_postgres(postgres_bin())
+    try:
+        mlflow_server = start_mlflow_server(postgres, folder, "mlflow")
+    except BaseException:
+        postgres.stop()
+        raise
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+            yield postgres, mlflow_server
+    finally:
+        mlflow_server.stop()
+        postgres.stop()

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from test_pipeline_e2e import TINY, deep_update, dvc, make_workspace
+from test_pipeline_e2e import TINY, deep_update, dvc, make_workspace, run_queue
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +58,7 @@ def test_queue_and_parallel_two_experiments_run_by_dvc_queue_start_j2_are_comple
     assert not (root / "mlflow.db").exists()  # a fresh clone: the workers create the store together
     for schedule in ("cosine", "quadratic"):
         dvc(["exp", "run", "--queue", "-S", f"beta_schedule={schedule}"], root, env)
-    dvc(["queue", "start", "-j", "2"], root, env)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = dvc(["queue", "status"], root, env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
+    status = run_queue(root, env)
     assert status.count("Success") == 2, status
 
     client, exp_id = store(root)

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,18 @@ def make_workspace(root: Path, overrides: dict | None = None) -> tuple[Path, dic
 
 def dvc(args: list[str], root: Path, env: dict) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], root, env)
+
+
+def run_queue(root: Path, env: dict, timeout: float = 900) -> str:
+    """`dvc queue start -j 2`, then wait until no experiment is queued or running (or ``timeout``
+    seconds pass); returns the last `dvc queue status`."""
+    dvc(["queue", "start", "-j", "2"], root, env)
+    deadline = time.time() + timeout
+    while True:
+        status = dvc(["queue", "status"], root, env).stdout
+        if ("Queued" not in status and "Running" not in status) or time.time() >= deadline:
+            return status
+        time.sleep(3)
 
 
 def mlflow_runs(root: Path) -> list:

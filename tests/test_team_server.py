@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from team_servers import ADMIN, ADMIN_PASSWORD, postgres_bin, start_mlflow_server, start_postgres
-from test_pipeline_e2e import dvc, make_workspace, run, run_record
+from team_servers import ADMIN, ADMIN_PASSWORD, admin_servers, postgres_bin
+from test_pipeline_e2e import dvc, make_workspace, run, run_queue, run_record
 
 from ddpm.tracking import (
     COMPARE_VIEW_ID,
@@ -37,18 +37,8 @@ pytestmark = [
 def server(tmp_path_factory):
     """One PostgreSQL + one `mlflow server` for the module; this process reads the server with
     the admin's credentials from MLflow's environment variables."""
-    postgres = start_postgres(postgres_bin())
-    try:
-        mlflow_server = start_mlflow_server(postgres, tmp_path_factory.mktemp("mlflow-server"), "mlflow")
-    except BaseException:
-        postgres.stop()
-        raise
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
-        mp.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    with admin_servers(tmp_path_factory.mktemp("mlflow-server")) as (_, mlflow_server):
         yield mlflow_server
-    mlflow_server.stop()
-    postgres.stop()
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +153,7 @@ def test_server_two_clones_one_store_queue_j2_each_run_by_its_own_clone(server, 
 
     for overrides in (["sample.sampler=ddim", "sample.steps=5"], ["sample.steps=5"]):
         dvc(["exp", "run", "--queue", *(a for o in overrides for a in ("-S", o))], clone, env)
-    dvc(["queue", "start", "-j", "2"], clone, env)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = dvc(["queue", "status"], clone, env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+    status = run_queue(clone, env)
     assert status.count("Success") == 2, status + "\n".join(
         dvc(["queue", "logs", line.split()[0]], clone, env).stdout[-3000:] for line in status.splitlines()[1:]
         if line.split() and "Failed" in line)

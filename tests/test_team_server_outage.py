@@ -15,7 +15,7 @@ import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from team_servers import ADMIN, ADMIN_PASSWORD, postgres_bin, start_mlflow_server, start_postgres
+from team_servers import ADMIN, ADMIN_PASSWORD, admin_servers, postgres_bin
 from test_experiments_e2e import train_process
 from test_pipeline_e2e import TINY, deep_update, dvc, make_workspace
 
@@ -29,18 +29,8 @@ STEPS = 240
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    postgres = start_postgres(postgres_bin())
-    try:
-        mlflow_server = start_mlflow_server(postgres, tmp_path_factory.mktemp("mlflow-server"), "mlflow")
-    except BaseException:
-        postgres.stop()
-        raise
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
-        mp.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
-        yield postgres, mlflow_server
-    mlflow_server.stop()
-    postgres.stop()
+    with admin_servers(tmp_path_factory.mktemp("mlflow-server")) as both:
+        yield both
 
 
 @pytest.fixture(scope="module")
