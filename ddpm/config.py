@@ -238,6 +238,11 @@ class Params:
     quality: QualityConfig = field(default_factory=QualityConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
+    @property
+    def family_facts(self) -> FamilyFacts:
+        """What this config's family has (``FAMILIES``): its samplers, a bound, an ODE likelihood."""
+        return FAMILIES[self.family]
+
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
     def from_dict(cls, raw: dict[str, Any], resolve: bool = True) -> Params:
@@ -515,14 +520,28 @@ PREPARE_RESOLVED = resolved_by(BY_PREPARE)
 
 
 # ---------------------------------------------------------------------- families
+@dataclass(frozen=True)
+class FamilyFacts:
+    """What the rest of the code may ask of a family, declared once (``FAMILIES``)."""
+
+    name: str
+    samplers: tuple[str, ...]    # what sample.sampler accepts; the first is its auto
+    section: str | None          # the params section only this family reads (ddpm: none, its keys are top-level)
+    has_diffusion: bool          # a discrete GaussianDiffusion: ancestral, DDIM, the quality sweep
+    has_bound: bool              # the variational bound (the evaluate stage, the train stage's probe)
+    has_ode_likelihood: bool     # the probability-flow ODE likelihood
+
+
 # The samplers each family can run: the discrete DDPM's own two and, through its VP-type SDE
 # (ddpm.sde.sde_from_diffusion), the score samplers; a continuous SDE's score; NCSN's
-# annealed Langevin dynamics. The first is ``sample.sampler: auto``.
-FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
-    "ddpm": ("ancestral", "ddim", "pc", "ode"),
-    "sde": ("pc", "ode"),
-    "ncsn": ("ald",),
+# annealed Langevin dynamics, which defines no tractable likelihood.
+FAMILIES: dict[str, FamilyFacts] = {
+    "ddpm": FamilyFacts("ddpm", ("ancestral", "ddim", "pc", "ode"), None, has_diffusion=True, has_bound=True,
+                        has_ode_likelihood=True),
+    "sde": FamilyFacts("sde", ("pc", "ode"), "sde", has_diffusion=False, has_bound=False, has_ode_likelihood=True),
+    "ncsn": FamilyFacts("ncsn", ("ald",), "ncsn", has_diffusion=False, has_bound=False, has_ode_likelihood=False),
 }
+FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {name: f.samplers for name, f in FAMILIES.items()}
 # The smallest noise level of VE and NCSN: the references' sigma_min = 0.01 (NCSN, NCSNv2,
 # score_sde's VE configs) is on data in [0, 1]; this project's data live in [-1, 1], twice as
 # wide, so the same relative noise is 0.02 (sigma_max: auto follows the data by itself, T1).
@@ -923,7 +942,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 __all__ = [
     "AUTO", "DOWNSTREAM", "KEY_ROLES", "KeyRole", "NETWORK", "RUNTIME", "TRAINING", "changes_training", "key_role",
-    "resolved_by", "FAMILY_SAMPLERS", "NcsnConfig", "OdeConfig", "SAMPLE_RESOLVED", "SdeConfig", "TRAIN_RESOLVED",
+    "resolved_by", "FAMILIES", "FAMILY_SAMPLERS", "FamilyFacts",
+    "NcsnConfig", "OdeConfig", "SAMPLE_RESOLVED", "SdeConfig", "TRAIN_RESOLVED",
     "PREPARE_RESOLVED", "SIGMA_MIN", "default_setting",
     "QUALITY_FAMILIES", "RUNTIME_RESOLVED", "SAMPLERS", "ClassifierConfig", "ConfigError", "DataConfig",
     "DiffusionConfig", "EvaluateConfig", "MlflowConfig", "ModelConfig", "Params", "ParamsLoader", "QualityConfig",
