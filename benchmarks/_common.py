@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ddpm.config import Params
-from ddpm.factory import build_network
+from ddpm.pipeline.build import build_network
 
 
 def cpu_name() -> str:

@@ -11,7 +11,7 @@ from _common import batches
 from torch import nn
 from torch.nn import functional as F
 
-from ddpm.runtime import autocast
+from ddpm.pipeline.runtime import autocast
 
 # block_out_channels per image shape: ~2.6M parameters at 1x28x28, ~7.9M at 3x32x32 (issue 12).
 BLOCK_OUT_CHANNELS = {(1, 28, 28): (32, 64, 96), (3, 32, 32): (64, 112, 112, 128)}

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.nn import count_parameters
-from ddpm.runtime import autocast
+from ddpm.pipeline.runtime import autocast
 
 if TYPE_CHECKING:
     from bench_train import Settings

@@ -1,4 +1,4 @@
-"""The figures behind the speed choices of ``ddpm.training``, ``ddpm.runtime`` and
+"""The figures behind the speed choices of ``ddpm.training.loop``, ``ddpm.pipeline.runtime`` and
 ``ddpm.nn.dropout``, each timed both ways, alternately, on the CPU (medians of ``--rounds``):
 
 1. **Fused Adam.** ``torch.optim.Adam(fused=True)`` against the per-parameter loop
@@ -6,9 +6,9 @@
    parameters with random gradients.
 2. **Dropout mask.** ``ddpm.nn.dropout.Dropout`` against ``nn.Dropout`` (p = 0.1), forward
    and backward of a 16x128x32x32 activation (the CIFAR-10 U-Net's widest).
-3. **Flushing subnormals.** ``ddpm.training.train_step`` from the initial weights (the lr
+3. **Flushing subnormals.** ``ddpm.training.loop.train_step`` from the initial weights (the lr
    warmup, zero-initialised output layers: when gradients and Adam's moments are subnormal)
-   inside ``ddpm.runtime.flush_denormals`` and without it.
+   inside ``ddpm.pipeline.runtime.flush_denormals`` and without it.
 4. **bf16 for the MLP.** ``train_step`` of the default swissroll MLP under bf16 autocast
    against fp32 (why ``train.precision=auto`` keeps the MLP in fp32).
 
@@ -29,10 +29,10 @@ from _common import environment, fmt_range, median_range, timed
 from torch import nn
 
 from ddpm.config import Params
-from ddpm.factory import build_network
 from ddpm.nn.dropout import Dropout
-from ddpm.runtime import flush_denormals
-from ddpm.training import setup_training, train_step
+from ddpm.pipeline.build import build_network
+from ddpm.pipeline.runtime import flush_denormals
+from ddpm.training.loop import setup_training, train_step
 
 CPU = torch.device("cpu")
 IMAGE_META = {"cifar10": {"kind": "image", "shape": [3, 32, 32], "num_levels": 256},

@@ -15,7 +15,7 @@ What it measures (on ``--device``, default ``auto``: CUDA when available, else t
    (e.g. 12 images x 25 timesteps = 300 per call), which runs the same code per call,
    so a repeat takes seconds rather than a minute.
 2. **The evaluate stage's bound.** The wall time of the evaluate stage's own code path,
-   ``ddpm.evaluation.evaluation_inputs`` + ``bound_per_example`` + ``summarize_bound`` (one
+   ``ddpm.evaluation.bound.evaluation_inputs`` + ``bound_per_example`` + ``summarize_bound`` (one
    process, no torchrun), over 300 random 8x8 images on the 17-level grid, T = 1000,
    ``batch_size=512``, timed once.
 3. **U-Net size and speed.** Parameter count and forward time (batch 64, eval, no_grad,
@@ -62,11 +62,11 @@ from ddpm import seeding
 from ddpm.config import Params
 from ddpm.data import to_model_space
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.evaluation import bound_per_example, evaluation_inputs, summarize_bound
-from ddpm.factory import build_diffusion
+from ddpm.evaluation.bound import bound_per_example, evaluation_inputs, summarize_bound
 from ddpm.io import atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import resolve_device, set_tf32
+from ddpm.pipeline.build import build_diffusion
+from ddpm.pipeline.runtime import resolve_device, set_tf32
 
 DIGITS_META = {"kind": "image", "shape": [1, 8, 8], "num_levels": 17}
 UNET_CASES = (  # dataset, meta shape, grey levels
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     fwd_300 = next(r for r in bound_rows if r["evaluate_batch_size"] == batch_size)
     net_only = ev["images"] * T / fwd_300["forward_img_per_s"] if ev["images"] == TEST_IMAGES else None
     ev["network_only_estimate_s"] = net_only
-    print("\n2. The evaluate stage's bound (ddpm.evaluation evaluation_inputs + bound_per_example + "
+    print("\n2. The evaluate stage's bound (ddpm.evaluation.bound evaluation_inputs + bound_per_example + "
           "summarize_bound),\n"
           f"   {ev['images']} random 8x8 images (K=17), T={T}, batch_size={batch_size} "
           f"({ev['network_batch']} images per network call), timed once")

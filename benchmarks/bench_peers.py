@@ -16,7 +16,7 @@ the ``dim`` whose parameter count is nearest ours. Dropout is the same on every 
 For fp32 and for bf16 autocast (the network under ``torch.autocast``; each library's own
 loss and sampler math as it runs them):
 
-1. **Training, images/s**: one optimizer step per call. Ours is ``ddpm.training.train_step``
+1. **Training, images/s**: one optimizer step per call. Ours is ``ddpm.training.loop.train_step``
    set up by ``setup_training`` (the train stage's own path: its objective, Adam, gradient
    clipping, lr schedule and EMA update), with t and noise drawn per step by
    ``batch_draws`` and dropout seeded per step as ``train`` does, under ``flush_denormals``.
@@ -24,7 +24,7 @@ loss and sampler math as it runs them):
    ``GaussianDiffusion`` forward (draws t and noise, returns the MSE), backward, ``Adam``.
    Ours does more per step (clipping, EMA), not less.
 2. **Sampling, ms per ancestral step** on a batch of 16: ours ``GaussianDiffusion.p_sample``
-   with one generator per image (as ``ddpm.samplers.draw_samples``), diffusers
+   with one generator per image (as ``ddpm.sampling.runner.draw_samples``), diffusers
    ``model(x, t).sample`` + ``DDPMScheduler.step``, lucidrains ``p_sample``.
 
 Every side is built once; then rounds alternate (ours, diffusers, lucidrains, ours, ...),
@@ -68,11 +68,11 @@ from _peer import build_peer, count_flops, match_peer_dim, peer_available, peer_
 from ddpm import seeding
 from ddpm.config import Params
 from ddpm.data import to_model_space
-from ddpm.factory import build_diffusion
 from ddpm.io import atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import autocast, flush_denormals, resolve_device
-from ddpm.training import batch_draws, seed_dropout, setup_training, train_step
+from ddpm.pipeline.build import build_diffusion
+from ddpm.pipeline.runtime import autocast, flush_denormals, resolve_device
+from ddpm.training.loop import batch_draws, seed_dropout, setup_training, train_step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,8 +4,8 @@ noise and flips from a generator seeded for that step (``ddpm.seeding``, stream
 needs no generator states. The alternative is one generator kept for the whole run.
 
 For the default swissroll MLP and the default digits U-Net, on ``--device``, this times
-``--steps`` (MLP) or ``--unet-steps`` training steps (``ddpm.training.train_step`` on the loop's batches) both ways,
-alternately (per-step seeding, one generator, per-step seeding, ...), and reports the median
+``--steps`` (MLP) or ``--unet-steps`` training steps (``ddpm.training.loop.train_step`` on the
+loop's batches) both ways, alternately (per-step seeding, one generator, per-step seeding, ...), and reports the median
 milliseconds per step of each and the seeding alone (creating and seeding the step's
 generator and reseeding the global RNG).
 
@@ -27,8 +27,8 @@ from _common import environment, fmt_range, median_range, timed
 from ddpm import seeding
 from ddpm.config import Params, default_setting
 from ddpm.data import to_model_space
-from ddpm.runtime import flush_denormals, resolve_device
-from ddpm.training import Trainer, batch_draws, seed_dropout, setup_training, train_step
+from ddpm.pipeline.runtime import flush_denormals, resolve_device
+from ddpm.training.loop import Trainer, batch_draws, seed_dropout, setup_training, train_step
 
 CASES = {  # name: (params, data meta)
     "swissroll MLP": ({"dataset": "swissroll"}, {"kind": "vector", "shape": [2], "num_levels": None}),

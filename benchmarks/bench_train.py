@@ -5,8 +5,8 @@ For the default MNIST-size U-Net (``Params.from_dict({"dataset": "mnist"})``: 1x
 K = 256) and the default CIFAR-10-size U-Net (``dataset: cifar10``: 3x32x32, DDPM's
 35.7M-parameter model), on ``--device`` (``auto``: CUDA when available, else the CPU):
 
-1. **Training throughput, images/s.** Ours is measured by calling ``ddpm.training.train``
-   itself (the real loop: ``training_losses`` under the autocast of ``ddpm.runtime``,
+1. **Training throughput, images/s.** Ours is measured by calling ``ddpm.training.loop.train``
+   itself (the real loop: ``training_losses`` under the autocast of ``ddpm.pipeline.runtime``,
    backward, ``clip_grad_norm_``, Adam, the EMA update, and whatever the loop does on
    this device, e.g. channels-last and TF32 on CUDA) on random grey levels of the right
    shape; the time is taken between its log callbacks after the warmup steps, so model
@@ -23,7 +23,7 @@ K = 256) and the default CIFAR-10-size U-Net (``dataset: cifar10``: 3x32x32, DDP
    with their defaults sees; both ratios are printed.
 2. **Sampling, network evaluations/s.** One ancestral step (``p_sample``) on a batch is
    ``batch`` NFEs. Ours: ``GaussianDiffusion.p_sample`` with one generator per image, as
-   ``ddpm.samplers.draw_samples`` (the sample stage) does; the peer's: its ``p_sample``
+   ``ddpm.sampling.runner.draw_samples`` (the sample stage) does; the peer's: its ``p_sample``
    (one step per call). Both in float32 without autocast, eval mode, as the sample stages
    run.
 3. **Bound, image-timesteps/s (ours only; the peer has no bound).** The full bound costs T
@@ -111,11 +111,11 @@ from ddpm import seeding
 from ddpm.config import Params
 from ddpm.data import to_model_space
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.factory import build_diffusion, build_network
 from ddpm.io import atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import autocast, flush_denormals, precision_name, resolve_device, resolve_precision
-from ddpm.training import setup_training, train, train_step
+from ddpm.pipeline.build import build_diffusion, build_network
+from ddpm.pipeline.runtime import autocast, flush_denormals, precision_name, resolve_device, resolve_precision
+from ddpm.training.loop import setup_training, train, train_step
 
 MODELS = {"mnist": ((1, 28, 28), 256), "cifar10": ((3, 32, 32), 256)}
 EVAL_MAX_BATCH = 512               # the evaluate stage's default network batch
@@ -202,7 +202,7 @@ def meta_for(name: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- training rounds
 def ours_train_round(name: str, overrides: dict[str, Any], s: Settings, device: torch.device,
                      seed: int) -> dict[str, Any]:
-    """One call of ddpm.training.train: warmup steps, then the timed steps."""
+    """One call of ddpm.training.loop.train: warmup steps, then the timed steps."""
     total = s.warmup + s.steps
     params = our_params(name, overrides, {"steps": total, "batch_size": s.batch, "log_every": s.warmup,
                                           "checkpoint_every": 10**9})
@@ -290,7 +290,7 @@ def bench_bound(params: Params, name: str, s: Settings, device: torch.device, se
 
 
 def our_step(params: Params, name: str, batch: int, device: torch.device, seed: int) -> Callable[[], None]:
-    """One call of ``ddpm.training.train_step`` (the loop's own step, set up as ``train`` sets
+    """One call of ``ddpm.training.loop.train_step`` (the loop's own step, set up as ``train`` sets
     it up) on a random batch of ``batch`` images."""
     shape, _ = MODELS[name]
     trainer = setup_training(params, meta_for(name), device)
@@ -325,7 +325,7 @@ def our_flops(params: Params, name: str, device: torch.device) -> dict[str, int]
 # ---------------------------------------------------------------------- profile (optional)
 def profile_steps(name: str, overrides: dict[str, Any], peer: dict[str, Any] | None, s: Settings,
                   device: torch.device, amp_dtype: torch.dtype) -> None:
-    """torch.profiler tables of one training step each: ours is ddpm.training.train_step,
+    """torch.profiler tables of one training step each: ours is ddpm.training.loop.train_step,
     the peer's is its Trainer step."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
               "measured alternately, are the figures to read"
               + (f". With {env['threads']} torch threads competing for busy cores, --threads 1 gives "
                  "steadier figures." if env["threads"] > 1 else "."))
-    print("ours: training timed inside ddpm.training.train() itself (called once per round on random grey "
+    print("ours: training timed inside ddpm.training.loop.train() itself (called once per round on random grey "
           "levels; timed between its log callbacks after the warmup steps, setup excluded)")
     if peer_missing is None:
         print(f"peer: denoising-diffusion-pytorch {env['peer']['denoising-diffusion-pytorch']} "

@@ -19,7 +19,7 @@ from _common import environment
 from ddpm.config import load_params
 from ddpm.data import load_prepared, to_model_space
 from ddpm.diffusion import GaussianDiffusion, bound_strata_edges
-from ddpm.factory import load_for_inference
+from ddpm.pipeline.build import load_for_inference
 
 
 def estimate(diffusion: GaussianDiffusion, model, x0: torch.Tensor, edges: torch.Tensor, num_levels: int,

@@ -19,7 +19,7 @@ Sections, each timed, each caught (a failure is recorded with its error text and
   2 steps, no compile;
 - ``bound_and_sampling``: the full bound's overhead over the T forward passes it makes
   (``bench_core.bound_vs_forward_case``, the digits U-Net) and ancestral and DDIM samples/s
-  (``ddpm.samplers.draw_samples``, the sample stage's code).
+  (``ddpm.sampling.runner.draw_samples``, the sample stage's code).
 
 Each section records its peak GPU memory (``torch.cuda.max_memory_allocated``, reset before it; null on
 the CPU and for the sections that run in subprocesses).
@@ -188,9 +188,9 @@ def train_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     from ddpm.config import Params
     from ddpm.data import to_model_space
     from ddpm.nn import count_parameters
-    from ddpm.runtime import flush_denormals
-    from ddpm.training import batch_draws, seed_dropout, setup_training
-    from ddpm.training import train_step as one_step
+    from ddpm.pipeline.runtime import flush_denormals
+    from ddpm.training.loop import batch_draws, seed_dropout, setup_training
+    from ddpm.training.loop import train_step as one_step
 
     shape, levels = (3, 32, 32), 256
     batch = 4 if args.tiny else 128
@@ -272,9 +272,9 @@ def bound_and_sampling(args: argparse.Namespace, device: torch.device) -> dict[s
     from bench_core import DIGITS_META, bound_vs_forward_case
 
     from ddpm.config import Params
-    from ddpm.factory import build_diffusion
-    from ddpm.runtime import set_tf32
-    from ddpm.samplers import draw_samples
+    from ddpm.pipeline.build import build_diffusion
+    from ddpm.pipeline.runtime import set_tf32
+    from ddpm.sampling.runner import draw_samples
 
     set_tf32(False)  # as the evaluate stage does
     params = Params.from_dict({"timesteps": 50, "model": TINY_MODEL | {"attn_resolutions": [4]}} if args.tiny

@@ -24,11 +24,11 @@ import torch
 
 from ddpm.config import Params
 from ddpm.data import prepare_dataset
-from ddpm.evaluation import bound_per_example, evaluation_inputs, summarize_bound
-from ddpm.factory import build_diffusion, data_resolved_params
+from ddpm.evaluation.bound import bound_per_example, evaluation_inputs, summarize_bound
 from ddpm.nn import count_parameters
-from ddpm.runtime import resolve_device, set_tf32
-from ddpm.training import train
+from ddpm.pipeline.build import build_diffusion, data_resolved_params
+from ddpm.pipeline.runtime import resolve_device, set_tf32
+from ddpm.training.loop import train
 
 
 def write_idx_from_digits(raw: Path, test_size: int = 300, seed: int = 0) -> None:

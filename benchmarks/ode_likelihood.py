@@ -1,4 +1,4 @@
-"""Time and NFE per image of the probability-flow ODE likelihood (ddpm.ode.ode_bpd, exact
+"""Time and NFE per image of the probability-flow ODE likelihood (ddpm.score.ode.ode_bpd, exact
 divergence and Hutchinson) against the full variational bound (GaussianDiffusion.bpd, T network
 calls per image) on the same test images of the trained model of `dvc repro`.
 
@@ -29,10 +29,10 @@ from _common import environment, load_average, machine_is_busy
 
 from ddpm.config import load_params
 from ddpm.data import load_prepared
-from ddpm.evaluation import evaluation_inputs
-from ddpm.factory import load_trained
-from ddpm.ode import log_likelihood, ode_bpd
-from ddpm.sde import VPSDE, score_from_diffusion
+from ddpm.evaluation.bound import evaluation_inputs
+from ddpm.pipeline.build import load_trained
+from ddpm.score.ode import log_likelihood, ode_bpd
+from ddpm.score.sde import VPSDE, score_from_diffusion
 from ddpm.seeding import generators
 
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from ddpm.config import Params
 from ddpm.data import prepare_dataset
-from ddpm.evaluation import bound_per_example, evaluation_inputs
-from ddpm.factory import build_diffusion, data_resolved_params
-from ddpm.runtime import resolve_device, set_tf32
-from ddpm.training import train
+from ddpm.evaluation.bound import bound_per_example, evaluation_inputs
+from ddpm.pipeline.build import build_diffusion, data_resolved_params
+from ddpm.pipeline.runtime import resolve_device, set_tf32
+from ddpm.training.loop import train
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Samples per second of every sampler at a matched budget of network evaluations (NFE), through
-the code the sample stage runs (``ddpm.samplers.draw_samples`` for ancestral and DDIM,
-``ddpm.score_sampling.draw_score_samples`` for pc, ode and ald).
+the code the sample stage runs (``ddpm.sampling.runner.draw_samples`` for ancestral and DDIM,
+``ddpm.sampling.runner.draw_score_samples`` for pc, ode and ald).
 
 At a budget of ``--nfe`` evaluations per sample: ancestral respaced to that many steps, DDIM with
 that many steps, pc's Euler-Maruyama predictor alone over that many steps, and with a Langevin
@@ -29,10 +29,11 @@ import torch
 from _common import environment, eval_network, fmt_range, load_average, machine_is_busy, median_range
 
 from ddpm.config import Params
-from ddpm.factory import TrainedModel, build_diffusion
-from ddpm.ncsn import score_from_ncsn, sigma_ladder
-from ddpm.samplers import draw_samples
-from ddpm.score_sampling import ScoreModel, draw_score_samples, score_model
+from ddpm.pipeline.build import TrainedModel, ald_settings, build_diffusion, ode_settings, pc_settings, score_model
+from ddpm.sampling.runner import draw_samples
+from ddpm.sampling.score_samplers import draw_score_samples
+from ddpm.score.model import ScoreModel
+from ddpm.score.ncsn import score_from_ncsn, sigma_ladder
 
 DIGITS_META = {"shape": [1, 8, 8], "kind": "image", "num_levels": 17}
 CPU = torch.device("cpu")
@@ -58,8 +59,13 @@ def samplers(nfe: int, ode_tols: list[float], levels: int) -> dict[str, Callable
         return draw
 
     def score_sampler(model: ScoreModel, p: Params) -> Callable[[int], tuple[torch.Tensor, float]]:
+        sampler = p.sample.sampler
+        settings = (pc_settings(p, p.diffusion.timesteps) if sampler == "pc" else ald_settings(p) if sampler == "ald"
+                    else ode_settings(p))
+
         def draw(n: int) -> tuple[torch.Tensor, float]:
-            x, info = draw_score_samples(model, p, shape(n), seed=0, batch_size=n, trajectory_frames=2)
+            x, info = draw_score_samples(model, sampler, settings, shape(n), seed=0, batch_size=n,
+                                         trajectory_frames=2)
             return x, float(info["nfe"].mean())
         return draw
 

@@ -8,7 +8,7 @@ Settings are given as ``key=value`` lists, one per run, with the params keys a u
         train.steps=3000 \
         train.steps=1500,train.lr_schedule=cosine,train.lr=2e-3
 
-Each run goes through ``ddpm.training.train`` and ``ddpm.evaluation.bound_per_example``, the
+Each run goes through ``ddpm.training.loop.train`` and ``ddpm.evaluation.bound.bound_per_example``, the
 code paths of the train and evaluate stages (the train stage's EMA weights, the evaluate stage's
 float32 bound over all T timesteps). ``--data`` is a prepared digits folder (``dvc repro
 prepare``). A constant learning rate makes a run's state at step s the state of a run of s steps,
@@ -16,7 +16,7 @@ so the train stage's ``reports/train/bound.csv`` already gives that curve; a dec
 needs a run per length. The Frechet distance of each setting comes from ``dvc exp run -S ...``
 with the same keys, or from ``--classifier models/classifier.pt``: the Frechet distance in the
 classifier's features of ``sample.num_samples`` ancestral samples of the EMA network against the
-quality stage's reference set (``ddpm.quality``: the same samples, reference and features as
+quality stage's reference set (``ddpm.quality.suites``: the same samples, reference and features as
 the sample and quality stages; its floor is the quality stage's ``fd_classifier_floor``).
 ``--save DIR`` keeps each run's EMA weights, and a setting ``weights=FILE`` scores saved weights
 instead of training (its train_s is then null).
@@ -33,14 +33,14 @@ import torch
 import yaml
 from _common import cpu_name, load_average
 
-from ddpm import quality
-from ddpm.classifier import load_classifier
 from ddpm.config import Params, ParamsLoader
 from ddpm.data import load_prepared
-from ddpm.evaluation import bound_per_example, evaluation_inputs, summarize_bound
-from ddpm.factory import build_diffusion, build_network, data_resolved_params
-from ddpm.samplers import draw_samples
-from ddpm.training import resolved_params, train
+from ddpm.evaluation.bound import bound_per_example, evaluation_inputs, summarize_bound
+from ddpm.pipeline.build import build_diffusion, build_network, data_resolved_params
+from ddpm.quality import suites as quality
+from ddpm.quality.classifier import load_classifier
+from ddpm.sampling.runner import draw_samples
+from ddpm.training.loop import resolved_params, train
 
 
 def setting_params(base: dict, setting: str) -> Params:
@@ -117,7 +117,7 @@ def frechet_distance(params: Params, prepared, diffusion, ema, classifier_path: 
     sample_s = time.perf_counter() - t0
     classifier, info = load_classifier(classifier_path)
     q = params.quality
-    family = quality.classifier_family(classifier, info["num_classes"], q.kid_subset_size, q.kid_subsets,
+    family = quality.classifier_suite(classifier, info["num_classes"], q.kid_subset_size, q.kid_subsets,
                                        q.nearest_k, params.seed)
     reference = quality.to_model_inputs(quality.real_reference(prepared.train, sc.num_samples, params.seed)[0],
                                         prepared.meta)

@@ -95,14 +95,14 @@ class TrainConfig:
     loss_norm: Literal["auto", "l2", "l1"] = AUTO  # the simple loss's norm (auto: l2)
     hybrid_lambda: float = 0.001        # weight of the vlb part in loss_type=hybrid
     hflip: bool | Auto = AUTO           # random horizontal flips (CIFAR-10 only by default)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = AUTO  # auto: see ddpm.runtime.resolve_precision
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = AUTO  # auto: see ddpm.pipeline.runtime.resolve_precision
     device: str = AUTO                  # auto | cpu | cuda | cuda:N
     log_every: int = 50                 # steps between logged training metrics
     checkpoint_every: int = 1000        # steps between resumable checkpoints
     num_threads: int = 0                # torch CPU threads; 0 = torch's default
     nproc: int = 1                      # processes the train stage launches through torchrun (DDP)
     tf32: bool = True                   # TF32 matmuls/convs on CUDA while training (never in evaluate)
-    channels_last: bool | Auto = AUTO   # auto: off (see ddpm.training.uses_channels_last); true for images
+    channels_last: bool | Auto = AUTO   # auto: off (see ddpm.training.loop.uses_channels_last); true for images
     compile: bool = False               # torch.compile the network for training
     bound_every: int | Auto = AUTO      # steps between estimates of the test bound (learning curve); 0 = off
     bound_images: int = 100             # test examples in each estimate
@@ -428,15 +428,15 @@ class Params:
 # ---------------------------------------------------------------------- key roles
 # What each params key (dotted, as `dvc exp run -S` names it) is to a trained model. Three
 # decisions read this table and nothing else: whether a saved training state may be resumed
-# (ddpm.train_state: every NETWORK and TRAINING key must match), whether a checkpoint may be
-# used with the current params (ddpm.checkpoint: every NETWORK key must match), and who
+# (ddpm.training.state: every NETWORK and TRAINING key must match), whether a checkpoint may be
+# used with the current params (ddpm.pipeline.checkpoint: every NETWORK key must match), and who
 # resolves a key's ``auto``. A key the table does not name counts as TRAINING (fail safe), and
 # tests/test_key_roles.py walks every key of the schema and fails on one that is not named.
 NETWORK = "network"        # what the network is and the process it was trained for; changes training too
 TRAINING = "training"      # what training computes (the objective, the data, the optimizer, numerics)
 RUNTIME = "runtime"        # how training runs, not what it computes: device, threads, logging, the probe,
                            # and train.steps (how far: a longer run continues a shorter one's state,
-                           # unless train.lr_schedule decays to 0 at train.steps: ddpm.train_state)
+                           # unless train.lr_schedule decays to 0 at train.steps: ddpm.training.state)
 DOWNSTREAM = "downstream"  # read after training: sampling, evaluation, sample quality, tracking
 # Who resolves a key's auto: ``load_params`` (the recipe, the dataset's defaults, the family),
 # the train stage from the training data (stored with the model), the train stage from the
@@ -533,7 +533,7 @@ class FamilyFacts:
 
 
 # The samplers each family can run: the discrete DDPM's own two and, through its VP-type SDE
-# (ddpm.sde.sde_from_diffusion), the score samplers; a continuous SDE's score; NCSN's
+# (ddpm.score.sde.sde_from_diffusion), the score samplers; a continuous SDE's score; NCSN's
 # annealed Langevin dynamics, which defines no tractable likelihood.
 FAMILIES: dict[str, FamilyFacts] = {
     "ddpm": FamilyFacts("ddpm", ("ancestral", "ddim", "pc", "ode"), None, has_diffusion=True, has_bound=True,
@@ -555,7 +555,7 @@ SDE_TYPE_KEYS: dict[str, dict[str, Any]] = {
 SDE_COMMON = {"num_scales": 1000, "weighting": "sigma2", "eps": 1e-5}
 # Where score_sde's samplers stop (sampling.py: 1e-3 for VP and sub-VP, 1e-5 for VE).
 SDE_SAMPLING_EPS = {"vp": 1e-3, "subvp": 1e-3, "ve": 1e-5}
-# Data of at most this dimension have no answer from NCSNv2's T2 rule (ddpm.ncsn.num_levels_for);
+# Data of at most this dimension have no answer from NCSNv2's T2 rule (ddpm.score.ncsn.num_levels_for);
 # their ladder takes NCSN's 10 levels.
 NCSN_LOW_DIM, NCSN_LOW_DIM_LEVELS = 4, 10
 
@@ -816,7 +816,7 @@ def default_setting(recipe: str, dataset: str, key: str) -> Any:
     """What ``auto`` takes for ``key`` before any data are seen: the ``recipe``'s setting, else the
     ``dataset``'s default (``DATASET_DEFAULTS``), else ``BASE_DEFAULTS``; ``auto`` when none sets it.
     ``Params.resolved`` fills keys with it, and the train stage starts from it for the
-    ``TRAIN_RESOLVED`` train.batch_size (ddpm.factory.data_resolved_params)."""
+    ``TRAIN_RESOLVED`` train.batch_size (ddpm.pipeline.build.data_resolved_params)."""
     layers = (recipe_settings(recipe), DATASET_DEFAULTS[dataset], BASE_DEFAULTS)
     return next((layer[key] for layer in layers if key in layer), AUTO)
 

@@ -2,7 +2,7 @@
 accepted. Kept in one small leaf module so the stage entry points can catch them without
 importing (and so depending on) the code that raises them.
 
-Every such error derives from ``UserError``: the stage edge (``ddpm.cli``) prints it as one
+Every such error derives from ``UserError``: the stage edge (``ddpm.pipeline.stage``) prints it as one
 line without a traceback. Anything else (a ``ValueError`` from the math, a bug) keeps its
 traceback, so a broken formula never masquerades as a bad parameter. The classes also keep
 the builtin base they had (``ValueError``, ``RuntimeError``), so notebook code that catches

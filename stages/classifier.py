@@ -10,13 +10,13 @@ import dataclasses
 import sys
 import time
 
-from ddpm.classifier import accuracy, labelled_splits, save_classifier, train_classifier
-from ddpm.cli import progress_bar, run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import load_prepared
 from ddpm.errors import DataError, DatasetNotFoundError, TrainingDiverged
 from ddpm.io import atomic_write_json
-from ddpm.runtime import print0, resolve_device, set_threads
+from ddpm.pipeline.runtime import print0, resolve_device, set_threads
+from ddpm.pipeline.stage import progress_bar, run_stage, stage_parser
+from ddpm.quality.classifier import accuracy, labelled_splits, save_classifier, train_classifier
 
 HINTS = {
     DatasetNotFoundError: "`dvc repro prepare` writes data/prepared",

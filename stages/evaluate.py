@@ -1,6 +1,6 @@
 """DVC stage `evaluate`: the likelihood of the test split under the trained model ->
 reports/eval/bound.json (the report stage puts it into reports/metrics.json) and
-reports/eval/terms.csv. Family ddpm: the full variational bound (all T terms; bits/dim for
+reports/eval/terms.csv. MetricSuite ddpm: the full variational bound (all T terms; bits/dim for
 images, nats/dim for vectors: total, prior, decoder, standard error, number of examples) and,
 beside it, the probability-flow ODE likelihood of the first ode.num_images test examples
 (``ode_bpd`` / ``ode_nll``, with its NFE and solver settings); family sde: the ODE likelihood
@@ -13,17 +13,16 @@ import sys
 
 import torch
 
-from ddpm.cli import progress_bar, run_stage, stage_parser
 from ddpm.config import Params, load_params
 from ddpm.data import load_prepared
 from ddpm.errors import CheckpointError, DataError, DatasetNotFoundError, EvaluationError
-from ddpm.evaluation import bound_per_example, evaluation_inputs, merge_parts, summarize_bound
-from ddpm.factory import TrainedModel, load_for_inference
+from ddpm.evaluation.bound import bound_per_example, evaluation_inputs, merge_parts, summarize_bound
+from ddpm.evaluation.ode_likelihood import OdeSettings, merge_ode_parts, ode_likelihood_per_example, summarize_ode
 from ddpm.io import atomic_write_csv, atomic_write_json
-from ddpm.ode_evaluation import OdeSettings, merge_ode_parts, ode_likelihood_per_example, summarize_ode
-from ddpm.runtime import gather_to_main, set_tf32, shard
-from ddpm.score_sampling import score_model
-from ddpm.tracking import Tracker, report_metrics
+from ddpm.pipeline.build import TrainedModel, load_for_inference, score_model
+from ddpm.pipeline.runtime import gather_to_main, set_tf32, shard
+from ddpm.pipeline.stage import progress_bar, run_stage, stage_parser
+from ddpm.pipeline.tracking import Tracker, report_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,48 +31,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data/prepared")
     parser.add_argument("--metrics", default="reports/eval/bound.json")
     parser.add_argument("--terms", default="reports/eval/terms.csv")
-
-    def body(args) -> None:
-        params = load_params(args.params)
-        ec = params.evaluate
-        set_tf32(False)  # the reported number is computed in full float32 (and float64 math)
-        dist, trained = load_for_inference(args.model, params, ec.use_ema)
-        # Found or made before the work, so an unusable store is reported before the bound.
-        tracker = Tracker.for_experiment(trained.mlflow_run_id, params.mlflow.experiment, params.flatten(),
-                                         params.mlflow.tracking_uri) if dist.is_main else None
-        test = load_prepared(args.data).test
-        family = trained.params.family
-        report, terms_rows = {}, []
-        if family == "ddpm":
-            x_all = evaluation_inputs(test, trained.meta, ec.num_images)
-            with progress_bar("bound", "timestep", enabled=dist.is_main) as on_step:
-                share = bound_per_example(trained.diffusion, trained.network, x_all, trained.meta,
-                                          indices=shard(len(x_all), dist), batch_size=ec.batch_size,
-                                          clip_denoised=ec.clip_denoised, seed=params.seed, device=trained.device,
-                                          on_step=on_step)
-            shares = gather_to_main(share, dist)
-            if dist.is_main:
-                report = summarize_bound(merge_parts(shares), trained.meta, ec.clip_denoised)
-                terms_rows = report.pop("terms_rows")
-        if family != "ncsn" and params.ode.num_images > 0:
-            ode_report = _ode_likelihood(params, trained, test, dist)
-            report.update(ode_report or {})
-        if dist.distributed:
-            torch.distributed.destroy_process_group()
-        if not dist.is_main:
-            return
-        if family == "ncsn":
-            report["likelihood"] = NO_LIKELIHOOD
-        atomic_write_csv(args.terms, ["t", "term", "stderr"], terms_rows)
-        atomic_write_json(args.metrics, report)
-        if tracker is not None:
-            tracker.log_metrics(report_metrics(report))
-            tracker.log_artifact(args.metrics, "metrics")
-            tracker.log_artifact(args.terms, "metrics")
-            tracker.finish()
-            tracker.check_recorded("reruns this stage and logs it")
-
     return run_stage("evaluate", body, parser, argv, hints=HINTS)
+
+
+def body(args) -> None:
+    params = load_params(args.params)
+    set_tf32(False)  # the reported number is computed in full float32 (and float64 math)
+    dist, trained = load_for_inference(args.model, params, params.evaluate.use_ema)
+    # Found or made before the work, so an unusable store is reported before the bound.
+    tracker = Tracker.for_experiment(trained.mlflow_run_id, params.mlflow.experiment, params.flatten(),
+                                     params.mlflow.tracking_uri) if dist.is_main else None
+    test = load_prepared(args.data).test
+    facts = trained.params.family_facts
+    report, terms_rows = {}, []
+    if facts.has_bound:
+        report, terms_rows = _bound(params, trained, test, dist)
+    if facts.has_ode_likelihood and params.ode.num_images > 0:
+        report.update(_ode_likelihood(params, trained, test, dist) or {})
+    if dist.distributed:
+        torch.distributed.destroy_process_group()
+    if not dist.is_main:
+        return
+    if not (facts.has_bound or facts.has_ode_likelihood):
+        report["likelihood"] = NO_LIKELIHOOD
+    atomic_write_csv(args.terms, ["t", "term", "stderr"], terms_rows)
+    atomic_write_json(args.metrics, report)
+    if tracker is not None:
+        tracker.log_metrics(report_metrics(report))
+        tracker.log_artifact(args.metrics, "metrics")
+        tracker.log_artifact(args.terms, "metrics")
+        tracker.finish()
+        tracker.check_recorded("reruns this stage and logs it")
+
+
+def _bound(params: Params, trained: TrainedModel, test, dist) -> tuple[dict, list]:
+    """The full variational bound of the first ``evaluate.num_images`` test examples and its
+    per-timestep terms (rank 0 gets the report)."""
+    ec = params.evaluate
+    x_all = evaluation_inputs(test, trained.meta, ec.num_images)
+    with progress_bar("bound", "timestep", enabled=dist.is_main) as on_step:
+        share = bound_per_example(trained.diffusion, trained.network, x_all, trained.meta,
+                                  indices=shard(len(x_all), dist), batch_size=ec.batch_size,
+                                  clip_denoised=ec.clip_denoised, seed=params.seed, device=trained.device,
+                                  on_step=on_step)
+    shares = gather_to_main(share, dist)
+    if not dist.is_main:
+        return {}, []
+    report = summarize_bound(merge_parts(shares), trained.meta, ec.clip_denoised)
+    return report, report.pop("terms_rows")
 
 
 # NCSN's model is a chain of Langevin samplers: it defines no density to evaluate.

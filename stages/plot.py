@@ -13,15 +13,15 @@ import numpy as np
 import torch
 
 from ddpm import plotting
-from ddpm.cli import run_stage, stage_parser
 from ddpm.config import Params, load_params
 from ddpm.data import load_prepared, to_model_space
 from ddpm.errors import DataError, DatasetNotFoundError
-from ddpm.ncsn import sigma_ladder
-from ddpm.quality import tracking_metrics
+from ddpm.pipeline.stage import run_stage, stage_parser
+from ddpm.pipeline.tracking import Tracker, report_metrics
+from ddpm.quality.report import tracking_metrics
 from ddpm.schedules import get_beta_schedule
-from ddpm.sde import VESDE, VPSDE, SubVPSDE
-from ddpm.tracking import Tracker, report_metrics
+from ddpm.score.ncsn import sigma_ladder
+from ddpm.score.sde import VESDE, VPSDE, SubVPSDE
 
 HINTS = {
     DataError: "`dvc repro` rewrites data/prepared and the reports this stage reads (it reruns a stage whose "

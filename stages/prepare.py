@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import sys
 
-from ddpm.cli import run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import prepare_dataset, write_prepared
 from ddpm.errors import ConfigError, DataError, DatasetNotFoundError
+from ddpm.pipeline.stage import run_stage, stage_parser
 
 HINTS = {
     DatasetNotFoundError: "once the files are in place (or the network is reachable), run `dvc repro prepare` again",

@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from ddpm.cli import run_stage, stage_parser
 from ddpm.errors import DataError, DatasetNotFoundError
 from ddpm.io import atomic_write_json
+from ddpm.pipeline.stage import run_stage, stage_parser
 
 
 def read_report(path: str | Path, what: str) -> dict:

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.cli import progress_bar, run_stage, stage_parser
 from ddpm.config import Params, load_params
 from ddpm.errors import CheckpointError
-from ddpm.factory import TrainedModel, load_for_inference
 from ddpm.io import atomic_save_npz, atomic_write_json
+from ddpm.pipeline.build import TrainedModel, load_for_inference, score_sampler
+from ddpm.pipeline.runtime import gather_to_main, shard
+from ddpm.pipeline.stage import progress_bar, run_stage, stage_parser
+from ddpm.pipeline.tracking import Tracker
 from ddpm.plotting import SAMPLER_TITLES, plot_reverse_process, plot_samples
-from ddpm.runtime import gather_to_main, shard
-from ddpm.samplers import draw_samples
-from ddpm.score_sampling import draw_score_samples, sampler_settings, score_model, with_trained_keys
-from ddpm.tracking import Tracker
+from ddpm.sampling.runner import draw_samples
+from ddpm.sampling.score_samplers import draw_score_samples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,14 +84,16 @@ def _draw(params: Params, trained: TrainedModel, shape: tuple[int, ...], indices
         nfe = sc.steps if 0 < sc.steps < T else T  # one network call per reverse step
         return samples, {**trajectory, "labels": [f"t={s}" for s in trajectory["steps"]],
                          "nfe": torch.full((len(samples),), float(nfe), dtype=torch.float64), "settings": {}}
-    run = with_trained_keys(params, trained.params)
-    samples, trajectory = draw_score_samples(score_model(trained), run, shape, seed=params.seed,
+    model, settings = score_sampler(params, trained)
+    samples, trajectory = draw_score_samples(model, sc.sampler, settings, shape, seed=params.seed,
                                              batch_size=sc.batch_size, trajectory_frames=sc.trajectory_frames,
                                              device=trained.device, on_step=on_step, indices=indices)
     if images:
         # The samples are images on [-1, 1]; the score samplers do not clip (score_sde clips on saving).
         samples = samples.clamp(-1, 1)
-    return samples, {**trajectory, "steps": [-1] * len(trajectory["labels"]), "settings": sampler_settings(run)}
+    # sampling.json records the settings that are not in the sample section: the ODE's and ALD's.
+    recorded = {} if sc.sampler == "pc" else settings
+    return samples, {**trajectory, "steps": [-1] * len(trajectory["labels"]), "settings": recorded}
 
 
 HINTS = {CheckpointError: "`dvc repro train` writes models/model.pt; retrain if it is from another config"}

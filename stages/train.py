@@ -10,19 +10,19 @@ from pathlib import Path
 
 import torch
 
-from ddpm.checkpoint import save_checkpoint
-from ddpm.cli import run_stage, stage_parser
 from ddpm.config import load_params
 from ddpm.data import load_prepared
 from ddpm.errors import CheckpointError, DataError, DatasetNotFoundError
-from ddpm.evaluation import bound_curve_point, evaluation_inputs
-from ddpm.factory import build_diffusion, build_network, build_objective, data_resolved_params
+from ddpm.evaluation.bound import bound_curve_point, evaluation_inputs
 from ddpm.io import atomic_write_csv, atomic_write_json
 from ddpm.nn import count_parameters
-from ddpm.runtime import dist_info, init_distributed, launch_torchrun, print0, resolve_device, set_threads
-from ddpm.tracking import KEY_TAG, Tracker, experiment_key, is_server, redact
-from ddpm.train_state import TrainingState
-from ddpm.training import Probe, check_batch_size, resolved_params, train
+from ddpm.pipeline.build import build_diffusion, build_network, build_objective, data_resolved_params
+from ddpm.pipeline.checkpoint import save_checkpoint
+from ddpm.pipeline.runtime import dist_info, init_distributed, launch_torchrun, print0, resolve_device, set_threads
+from ddpm.pipeline.stage import run_stage, stage_parser
+from ddpm.pipeline.tracking import KEY_TAG, Tracker, experiment_key, is_server, redact
+from ddpm.training.loop import Probe, check_batch_size, resolved_params, train
+from ddpm.training.state import TrainingState
 
 HINTS = {
     CheckpointError: "the resumable training state is --state (checkpoints/train_state.pt by default): continue it "
@@ -38,71 +38,75 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="models")
     parser.add_argument("--state", default="checkpoints/train_state.pt", help="resumable training state")
     parser.add_argument("--reports", default="reports/train")
+    return run_stage("train", lambda args: body(args, argv), parser, argv, hints=HINTS)
 
-    def body(args) -> None:
-        current = load_params(args.params)
-        dist = dist_info()
-        prepared = load_prepared(args.data)
-        # Everything that can be wrong with the config fails here, before the tracking
-        # store is touched and before any training step. Settings derived from the training
-        # data (NCSNv2's rules: sigma_max, the number of noise levels) are fixed here too.
-        params = data_resolved_params(current, evaluation_inputs(prepared.train, prepared.meta))
-        build_objective(params)
-        check_batch_size(params, len(prepared.train), dist)
-        num_params = count_parameters(build_network(params, prepared.meta))
-        if params.train.nproc > 1 and not dist.distributed:
-            # Hand over to PyTorch's own launcher, which starts train.nproc copies of this stage.
-            launch_torchrun(params.train.nproc, argv, module="stages.train")
-            return
-        device = init_distributed(resolve_device(params.train.device), dist)
-        set_threads(params.train.num_threads)
-        # What was actually used (auto resolved): stored with the model and logged.
-        used = resolved_params(params, prepared.meta, device, dist)
-        tracker: Tracker | None = None
 
-        def on_start(state: TrainingState) -> None:
-            # After a saved state was restored (or not): the run that state was logged to goes on.
-            nonlocal tracker
-            tracker = open_run(params, current, used, prepared, args.data, num_params, device, dist, state)
-            state.run_id = tracker.run_id
+def body(args, argv: list[str] | None) -> None:
+    current = load_params(args.params)
+    dist = dist_info()
+    prepared = load_prepared(args.data)
+    # Everything that can be wrong with the config fails here, before the tracking
+    # store is touched and before any training step. Settings derived from the training
+    # data (NCSNv2's rules: sigma_max, the number of noise levels) are fixed here too.
+    params = data_resolved_params(current, evaluation_inputs(prepared.train, prepared.meta))
+    build_objective(params)
+    check_batch_size(params, len(prepared.train), dist)
+    num_params = count_parameters(build_network(params, prepared.meta))
+    if params.train.nproc > 1 and not dist.distributed:
+        # Hand over to PyTorch's own launcher, which starts train.nproc copies of this stage.
+        launch_torchrun(params.train.nproc, argv, module="stages.train")
+        return
+    device = init_distributed(resolve_device(params.train.device), dist)
+    set_threads(params.train.num_threads)
+    # What was actually used (auto resolved): stored with the model and logged.
+    used = resolved_params(params, prepared.meta, device, dist)
+    tracker: Tracker | None = None
 
-        try:
-            result = train(params, prepared.train, prepared.meta, device, dist, state_path=args.state,
-                           on_log=lambda step, metrics: tracker.log_training_metrics([(step, metrics)]),
-                           probe=bound_probe(params, prepared, device) if dist.is_main else None,
-                           on_start=on_start if dist.is_main else None)
-        except BaseException as err:
-            if tracker is not None:
-                tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", error=err)
-            raise
-        finally:
-            if dist.distributed:
-                torch.distributed.destroy_process_group()
-        if not dist.is_main:
-            return
-        tracker.mark_training_curves()
-        model_path = Path(args.out) / "model.pt"
-        save_checkpoint(model_path, {
-            "params": used.to_dict(), "meta": prepared.meta, "step": result.step,
-            "model": result.model.state_dict(), "ema": result.ema.state_dict(),
-            "mlflow_run_id": tracker.run_id,
-        })
-        # The resolved config beside the run id: the plot stage draws the family's noise schedule from it.
-        atomic_write_json(Path(args.out) / "run.json", {"mlflow_run_id": tracker.run_id, "params": used.to_dict()})
-        header = ["step", "loss", "lr", "grad_norm", "images_per_s"]
-        atomic_write_csv(Path(args.reports) / "loss.csv", header, [[row[k] for k in header] for row in result.history])
-        # Columns named for both units (bits/dim for images, nats/dim for vectors), so one
-        # dvc.yaml plot serves every dataset; MLflow has them as bpd_/nll_estimate.
-        unit = "bpd" if prepared.meta["kind"] == "image" else "nll"
-        atomic_write_csv(Path(args.reports) / "bound.csv", ["step", "bound_estimate", "stderr"],
-                         [[r["step"], r[f"{unit}_estimate"], r[f"{unit}_estimate_stderr"]] for r in result.curve])
-        tracker.log_artifact(model_path, "model")
-        tracker.finish()
-        # The training state at the last step is saved: a rerun restores it and trains no step.
-        tracker.check_recorded(f"reruns this stage, which restores the training state saved at step {result.step} "
-                               f"({args.state}) without training again and logs the rest of the run")
+    def on_start(state: TrainingState) -> None:
+        # After a saved state was restored (or not): the run that state was logged to goes on.
+        nonlocal tracker
+        tracker = open_run(params, current, used, prepared, args.data, num_params, device, dist, state)
+        state.run_id = tracker.run_id
 
-    return run_stage("train", body, parser, argv, hints=HINTS)
+    try:
+        result = train(params, prepared.train, prepared.meta, device, dist, state_path=args.state,
+                       on_log=lambda step, metrics: tracker.log_training_metrics([(step, metrics)]),
+                       probe=bound_probe(params, prepared, device) if dist.is_main else None,
+                       on_start=on_start if dist.is_main else None)
+    except BaseException as err:
+        if tracker is not None:
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", error=err)
+        raise
+    finally:
+        if dist.distributed:
+            torch.distributed.destroy_process_group()
+    if dist.is_main:
+        write_outputs(args, result, used, prepared.meta, tracker)
+
+
+def write_outputs(args, result, used, meta: dict, tracker: Tracker) -> None:
+    """The model, run.json and the learning curves, the model logged to the run."""
+    tracker.mark_training_curves()
+    model_path = Path(args.out) / "model.pt"
+    save_checkpoint(model_path, {
+        "params": used.to_dict(), "meta": meta, "step": result.step,
+        "model": result.model.state_dict(), "ema": result.ema.state_dict(),
+        "mlflow_run_id": tracker.run_id,
+    })
+    # The resolved config beside the run id: the plot stage draws the family's noise schedule from it.
+    atomic_write_json(Path(args.out) / "run.json", {"mlflow_run_id": tracker.run_id, "params": used.to_dict()})
+    header = ["step", "loss", "lr", "grad_norm", "images_per_s"]
+    atomic_write_csv(Path(args.reports) / "loss.csv", header, [[row[k] for k in header] for row in result.history])
+    # Columns named for both units (bits/dim for images, nats/dim for vectors), so one
+    # dvc.yaml plot serves every dataset; MLflow has them as bpd_/nll_estimate.
+    unit = "bpd" if meta["kind"] == "image" else "nll"
+    atomic_write_csv(Path(args.reports) / "bound.csv", ["step", "bound_estimate", "stderr"],
+                     [[r["step"], r[f"{unit}_estimate"], r[f"{unit}_estimate_stderr"]] for r in result.curve])
+    tracker.log_artifact(model_path, "model")
+    tracker.finish()
+    # The training state at the last step is saved: a rerun restores it and trains no step.
+    tracker.check_recorded(f"reruns this stage, which restores the training state saved at step {result.step} "
+                           f"({args.state}) without training again and logs the rest of the run")
 
 
 def open_run(params, current, used, prepared, data_dir: str, num_params: int, device: torch.device, dist,
@@ -129,7 +133,7 @@ def bound_probe(params, prepared, device: torch.device) -> Probe | None:
     estimated from ``train.bound_strata`` timesteps each, with pred_x0 clipped as the evaluate
     stage does by default. None when switched off, without two test examples, or for a family
     other than ddpm."""
-    if params.family != "ddpm" or params.train.bound_every == 0 or len(prepared.test) < 2:
+    if not params.family_facts.has_bound or params.train.bound_every == 0 or len(prepared.test) < 2:
         return None  # the score families have no variational bound
     x = evaluation_inputs(prepared.test, prepared.meta, params.train.bound_images)
     diffusion = build_diffusion(params)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from test_training import digits_meta, params
 
-from ddpm.runtime import dist_info, init_distributed
-from ddpm.training import train
+from ddpm.pipeline.runtime import dist_info, init_distributed
+from ddpm.training.loop import train
 
 if __name__ == "__main__":
     out, precision = sys.argv[1], sys.argv[2]

@@ -1,4 +1,4 @@
-"""The feature classifier of the sample-quality metrics (ddpm/classifier.py) and its DVC stage
+"""The feature classifier of the sample-quality metrics (ddpm/quality/classifier.py) and its DVC stage
 (stages/classifier.py): shapes for every image dataset, determinism from the seed, accuracy
 on the real digits, checkpoints that round-trip and refuse other files, and the stage's
 outputs for labelled, unlabelled and missing data."""
@@ -16,8 +16,11 @@ import pytest
 import torch
 from test_stages import write_params
 
-from ddpm.checkpoint import save_checkpoint
-from ddpm.classifier import (
+from ddpm.config import ClassifierConfig, Params
+from ddpm.data import load_prepared, prepare_dataset, write_prepared
+from ddpm.errors import CheckpointError
+from ddpm.pipeline.checkpoint import save_checkpoint
+from ddpm.quality.classifier import (
     Classifier,
     accuracy,
     classifier_features,
@@ -27,9 +30,6 @@ from ddpm.classifier import (
     save_classifier,
     train_classifier,
 )
-from ddpm.config import ClassifierConfig, Params
-from ddpm.data import load_prepared, prepare_dataset, write_prepared
-from ddpm.errors import CheckpointError
 from stages import classifier as classifier_stage
 
 REPO = Path(__file__).resolve().parents[1]

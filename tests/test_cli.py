@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ddpm.cli import run_stage, stage_parser
 from ddpm.errors import CheckpointError, ConfigError, DataError, UserError
+from ddpm.pipeline.stage import run_stage, stage_parser
 
 
 def run(body, hints=None) -> int:

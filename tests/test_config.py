@@ -22,14 +22,14 @@ from ddpm.config import (
     parse_sampler_setting,
 )
 from ddpm.data import DATASETS
-from ddpm.factory import data_resolved_params
+from ddpm.pipeline.build import data_resolved_params
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 # The train stage resolves these on the machine that trains and stores what it used with the
-# model (ddpm.training.resolved_params); every other `auto` is resolved when params load.
+# model (ddpm.training.loop.resolved_params); every other `auto` is resolved when params load.
 RUNTIME_KEYS = {"train.precision", "train.device", "train.channels_last"}
 # And these from the data: the train stage caps the batch at the training split and stores it
-# with the model (ddpm.factory.data_resolved_params), the prepare stage holds out a tenth of a
+# with the model (ddpm.pipeline.build.data_resolved_params), the prepare stage holds out a tenth of a
 # folder and records it in meta.json (ddpm.data.prepare.auto_test_size).
 DATA_KEYS = {"train.batch_size", "data.test_size"}
 # With family=ddpm and sample.sampler=ancestral, the keys of the other families and of the pc

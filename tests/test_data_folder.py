@@ -17,7 +17,7 @@ from ddpm.data import load_prepared, prepare_dataset, write_prepared
 from ddpm.data.folder import find_images, load_image
 from ddpm.data.prepare import auto_test_size
 from ddpm.errors import ConfigError, DataError, DatasetNotFoundError
-from ddpm.factory import data_resolved_params
+from ddpm.pipeline.build import data_resolved_params
 
 
 def noise(shape: tuple[int, ...], seed: int, low: int = 0, high: int = 256) -> np.ndarray:

@@ -10,7 +10,7 @@ from test_diffusion import discrete_oracle
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import EvaluationError
-from ddpm.evaluation import bound_per_example, evaluation_inputs, merge_parts, summarize_bound
+from ddpm.evaluation.bound import bound_per_example, evaluation_inputs, merge_parts, summarize_bound
 from ddpm.schedules import get_beta_schedule
 from ddpm.seeding import generators
 
@@ -80,7 +80,7 @@ def test_bound_noise_is_the_bound_stream_and_progress_reaches_the_end():
 def test_bound_curve_point_estimates_the_full_bound_with_its_standard_error():
     """Many examples: the stratified estimate and the full bound agree within 4 combined
     standard errors, and its standard error is the one of its per-example values."""
-    from ddpm.evaluation import bound_curve_point
+    from ddpm.evaluation.bound import bound_curve_point
 
     diffusion, model, _ = setup()
     test = np.random.default_rng(1).integers(0, 17, size=(400, 1, 2, 2), dtype=np.uint8)

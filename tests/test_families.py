@@ -15,18 +15,25 @@ import yaml
 from ddpm import seeding
 from ddpm.config import ConfigError, Params
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.factory import TrainedModel, build_network, build_objective, data_resolved_params, network_timesteps
-from ddpm.ncsn import NoiseConditionalScoreMatching, num_levels_for
-from ddpm.score_sampling import draw_score_samples, score_model
-from ddpm.sde import VESDE, VPSDE, DenoisingScoreMatching, SubVPSDE
-from ddpm.training import batch_draws, train
+from ddpm.pipeline.build import (
+    TrainedModel,
+    build_network,
+    build_objective,
+    data_resolved_params,
+    network_timesteps,
+    score_sampler,
+)
+from ddpm.sampling.score_samplers import draw_score_samples
+from ddpm.score.ncsn import NoiseConditionalScoreMatching, num_levels_for
+from ddpm.score.sde import VESDE, VPSDE, DenoisingScoreMatching, SubVPSDE
+from ddpm.training.loop import batch_draws, train
 
 VECTOR_META = {"kind": "vector", "shape": [2], "num_levels": None}
 TINY_MLP = {"model": {"mlp_hidden": 16, "mlp_layers": 2}}
 
 
 def largest_distance(x: torch.Tensor) -> float:
-    """The largest pairwise distance, computed independently of ddpm.ncsn (all pairs at once)."""
+    """The largest pairwise distance, computed independently of ddpm.score.ncsn (all pairs at once)."""
     flat = x.reshape(len(x), -1).double()
     return torch.cdist(flat, flat).max().item()
 
@@ -174,7 +181,7 @@ def test_sample_stage_draws_with_the_score_samplers_and_records_nfe(tmp_path, mo
 @pytest.mark.parametrize("sampler", ["pc", "ode", "ald"])
 def test_a_score_sample_does_not_depend_on_its_batch(sampler):
     """An example's sample is the same whether drawn in a batch of 5, of 2 or alone: its own
-    generator (item i of the "sample" stream), and for ode its own adaptive steps (ddpm.ode).
+    generator (item i of the "sample" stream), and for ode its own adaptive steps (ddpm.score.ode).
 
     The network runs in float64. In float32, batched kernels round differently for different
     batch sizes (BLAS blocking, other SIMD paths): about 6e-8 relative per call, which over the
@@ -190,8 +197,9 @@ def test_a_score_sample_does_not_depend_on_its_batch(sampler):
     p = Params.from_dict(raw)
     torch.manual_seed(0)
     network = build_network(p, VECTOR_META).double().eval()
-    model = score_model(TrainedModel(p, VECTOR_META, None, network, None, torch.device("cpu")))
-    draw = functools.partial(draw_score_samples, model, p, (5, 2), seed=3, trajectory_frames=3, dtype=torch.float64)
+    model, settings = score_sampler(p, TrainedModel(p, VECTOR_META, None, network, None, torch.device("cpu")))
+    draw = functools.partial(draw_score_samples, model, sampler, settings, (5, 2), seed=3, trajectory_frames=3,
+                             dtype=torch.float64)
     whole, info = draw(batch_size=5)
     split, _ = draw(batch_size=2)
     alone, _ = draw(batch_size=1, indices=[4])
@@ -249,7 +257,7 @@ def test_evaluate_reports_the_ode_likelihood_beside_the_bound_per_family(tmp_pat
 # ---------------------------------------------------------------------- figures
 def sde_schedule(c, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean coefficient, std and g(t) of the VE, VP and sub-VP SDEs of params section ``c``
-    (Song et al. 2021, eqs. 9, 11 and 14 with their kernels), independently of ddpm.sde."""
+    (Song et al. 2021, eqs. 9, 11 and 14 with their kernels), independently of ddpm.score.sde."""
     if c.type == "ve":
         std = c.sigma_min * (c.sigma_max / c.sigma_min) ** t
         return np.ones_like(t), std, std * np.sqrt(2 * np.log(c.sigma_max / c.sigma_min))

@@ -16,11 +16,11 @@ import pytest
 import torch
 import yaml
 
-from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import Params
 from ddpm.errors import CheckpointError, TrackingError
-from ddpm.factory import build_network, load_trained
-from ddpm.tracking import Tracker
+from ddpm.pipeline.build import build_network, load_trained
+from ddpm.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from ddpm.pipeline.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
 META = {"dataset": "digits", "kind": "image", "shape": [1, 8, 8], "num_levels": 17}
@@ -185,7 +185,7 @@ def test_mid_run_tracking_failure_keeps_model_and_metrics(tmp_path):
                    cwd=tmp_path, env=env, check=True, capture_output=True)
     # A wrapper that deletes the sqlite store right after the run is created.
     code = (
-        "import sys, os, ddpm.tracking as t\n"
+        "import sys, os, ddpm.pipeline.tracking as t\n"
         "orig = t.Tracker.open_training.__func__\n"
         "def opened(cls, *a, **k):\n"
         "    tr = orig(cls, *a, **k)\n"

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from ddpm.config import Params
-from ddpm.factory import build_diffusion, build_network
-from ddpm.runtime import set_tf32
-from ddpm.samplers import draw_samples
+from ddpm.pipeline.build import build_diffusion, build_network
+from ddpm.pipeline.runtime import set_tf32
+from ddpm.sampling.runner import draw_samples
 from ddpm.seeding import generators
-from ddpm.training import train
+from ddpm.training.loop import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 META = {"dataset": "digits", "kind": "image", "shape": [1, 8, 8], "num_levels": 17}

@@ -21,8 +21,6 @@ import pytest
 import torch
 import yaml
 
-from ddpm import train_state
-from ddpm.checkpoint import config_differences
 from ddpm.config import (
     BY_DATA,
     BY_MACHINE,
@@ -36,8 +34,10 @@ from ddpm.config import (
     changes_training,
     resolved_by,
 )
-from ddpm.train_state import training_fingerprint
-from ddpm.training import train
+from ddpm.pipeline.checkpoint import config_differences
+from ddpm.training import state as train_state
+from ddpm.training.loop import train
+from ddpm.training.state import training_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""NCSN / NCSNv2 (ddpm/ncsn.py): the sigma ladder, NCSNv2's techniques against the numbers the
+"""NCSN / NCSNv2 (ddpm/score/ncsn.py): the sigma ladder, NCSNv2's techniques against the numbers the
 NCSNv2 paper gives for CIFAR-10, the noise-conditional objective against a direct computation
 and its closed-form minimum, and annealed Langevin dynamics driven by exact scores against the
 law it should reproduce."""
@@ -14,9 +14,9 @@ from scipy.spatial.distance import pdist
 from scipy.stats import chisquare, norm
 
 from ddpm.metrics import energy_distance
-from ddpm.ncsn import (
+from ddpm.sampling.ald import ald_sample
+from ddpm.score.ncsn import (
     NoiseConditionalScoreMatching,
-    ald_sample,
     langevin_snr,
     langevin_step_size,
     level_ratio_criterion,

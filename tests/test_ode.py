@@ -1,9 +1,9 @@
-"""The probability-flow ODE (ddpm.ode) against closed forms.
+"""The probability-flow ODE (ddpm.score.ode) against closed forms.
 
 Gaussian data, and mixtures of Gaussians, stay Gaussian mixtures under the VP, sub-VP and VE
 SDEs, so their scores and their densities at every t are analytic. The marginal coefficients
 below are written from the formulas of Song et al. 2021 (LANDSCAPE.md section 1), not taken
-from ddpm.sde, so they check the SDE module too.
+from ddpm.score.sde, so they check the SDE module too.
 
 Solver tolerance. Dopri5 accepts a step when the RMS over the F = D + 1 state components of
 error / (atol + rtol |y|) is below 1, so each step's error vector has Euclidean norm at most
@@ -24,17 +24,10 @@ import torch
 from scipy import integrate, stats
 
 from ddpm.metrics import energy_distance
-from ddpm.ode import (
-    EXACT_DIVERGENCE_MAX_DIM,
-    denoise_step,
-    dequantization_offset,
-    log_likelihood,
-    ode_bpd,
-    ode_nll,
-    ode_sample,
-)
+from ddpm.sampling.ode import denoise_step, ode_sample
 from ddpm.schedules import get_beta_schedule
-from ddpm.sde import VESDE, VPSDE, SubVPSDE, sde_from_diffusion
+from ddpm.score.ode import EXACT_DIVERGENCE_MAX_DIM, dequantization_offset, log_likelihood, ode_bpd, ode_nll
+from ddpm.score.sde import VESDE, VPSDE, SubVPSDE, sde_from_diffusion
 from ddpm.seeding import generators
 
 BETA_MIN, BETA_MAX, SIGMA_MIN, SIGMA_MAX = 0.1, 20.0, 0.01, 50.0
@@ -371,7 +364,7 @@ def test_non_positive_tolerances_and_eps_are_refused(bad):
 # True in every config) ends with its reverse-diffusion predictor at t = eps without the noise:
 # x - f + G^2 s(x, eps), (f, G) the SDE's discretization step i = floor(eps (N - 1)) = 0. The
 # expected values below are written from the formulas (Song et al. 2021, eqs. 45-47 and the
-# Euler-Maruyama step of sub-VP), not from ddpm.sde's discretize.
+# Euler-Maruyama step of sub-VP), not from ddpm.score.sde's discretize.
 T_DISCRETE = 1000
 DISCRETE = sde_from_diffusion(type("Diffusion", (), {"betas": get_beta_schedule("linear", T_DISCRETE)})())
 DENOISE_CASES = {"vp": (SDES["vp"], 1e-3), "subvp": (SDES["subvp"], 1e-3), "ve": (SDES["ve"], 1e-5),

@@ -1,7 +1,7 @@
-"""Predictor-corrector sampling (ddpm.pc) driven by exact scores of known laws.
+"""Predictor-corrector sampling (ddpm.sampling.pc) driven by exact scores of known laws.
 
 The scores here are written from the closed-form perturbation kernels of Song et al. 2021
-(eqs. 9, 11, 14), independently of ddpm.sde: a Gaussian mixture perturbed by the kernel
+(eqs. 9, 11, 14), independently of ddpm.score.sde: a Gaussian mixture perturbed by the kernel
 N(a(t) x0, var(t) I) is the mixture of N(a mu_k, (a^2 s_k^2 + var) I), whose score is the
 responsibility-weighted sum of the component scores. A Gaussian is the one-component case.
 """
@@ -18,7 +18,7 @@ import torch
 from ddpm import seeding
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.metrics.continuous import energy_distance
-from ddpm.pc import (
+from ddpm.sampling.pc import (
     CORRECTORS,
     ORDERS,
     PREDICTORS,
@@ -29,7 +29,7 @@ from ddpm.pc import (
     reverse_diffusion_step,
 )
 from ddpm.schedules import get_beta_schedule
-from ddpm.sde import VESDE, VPSDE, SubVPSDE, score_from_diffusion, sde_from_diffusion
+from ddpm.score.sde import VESDE, VPSDE, SubVPSDE, score_from_diffusion, sde_from_diffusion
 
 F64 = torch.float64
 BETA_MIN, BETA_MAX = 0.1, 20.0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddpm.runtime import cpu_has_bf16_units
+from ddpm.pipeline.runtime import cpu_has_bf16_units
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {

@@ -1,4 +1,4 @@
-"""ddpm.quality: the reference and floor draws, the families' keys, floors beside their
+"""ddpm.quality.suites: the reference and floor draws, the families' keys, floors beside their
 metrics, samples put on the data's grid, and the number of network evaluations."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm import quality
 from ddpm.data.scaling import to_model_space
 from ddpm.errors import EvaluationError
+from ddpm.quality import report
+from ddpm.quality import suites as quality
 
 
 def test_real_reference_draws_disjoint_subsets_of_the_training_split():
@@ -32,7 +33,7 @@ def test_real_reference_refuses_fewer_than_twice_n_examples_naming_the_sizes():
 
 
 def test_floors_are_the_mean_and_spread_of_the_real_draws_scores():
-    family = quality.Family("toy", lambda x, ref: {"gap": float(x.mean() - ref.mean()), "gap_stderr": 0.1})
+    family = quality.MetricSuite("toy", lambda x, ref: {"gap": float(x.mean() - ref.mean()), "gap_stderr": 0.1})
     draws = [torch.full((4, 1), v) for v in (1.0, 2.0, 6.0)]
     floors = quality.floor_scores([family], draws, torch.zeros(4, 1))
     assert floors == {"gap": 3.0, "gap_std": pytest.approx(np.std([1.0, 2.0, 6.0], ddof=1))}
@@ -42,12 +43,12 @@ def test_floors_are_the_mean_and_spread_of_the_real_draws_scores():
 def test_every_metric_is_followed_by_its_floor():
     scores = {"fd_classifier": 3.0, "kid_classifier": 0.2, "kid_classifier_stderr": 0.01}
     floors = {"fd_classifier": 1.0, "fd_classifier_std": 0.3, "kid_classifier": 0.001, "kid_classifier_std": 0.002}
-    assert list(quality.with_floors(scores, floors).items()) == [
+    assert list(report.with_floors(scores, floors).items()) == [
         ("fd_classifier", 3.0), ("fd_classifier_floor", 1.0), ("fd_classifier_floor_std", 0.3),
         ("kid_classifier", 0.2), ("kid_classifier_stderr", 0.01), ("kid_classifier_floor", 0.001),
         ("kid_classifier_floor_std", 0.002),
     ]
-    table = quality.format_table(quality.with_floors(scores, floors))
+    table = report.format_table(report.with_floors(scores, floors))
     assert "kid_classifier" in table and "0.2 +- 0.01" in table and "0.001 +- 0.002" in table and "1 +- 0.3" in table
 
 
@@ -67,8 +68,8 @@ def test_samples_are_rounded_to_the_data_grid_and_vectors_left_alone():
 @pytest.mark.parametrize("sampler, steps, nfe", [("ancestral", 0, 1000), ("ancestral", 100, 100), ("ddim", 50, 50),
                                                   ("ddim", 0, 1000), ("ddim", 1000, 1000)])
 def test_network_evaluations_per_sample(sampler, steps, nfe):
-    assert quality.sampler_nfe(sampler, steps, 1000) == nfe
-    assert quality.setting_name(sampler, nfe) == f"{sampler}_{nfe}"
+    assert report.sampler_nfe(sampler, steps, 1000) == nfe
+    assert report.setting_name(sampler, nfe) == f"{sampler}_{nfe}"
 
 
 def test_raw_family_scores_a_shifted_gaussian_far_above_its_floor():
@@ -78,7 +79,7 @@ def test_raw_family_scores_a_shifted_gaussian_far_above_its_floor():
     g = torch.Generator().manual_seed(0)
     reference, real, shifted = (torch.randn(600, 2, generator=g, dtype=torch.float64) for _ in range(3))
     shifted[:, 0] += 1.0
-    family = quality.raw_family(seed=0)
+    family = quality.raw_suite(seed=0)
     floor = family.score(real, reference)
     model = family.score(shifted, reference)
     assert abs(floor["energy_distance"]) < 4 * floor["energy_distance_stderr"]
@@ -87,7 +88,7 @@ def test_raw_family_scores_a_shifted_gaussian_far_above_its_floor():
     s = math.sqrt(2)
     e_abs = s * math.sqrt(2 / math.pi) * math.exp(-1 / (2 * s * s)) + math.erf(1 / (s * math.sqrt(2)))
     closed = 2 * e_abs - 2 * s * math.sqrt(2 / math.pi)
-    one_d = quality.raw_family(seed=0).score(shifted[:, :1], reference[:, :1])
+    one_d = quality.raw_suite(seed=0).score(shifted[:, :1], reference[:, :1])
     assert abs(one_d["energy_distance"] - closed) < 4 * one_d["energy_distance_stderr"]
     assert set(model) == {"energy_distance", "energy_distance_stderr", "sliced_wasserstein",
                           "sliced_wasserstein_stderr"}

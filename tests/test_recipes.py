@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddpm.config import DATASET_DEFAULTS, ConfigError, Params, load_params
-from ddpm.factory import data_resolved_params
+from ddpm.pipeline.build import data_resolved_params
 from ddpm.recipes import BASE_DEFAULTS, RECIPES
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm import runtime
 from ddpm.errors import ConfigError
-from ddpm.runtime import cpu_has_bf16_units, precision_name, resolve_device, resolve_precision
+from ddpm.pipeline import runtime
+from ddpm.pipeline.runtime import cpu_has_bf16_units, precision_name, resolve_device, resolve_precision
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,9 @@ import torch
 from test_diffusion import gaussian_oracle
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers import ddim_sample_loop, ddim_step, draw_samples, respace, space_timesteps
+from ddpm.sampling.ddim import ddim_sample_loop, ddim_step
+from ddpm.sampling.respacing import respace, space_timesteps
+from ddpm.sampling.runner import draw_samples
 from ddpm.schedules import SCHEDULES, get_beta_schedule
 from ddpm.seeding import generators
 

@@ -1,4 +1,4 @@
-"""Tests for ddpm.sde: the VP, sub-VP and VE SDEs against their closed forms (written here in
+"""Tests for ddpm.score.sde: the VP, sub-VP and VE SDEs against their closed forms (written here in
 NumPy from Song et al. 2021), a Monte Carlo forward process and the probability-flow ODE; the
 SDE of a discrete diffusion; the score adapters; continuous-time denoising score matching; and
 float timesteps in the table-based networks."""
@@ -15,13 +15,13 @@ import torch
 from scipy import integrate, stats
 from torch import nn
 
-from ddpm.checkpoint import save_checkpoint
 from ddpm.config import Params
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.factory import load_trained
 from ddpm.nn import MLP, RBFMLP, ShuffleUNet
+from ddpm.pipeline.build import load_trained
+from ddpm.pipeline.checkpoint import save_checkpoint
 from ddpm.schedules import MAX_BETA, SCHEDULES, get_beta_schedule
-from ddpm.sde import (
+from ddpm.score.sde import (
     SDE,
     VESDE,
     VPSDE,
@@ -32,7 +32,7 @@ from ddpm.sde import (
     score_from_eps_model,
     sde_from_diffusion,
 )
-from ddpm.training import resolved_params, train
+from ddpm.training.loop import resolved_params, train
 
 F64_EPS = np.finfo(np.float64).eps
 
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --------------------------------------------------------------------------- closed forms
 # Song et al. 2021, eqs. 9, 11, 14 and their kernels (score_sde's sde_lib), written independently
-# of ddpm.sde: name -> (f(t), g(t), mean coefficient a(t), std(t)) for float64 arrays t
+# of ddpm.score.sde: name -> (f(t), g(t), mean coefficient a(t), std(t)) for float64 arrays t
 # (expm1 for 1 - exp(-x), which loses digits to cancellation at small t).
 B0, B1 = 0.1, 20.0
 SMIN, SMAX = 0.01, 50.0

@@ -34,10 +34,10 @@ import torch
 
 from ddpm.config import Params
 from ddpm.data import prepare_dataset
-from ddpm.factory import build_diffusion, build_network
-from ddpm.samplers import draw_samples
+from ddpm.pipeline.build import build_diffusion, build_network
+from ddpm.sampling.runner import draw_samples
 from ddpm.seeding import generators
-from ddpm.training import train
+from ddpm.training.loop import train
 
 pytestmark = pytest.mark.slow
 

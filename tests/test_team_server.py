@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from team_servers import ADMIN, ADMIN_PASSWORD, admin_servers, postgres_bin
 from test_pipeline_e2e import dvc, make_workspace, run, run_queue, run_record
 
-from ddpm.tracking import (
+from ddpm.pipeline.tracking import (
     COMPARE_VIEW_ID,
     KEY_TAG,
     SAMPLE_IMAGE_KEYS,

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from ddpm.config import load_params
 from ddpm.errors import TrackingError
-from ddpm.tracking import (
+from ddpm.pipeline.tracking import (
     COMPARE_PARAMS,
     COMPARE_VIEW_ID,
     COMPARE_VIEW_NAME,
@@ -322,7 +322,7 @@ OPEN_WHEN_RELEASED = """
 import sys
 from pathlib import Path
 import mlflow.tracking  # the import costs seconds: done before the release, so the opens race
-from ddpm.tracking import Tracker
+from ddpm.pipeline.tracking import Tracker
 with open(sys.argv[1]) as go:  # a FIFO the test holds open for writing: this open returns at once
     Path(f"{sys.argv[1]}.ready{sys.argv[2]}").touch()
     go.read()  # returns (end of file) when the test closes its end: every worker at the same moment
@@ -412,7 +412,7 @@ def test_resume_and_mlflow_a_finished_run_is_never_deleted(repo):
 
 
 def test_credentials_are_redacted_from_uris_and_errors():
-    from ddpm.tracking import one_line, redact
+    from ddpm.pipeline.tracking import one_line, redact
 
     assert redact("http://alice:s3cret@host:5000/x and https://bob:pw@h") == "http://***@host:5000/x and https://***@h"
     assert redact("sqlite:///a/b@c.db") == "sqlite:///a/b@c.db"  # a path, not credentials
@@ -421,7 +421,7 @@ def test_credentials_are_redacted_from_uris_and_errors():
 
 
 def test_a_tracking_uri_with_credentials_in_params_is_refused(monkeypatch):
-    from ddpm.tracking import resolve_tracking_uri
+    from ddpm.pipeline.tracking import resolve_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(TrackingError, match="MLFLOW_TRACKING_PASSWORD") as err:
@@ -430,7 +430,7 @@ def test_a_tracking_uri_with_credentials_in_params_is_refused(monkeypatch):
 
 
 def test_a_servers_http_retries_are_capped_unless_the_user_set_them(monkeypatch):
-    from ddpm.tracking import HTTP_LIMITS, SUPPRESS_URL_PRINTING, configure_server_client
+    from ddpm.pipeline.tracking import HTTP_LIMITS, SUPPRESS_URL_PRINTING, configure_server_client
 
     for name in [*HTTP_LIMITS, SUPPRESS_URL_PRINTING]:  # set, then deleted: monkeypatch restores what was there
         monkeypatch.setenv(name, "")
@@ -449,7 +449,7 @@ def test_a_servers_http_retries_are_capped_unless_the_user_set_them(monkeypatch)
 def test_the_views_chart_view_opens_on_the_sample_grids_without_the_params_list():
     """Issue 23: the image cards of MLflow's chart view list every param of each run above its
     image unless told not to; the view's cards show the sample stage's images, one card per row."""
-    from ddpm.tracking import SAMPLE_IMAGE_KEYS
+    from ddpm.pipeline.tracking import SAMPLE_IMAGE_KEYS
 
     state = compare_view_state()
     (section,) = state["compareRunSections"]

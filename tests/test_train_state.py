@@ -17,13 +17,13 @@ import torch
 import yaml
 from test_training import assert_same_weights, digits_meta, levels, params
 
-from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import Params
 from ddpm.errors import CheckpointError
-from ddpm.factory import load_trained
-from ddpm.runtime import DistInfo, precision_name, resolve_device
-from ddpm.train_state import restore_training_state, run_identity
-from ddpm.training import setup_training, train, training_precision
+from ddpm.pipeline.build import load_trained
+from ddpm.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from ddpm.pipeline.runtime import DistInfo, precision_name, resolve_device
+from ddpm.training.loop import setup_training, train, training_precision
+from ddpm.training.state import restore_training_state, run_identity
 from stages import prepare
 from stages import train as train_stage
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm import train_state, training
 from ddpm.config import Params
 from ddpm.errors import ConfigError, TrainingDiverged
-from ddpm.runtime import DistInfo
-from ddpm.training import train, update_ema
+from ddpm.pipeline.runtime import DistInfo
+from ddpm.training import loop as training
+from ddpm.training import state as train_state
+from ddpm.training.loop import train, update_ema
 
 SMALL = {
     "timesteps": 50,
@@ -107,7 +108,7 @@ def test_state_saved_by_other_code_is_not_resumed(tmp_path, capsys, monkeypatch)
 
 
 def test_code_fingerprint_changes_with_any_source_file_of_the_package(tmp_path):
-    package = Path(training.__file__).resolve().parent
+    package = Path(training.__file__).resolve().parents[1]  # ddpm/, from ddpm/training/loop.py
     copy = tmp_path / "copy"
     shutil.copytree(package, copy / "ddpm", ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "stages").mkdir()

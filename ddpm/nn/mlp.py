@@ -4,7 +4,7 @@ The shape follows the classic Swiss-roll diffusion tutorial: every hidden layer 
 "conditional linear" layer whose output is scaled elementwise by a per-timestep vector.
 
 Timesteps are code indices: a LongTensor, or a float tensor of fractional indices (a
-continuous-time sampler driving a discrete network, ``ddpm.sde.score_from_diffusion``), for
+continuous-time sampler driving a discrete network, ``ddpm.score.sde.score_from_diffusion``), for
 which per-timestep tables are interpolated linearly (``ddpm.nn.embeddings.interpolate_rows``).
 """
 

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import Params, changes_training
 from ddpm.errors import CheckpointError
 from ddpm.io import files_digest
-from ddpm.runtime import DistInfo, print0
+from ddpm.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from ddpm.pipeline.runtime import DistInfo, print0
 
 # The stage that drives training, beside the package in this repository: its code is part
 # of what a state was trained by.
@@ -74,7 +74,7 @@ def code_fingerprint(root: Path | None = None) -> str:
     state saved by other code is not resumed: when the code changes, ``dvc repro`` reruns the
     train stage, which must train anew rather than pick up the finished state of the old
     code's run."""
-    root = Path(__file__).resolve().parents[1] if root is None else root
+    root = Path(__file__).resolve().parents[2] if root is None else root
     files = [*(root / "ddpm").rglob("*.py"), *[p for p in [root / TRAIN_STAGE] if p.is_file()]]
     return files_digest(root, files)
 

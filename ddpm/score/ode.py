@@ -53,14 +53,13 @@ Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 EXACT_DIVERGENCE_MAX_DIM = 64  # the default: exact trace up to this data dimension, Hutchinson above
 MAX_STEPS = 10_000             # solver steps (accepted or rejected) before an example is declared stuck
-TRAJECTORY_FRAMES = 11         # states ode_sample records for return_trajectory=True, t = 1 .. eps
 
 # Dopri5 is first-same-as-last: the controller's initial step selection evaluates the field
 # twice (its first evaluation is reused), then every attempted step costs 6 new evaluations.
 _INITIAL_EVALS, _EVALS_PER_STEP = 2, 6
 
 
-def _check_solver_args(**values: float) -> None:
+def check_solver_args(**values: float) -> None:
     for name, value in values.items():
         if not value > 0:  # also rejects NaN
             raise ValueError(f"{name}={value!r} must be positive")
@@ -104,7 +103,7 @@ def _chunked(fn: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], batch: in
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _solve(rhs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor, t_start: float,
+def solve(rhs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor, t_start: float,
            t_end: float, rtol: float, atol: float, t_eval: torch.Tensor | None = None
            ) -> tuple[Any, torch.Tensor, int]:
     """Dopri5 with an integral controller on the float64 state ``y0`` [B, F], each example
@@ -144,7 +143,7 @@ def log_likelihood(sde: Any, score: Score, x: torch.Tensor, *, eps: float = 1e-5
     solve needed), ``nfe_total`` (batched evaluations made; the batch is evaluated as a whole
     until its slowest example is done) and ``exact_divergence`` (the choice made).
     """
-    _check_solver_args(eps=eps, rtol=rtol, atol=atol, max_batch=max_batch)
+    check_solver_args(eps=eps, rtol=rtol, atol=atol, max_batch=max_batch)
     B, D = x.shape[0], x[0].numel()
     exact = D <= EXACT_DIVERGENCE_MAX_DIM if exact_divergence is None else bool(exact_divergence)
     probe = None if exact else _rademacher(x.shape, generator, x.device, x.dtype)
@@ -157,92 +156,13 @@ def log_likelihood(sde: Any, score: Score, x: torch.Tensor, *, eps: float = 1e-5
         return torch.cat([drift.reshape(B, D).to(torch.float64), div.to(torch.float64)[:, None]], dim=1)
 
     y0 = torch.cat([x.reshape(B, D).to(torch.float64), x.new_zeros((B, 1), dtype=torch.float64)], dim=1)
-    sol, nfe, nfe_total = _solve(rhs, y0, eps, 1.0, rtol, atol)
+    sol, nfe, nfe_total = solve(rhs, y0, eps, 1.0, rtol, atol)
     y1 = sol.ys[:, -1]
     z = y1[:, :D].reshape(x.shape)
     prior_logp = sde.prior_logp(z).to(torch.float64)
     delta_logp = y1[:, D]
     return {"logp": prior_logp + delta_logp, "prior_logp": prior_logp, "delta_logp": delta_logp, "z": z,
             "nfe": nfe, "nfe_total": nfe_total, "exact_divergence": exact}
-
-
-def _trajectory_times(request: bool | Sequence[float] | None, eps: float) -> list[float]:
-    """The times ode_sample records, descending: TRAJECTORY_FRAMES from 1 to eps for True."""
-    if request is True:
-        return torch.linspace(1.0, eps, TRAJECTORY_FRAMES, dtype=torch.float64).tolist()
-    if request is False or request is None:
-        return []
-    times = sorted({float(t) for t in request}, reverse=True)
-    bad = [t for t in times if not eps <= t <= 1.0]
-    if bad:
-        raise ValueError(f"trajectory times {bad} lie outside [eps, 1] = [{eps:g}, 1]")
-    return times
-
-
-def denoise_step(sde: Any, score: Score, x: torch.Tensor, t: float) -> torch.Tensor:
-    """score_sde's final denoising of a sample x at time t: one step of the reverse-diffusion
-    predictor (Song et al. 2021, eq. 46) without its noise, x - f + G^2 s(x, t) with
-    (f, G) = ``sde.discretize(x, t)``.
-
-    At the sampler's t = eps this is a Tweedie-type estimate of the clean data (Tweedie:
-    E[x0 | x] = (x + std^2 s) / mean_coef). VE (G = sigma_min at step 0): x + sigma_min^2 s,
-    whose sigma_min^2 is sigma(eps)^2 to a relative (sigma_max / sigma_min)^(2 eps) - 1 (1.6e-4 for
-    50 / 0.02 at eps = 1e-5). The VP-type SDE of a discrete diffusion at eps = 1 / T (std^2 =
-    beta_1): (2 - sqrt(1 - beta_1)) x + beta_1 s, Tweedie's (x + beta_1 s) / sqrt(1 - beta_1) to
-    O(beta_1^2) |x| + O(beta_1^2) |s|. VP and sub-VP: the same form with their own first step,
-    whose beta_min / N is 0.9 of VP's std(1e-3)^2. Without it, ODE samples keep noise of about
-    std(eps) (0.01 for VP at eps = 1e-3, sigma_min for VE), more than a grey level of 8-bit data.
-    """
-    f, G = sde.discretize(x, t)
-    G2 = G.to(torch.float64).square().to(x.dtype).reshape(x.shape[0], *([1] * (x.ndim - 1)))
-    tb = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
-    return x - f + G2 * score(x, tb).to(x.dtype)
-
-
-@torch.no_grad()
-def ode_sample(sde: Any, score: Score, shape_or_noise: Sequence[int] | torch.Tensor, *, rtol: float = 1e-5,
-               atol: float = 1e-5, eps: float = 1e-3, denoise: bool = True, generator: Generator = None,
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               return_trajectory: bool | Sequence[float] = False) -> dict[str, Any]:
-    """Samples by integrating the probability-flow ODE from t = 1 down to ``eps`` (score_sde's
-    ODE sampler), then with ``denoise`` (the default, as every score_sde config's
-    ``noise_removal``) one noise-free reverse-diffusion step at eps (``denoise_step``, one more
-    score evaluation); ``denoise=False`` returns the ODE's x(eps) itself.
-
-    ``shape_or_noise``: a shape, for a prior sample drawn from ``generator`` (one per example
-    makes every sample independent of its batch) on ``device`` in ``dtype``; or the prior
-    sample x(1) itself. Returns ``samples`` (x's dtype), ``nfe`` (LongTensor [B]: the solver's
-    evaluations, plus 1 for the denoising step) and ``nfe_total`` (as ``log_likelihood``, plus
-    1); with ``return_trajectory`` (True: TRAJECTORY_FRAMES times from 1 to eps, or a sequence
-    of times in [eps, 1]) also ``trajectory``: ``t`` (the times, descending) and ``x``
-    [S, B, ...], the ODE's states read from the solver's dense output (no extra NFE; the
-    denoised sample is ``samples``).
-    """
-    _check_solver_args(eps=eps, rtol=rtol, atol=atol)
-    if isinstance(shape_or_noise, torch.Tensor):
-        x1 = shape_or_noise
-    else:
-        x1 = sde.prior_sampling(tuple(shape_or_noise), generator=generator, device=device, dtype=dtype)
-    times = _trajectory_times(return_trajectory, eps)
-    B, D = x1.shape[0], x1[0].numel()
-
-    def rhs(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        drift = sde.ode_drift(y.reshape(x1.shape).to(x1.dtype), t, score)
-        return drift.reshape(B, D).to(torch.float64)
-
-    evaluate_at = sorted({*times, eps}, reverse=True)
-    t_eval = torch.tensor(evaluate_at, dtype=torch.float64, device=x1.device).expand(B, -1)
-    sol, nfe, nfe_total = _solve(rhs, x1.reshape(B, D).to(torch.float64), 1.0, eps, rtol, atol, t_eval=t_eval)
-    states = sol.ys.transpose(0, 1).reshape(len(evaluate_at), *x1.shape).to(x1.dtype)
-    samples = states[-1]
-    if denoise:
-        samples = denoise_step(sde, score, samples, eps)
-        nfe, nfe_total = nfe + 1, nfe_total + 1
-    out: dict[str, Any] = {"samples": samples, "nfe": nfe, "nfe_total": nfe_total}
-    if times:
-        keep = [evaluate_at.index(t) for t in times]
-        out["trajectory"] = {"t": torch.tensor(times, dtype=torch.float64), "x": states[keep]}
-    return out
 
 
 def dequantization_offset(num_levels: int) -> float:
@@ -287,7 +207,7 @@ def ode_bpd(sde: Any, score: Score, x: torch.Tensor, num_levels: int, *, repeats
         raise ValueError(f"num_levels={num_levels!r} must be an integer >= 2")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats={repeats!r} must be an integer >= 1")
-    _check_solver_args(eps=eps, rtol=rtol, atol=atol)
+    check_solver_args(eps=eps, rtol=rtol, atol=atol)
     _check_on_grid(x, num_levels)
     delta = 2.0 / (num_levels - 1)
     D = x[0].numel()

@@ -1,10 +1,10 @@
-"""The evaluate stage's probability-flow ODE likelihood of test examples (``ddpm.ode``), averaged
+"""The evaluate stage's probability-flow ODE likelihood of test examples (``ddpm.score.ode``), averaged
 with its standard error: bits/dim of dequantized images (``ode_bpd``), nats/dim of vectors
 (``ode_nll``), with the NFE and the solver settings behind the number.
 
 Example i draws its dequantization noise and Hutchinson probe from item i of the run's
 "ode_likelihood" stream (``ddpm.seeding``), and the solver controls each example's steps on its
-own (``ddpm.ode``), so an example's value does not depend on its batch or on the torchrun split
+own (``ddpm.score.ode``), so an example's value does not depend on its batch or on the torchrun split
 beyond the solver's tolerance. Every key of the report holds ``ode`` in its name.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from ddpm.errors import EvaluationError
-from ddpm.ode import ode_bpd, ode_nll
-from ddpm.sde import SDE, Score
+from ddpm.score.ode import ode_bpd, ode_nll
+from ddpm.score.sde import SDE, Score
 from ddpm.seeding import generators
 
 

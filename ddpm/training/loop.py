@@ -3,7 +3,7 @@ DDP under torchrun, periodic resumable checkpoints, and a callback for logging.
 
 One flat loop (nanoGPT's train.py, EDM's training_loop.py) around :func:`train_step`, one
 optimizer step on one batch, which the benchmarks time as it is. It writes nothing but the
-resumable state (``ddpm.train_state``); the train stage writes the final model and reports.
+resumable state (``ddpm.training.state``); the train stage writes the final model and reports.
 
 Every random draw comes from ``ddpm.seeding`` and depends only on the seed and the step: the
 epoch's permutation (stream ``data_order``, item epoch), the global batch's timesteps, noise
@@ -32,10 +32,18 @@ from ddpm import seeding
 from ddpm.config import AUTO, Params
 from ddpm.data import to_model_space
 from ddpm.errors import ConfigError, TrainingDiverged
-from ddpm.factory import Objective, build_network, build_objective, network_timesteps
-from ddpm.runtime import DistInfo, autocast, flush_denormals, precision_name, print0, resolve_precision, set_tf32
-from ddpm.sde import DenoisingScoreMatching
-from ddpm.train_state import (
+from ddpm.pipeline.build import Objective, build_network, build_objective, network_timesteps
+from ddpm.pipeline.runtime import (
+    DistInfo,
+    autocast,
+    flush_denormals,
+    precision_name,
+    print0,
+    resolve_precision,
+    set_tf32,
+)
+from ddpm.score.sde import DenoisingScoreMatching
+from ddpm.training.state import (
     TrainingState,
     code_fingerprint,
     restore_training_state,
@@ -69,7 +77,7 @@ class TrainResult:
 class Trainer:
     """What :func:`train_step` needs, built once by :func:`setup_training`."""
 
-    objective: Objective             # the family's loss (ddpm.factory.build_objective)
+    objective: Objective             # the family's loss (ddpm.pipeline.build.build_objective)
     state: TrainingState             # model, EMA, optimizer, scheduler, scaler, step, history
     net: nn.Module                   # the model as the step calls it: DDP-wrapped and compiled as configured
     amp_dtype: torch.dtype           # autocast dtype of the network's forward
@@ -122,7 +130,7 @@ def check_batch_size(params: Params, num_train: int, dist: DistInfo = ONE_PROCES
     batch = params.train.batch_size
     if batch == AUTO:  # resolved from the training split's size, as the train stage does
         raise ConfigError("train.batch_size is auto: resolve it from the training data first "
-                          "(ddpm.factory.data_resolved_params caps the dataset's default at the training split)")
+                          "(ddpm.pipeline.build.data_resolved_params caps the dataset's default at the training split)")
     if batch > num_train:
         raise ConfigError(f"train.batch_size={batch} is larger than the training set "
                           f"({num_train} examples); accepted: 1..{num_train}")

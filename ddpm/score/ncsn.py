@@ -23,14 +23,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from ddpm.diffusion import Model, OnStep, extract
+from ddpm.diffusion import Model, extract
 from ddpm.likelihood import mean_flat
-from ddpm.seeding import Generator, rand, randn
+from ddpm.seeding import Generator, randn
 
 # A level-indexed score: score(x, level) with level a LongTensor [B] in 0..L-1.
 LevelScore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -41,20 +41,20 @@ Init = Literal["uniform", "gaussian"]
 _BLOCK_ROWS = 2048
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def _check_positive(name: str, value: Any) -> float:
+def check_positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def _check_range(sigma_max: Any, sigma_min: Any) -> tuple[float, float]:
-    hi, lo = _check_positive("sigma_max", sigma_max), _check_positive("sigma_min", sigma_min)
+    hi, lo = check_positive("sigma_max", sigma_max), check_positive("sigma_min", sigma_min)
     if not hi > lo:
         raise ValueError(f"sigma_max must exceed sigma_min, got sigma_max={hi!r}, sigma_min={lo!r}")
     return hi, lo
@@ -67,13 +67,13 @@ def sigma_ladder(sigma_max: float, sigma_min: float, num_levels: int) -> torch.T
     The same ladder as ``VESDE.discrete_sigmas``, in the opposite order.
     """
     hi, lo = _check_range(sigma_max, sigma_min)
-    num_levels = _check_int("num_levels", num_levels, 2)
+    num_levels = check_int("num_levels", num_levels, 2)
     sigmas = torch.linspace(math.log(hi), math.log(lo), num_levels, dtype=torch.float64).exp()
     sigmas[0], sigmas[-1] = hi, lo
     return sigmas
 
 
-def _checked_sigmas(sigmas: torch.Tensor | Sequence[float]) -> torch.Tensor:
+def checked_sigmas(sigmas: torch.Tensor | Sequence[float]) -> torch.Tensor:
     """``sigmas`` as float64 on the CPU, after refusing ladders that are not positive and
     strictly descending (level 0 is the largest noise)."""
     s = torch.as_tensor(sigmas).detach().to("cpu", torch.float64)
@@ -98,7 +98,7 @@ def max_pairwise_distance(data: torch.Tensor | np.ndarray, block_rows: int = _BL
     recomputed from its difference, so the result is exact to rounding for that pair, and a
     pair can lose to another only within the product's rounding (~1e-16 of |a|^2 + |b|^2).
     """
-    block_rows = _check_int("block_rows", block_rows, 1)
+    block_rows = check_int("block_rows", block_rows, 1)
     x = torch.as_tensor(data)
     if x.ndim < 2 or len(x) < 2:
         raise ValueError(f"data must hold at least 2 examples as [N, ...], got shape {tuple(x.shape)}")
@@ -135,8 +135,8 @@ def level_ratio_criterion(gamma: float, dim: int) -> float:
     about 0.5. Computed as a difference of upper tails when both arguments are positive, so it
     keeps its precision when both Phi are near 1.
     """
-    gamma = _check_positive("gamma", gamma)
-    dim = _check_int("dim", dim, 1)
+    gamma = check_positive("gamma", gamma)
+    dim = check_int("dim", dim, 1)
     centre = math.sqrt(2 * dim) * (gamma - 1)
     lo, hi = centre - 3 * gamma, centre + 3 * gamma
     if lo > 0:
@@ -162,7 +162,7 @@ def num_levels_for(sigma_max: float, sigma_min: float, dim: int, target: float =
     level's samples start in the typical set of the next) tolerates at the cost of sampling time.
     """
     hi, lo = _check_range(sigma_max, sigma_min)
-    dim = _check_int("dim", dim, 1)
+    dim = check_int("dim", dim, 1)
     at_one = level_ratio_criterion(1.0, dim)
     if not 0 < target < at_one:
         raise ValueError(f"target must lie in (0, {at_one:.6f}) (the criterion at gamma = 1), got {target!r}")
@@ -204,9 +204,9 @@ def langevin_step_size(sigma_min: float, gamma: float, steps_per_level: int) -> 
     makes the same at every level. The search runs over u in (0, 1) (a step at most sigma_L^2):
     a log-spaced grid finds the basin of |expression - 1|, which bounded Brent then refines.
     """
-    sigma_min = _check_positive("sigma_min", sigma_min)
-    gamma = _check_positive("gamma", gamma)
-    steps = _check_int("steps_per_level", steps_per_level, 1)
+    sigma_min = check_positive("sigma_min", sigma_min)
+    gamma = check_positive("gamma", gamma)
+    steps = check_int("steps_per_level", steps_per_level, 1)
     if gamma < 1:
         raise ValueError(f"gamma is sigma_(i-1) / sigma_i of a descending ladder and must be >= 1, got {gamma!r}")
     gap = lambda u: abs(_step_size_criterion(u, gamma, steps) - 1)
@@ -224,7 +224,7 @@ def langevin_snr(step_lr: float, sigma_min: float) -> float:
     """The signal-to-noise ratio of score_sde's Langevin corrector that runs the same steps as
     ALD: its step 2 snr^2 sigma_i^2 equals ALD's eps sigma_i^2 / sigma_L^2, so
     snr = sqrt(eps / (2 sigma_L^2))."""
-    step_lr, sigma_min = _check_positive("step_lr", step_lr), _check_positive("sigma_min", sigma_min)
+    step_lr, sigma_min = check_positive("step_lr", step_lr), check_positive("sigma_min", sigma_min)
     return math.sqrt(step_lr / (2 * sigma_min**2))
 
 
@@ -252,7 +252,7 @@ def ncsnv2_settings(train_data: torch.Tensor | np.ndarray, dim: int | None = Non
         )
     if num_levels is None:
         num_levels = num_levels_for(sigma_max, sigma_min, dim, target)
-    num_levels = _check_int("num_levels", num_levels, 2)
+    num_levels = check_int("num_levels", num_levels, 2)
     gamma = (sigma_max / sigma_min) ** (1 / (num_levels - 1))
     return {"sigma_max": sigma_max, "num_levels": num_levels, "gamma": gamma,
             "step_lr": langevin_step_size(sigma_min, gamma, steps_per_level)}
@@ -277,7 +277,7 @@ class NoiseConditionalScoreMatching:
     """
 
     def __init__(self, sigmas: torch.Tensor | Sequence[float]) -> None:
-        self.sigmas = _checked_sigmas(sigmas)
+        self.sigmas = checked_sigmas(sigmas)
 
     @property
     def num_timesteps(self) -> int:
@@ -314,7 +314,7 @@ class NoiseConditionalScoreMatching:
 def score_from_ncsn(sigmas: torch.Tensor | Sequence[float], model: Model) -> LevelScore:
     """The level-indexed score of an NCSN network: score(x, level) = -model(x, level) / sigma_level,
     with ``level`` a LongTensor [B] in 0..L-1 (0 the largest sigma)."""
-    table = _checked_sigmas(sigmas)
+    table = checked_sigmas(sigmas)
 
     def score(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         sigma = extract(table.to(x.device), level, x.shape, x.dtype)
@@ -323,86 +323,3 @@ def score_from_ncsn(sigmas: torch.Tensor | Sequence[float], model: Model) -> Lev
     return score
 
 
-# ---------------------------------------------------------------- annealed Langevin dynamics
-
-
-def _trajectory_levels(request: bool | Sequence[int], num_levels: int, denoise: bool) -> list[int]:
-    """The states ALD records: -1 is the initial state, i in 0..L-1 the state after level i's
-    Langevin steps, L the denoised sample (only with ``denoise``); True records all of them."""
-    last = num_levels if denoise else num_levels - 1
-    if request is True:
-        return list(range(-1, last + 1))
-    if request is False or request is None:
-        return []
-    levels = sorted({int(i) for i in request})
-    bad = [i for i in levels if not -1 <= i <= last]
-    if bad:
-        raise ValueError(f"trajectory levels {bad} lie outside -1..{last}")
-    return levels
-
-
-def _ald_init(init: str, shape: Sequence[int], sigma_max: float, generator: Generator,
-              device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-    if init == "uniform":
-        return 2 * rand(shape, generator, device, dtype) - 1
-    if init == "gaussian":
-        return sigma_max * randn(shape, generator, device, dtype)
-    raise ValueError(f"init={init!r} is not accepted; accepted: {', '.join(get_args(Init))}")
-
-
-@torch.no_grad()
-def ald_sample(score: LevelScore, sigmas: torch.Tensor | Sequence[float], shape: Sequence[int], *,
-               steps_per_level: int = 100, step_lr: float = 2e-5, denoise: bool = True, init: Init = "uniform",
-               generator: Generator = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               return_trajectory: bool | Sequence[int] = False, on_step: OnStep | None = None
-               ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; NCSNv2's final denoising).
-
-    Starts from U[-1, 1] (``init="uniform"``: the references' U[0, 1] in their [0, 1] scaling)
-    or N(0, sigma_1^2 I) (``"gaussian"``). For each level i, ``steps_per_level`` steps
-    x <- x + alpha_i s(x, i) + sqrt(2 alpha_i) z with alpha_i = step_lr sigma_i^2 / sigma_L^2;
-    then, with ``denoise``, x <- x + sigma_L^2 s(x, L-1) (Tweedie's formula at the last level).
-    Defaults are NCSN's (T = 100, eps = 2e-5, no denoising there); NCSNv2 uses
-    ``ncsnv2_settings``. Noise comes from ``generator`` (one per example: example b's sample
-    does not depend on its batch).
-
-    Returns ``(x, info)``: info["nfe"] is the number of score evaluations (L T, plus 1 with
-    ``denoise``); with ``return_trajectory`` (True, or the levels to keep, see
-    ``_trajectory_levels``) info["trajectory"] = {"level": LongTensor [S], "x": [S, *shape]}.
-    ``on_step(done, total)`` follows the score evaluations.
-    """
-    table = _checked_sigmas(sigmas)
-    steps = _check_int("steps_per_level", steps_per_level, 1)
-    step_lr = _check_positive("step_lr", step_lr)
-    L, B = len(table), shape[0]
-    record = _trajectory_levels(return_trajectory, L, denoise)
-    total = L * steps + int(denoise)
-    # alpha_i = eps sigma_i^2 / sigma_L^2 in float64 (NCSN Algorithm 1, line 3).
-    alphas = (step_lr * (table / table[-1]) ** 2).tolist()
-    x = _ald_init(init, shape, table[0].item(), generator, device, dtype)
-    frames = [x.clone()] if -1 in record else []
-    nfe = 0
-    for i in range(L):
-        level = torch.full((B,), i, dtype=torch.long, device=device)
-        for _ in range(steps):
-            # Algorithm 1, line 6, in the references' code form (NCSNv2's Algorithm 1); NCSN's
-            # paper writes alpha_i / 2 s + sqrt(alpha_i) z, whose alpha_i is twice this one.
-            z = randn(shape, generator, device, dtype)
-            x = x + alphas[i] * score(x, level).to(dtype) + math.sqrt(2 * alphas[i]) * z
-            nfe += 1
-            if on_step is not None:
-                on_step(nfe, total)
-        if i in record:
-            frames.append(x.clone())
-    if denoise:
-        level = torch.full((B,), L - 1, dtype=torch.long, device=device)
-        x = x + table[-1].item() ** 2 * score(x, level).to(dtype)
-        nfe += 1
-        if on_step is not None:
-            on_step(nfe, total)
-        if L in record:
-            frames.append(x.clone())
-    info: dict[str, Any] = {"nfe": nfe}
-    if record:
-        info["trajectory"] = {"level": torch.tensor(record, dtype=torch.long), "x": torch.stack(frames)}
-    return x, info

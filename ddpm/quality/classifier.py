@@ -26,11 +26,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ddpm import seeding
-from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import ClassifierConfig
 from ddpm.data.prepared import Prepared
 from ddpm.data.scaling import to_model_space
 from ddpm.errors import CheckpointError, DataError, TrainingDiverged
+from ddpm.pipeline.checkpoint import load_checkpoint, save_checkpoint
 
 KIND = "classifier"         # marks a classifier checkpoint apart from the diffusion model's
 _STAGE_WIDTHS = (1, 2, 4)   # channels of each resolution stage, in units of ``width``

@@ -9,7 +9,7 @@ is > 0 and precision < 1 for real against real), so a number means little withou
 Metric families (``ddpm.config.QUALITY_FAMILIES``) name their features in their keys:
 
 - ``classifier``: the penultimate features of the classifier the pipeline trains
-  (``ddpm.classifier``): ``fd_classifier`` (a Frechet distance in those features, not FID),
+  (``ddpm.quality.classifier``): ``fd_classifier`` (a Frechet distance in those features, not FID),
   ``kid_classifier``, precision/recall (Kynkaanniemi et al. 2019), density/coverage (Naeem et
   al. 2020), and the predicted labels' spread over the classes (mode coverage).
 - ``inception``: FID, KID and IS in the features of the Inception weights the user supplies
@@ -30,16 +30,16 @@ import numpy as np
 import torch
 
 from ddpm import metrics, seeding
-from ddpm.classifier import classifier_features, predict_labels
 from ddpm.data.scaling import from_model_space, to_model_space
 from ddpm.errors import EvaluationError
 from ddpm.metrics.inception import InceptionFeatures, inception_features, inception_metrics
+from ddpm.quality.classifier import classifier_features, predict_labels
 
 Scores = dict[str, float]
 
 
 @dataclass(frozen=True)
-class Family:
+class MetricSuite:
     """One metric family: its name and ``score(samples, reference) -> {key: value}``, both in
     model space ([-1, 1] images or raw vectors)."""
 
@@ -67,7 +67,7 @@ def real_reference(train: np.ndarray, n: int, seed: int, max_floor_draws: int = 
     return train[perm[:n]], [train[perm[(k + 1) * n:(k + 2) * n]] for k in range(draws)]
 
 
-def floor_scores(families: list[Family], real_draws: list[torch.Tensor], reference: torch.Tensor) -> Scores:
+def floor_scores(families: list[MetricSuite], real_draws: list[torch.Tensor], reference: torch.Tensor) -> Scores:
     """The floors: each metric's mean over the real draws scored against the reference
     (``<metric>``), and, with two or more draws, its standard deviation over them
     (``<metric>_std``): how much one measurement at this sample size varies by chance."""
@@ -98,8 +98,8 @@ def to_model_inputs(data: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
     return torch.as_tensor(to_model_space(data, meta["num_levels"])).to(torch.float32)
 
 
-def classifier_family(classifier: torch.nn.Module, num_classes: int, kid_subset_size: int, kid_subsets: int,
-                      nearest_k: int, seed: int, batch_size: int = 512) -> Family:
+def classifier_suite(classifier: torch.nn.Module, num_classes: int, kid_subset_size: int, kid_subsets: int,
+                      nearest_k: int, seed: int, batch_size: int = 512) -> MetricSuite:
     """The classifier's features: Frechet distance, KID, precision/recall, density/coverage,
     and the predicted labels' histogram against the reference's predicted labels."""
     def score(samples: torch.Tensor, reference: torch.Tensor) -> Scores:
@@ -118,10 +118,10 @@ def classifier_family(classifier: torch.nn.Module, num_classes: int, kid_subset_
             "classes_covered": float(labels.classes_covered), "label_tv_classifier": labels.tv_distance,
         }
 
-    return Family("classifier", score)
+    return MetricSuite("classifier", score)
 
 
-def raw_family(seed: int) -> Family:
+def raw_suite(seed: int) -> MetricSuite:
     """Distances between the points themselves (vectors): energy distance and sliced
     Wasserstein-1, each with its standard error."""
 
@@ -131,11 +131,11 @@ def raw_family(seed: int) -> Family:
         return {"energy_distance": energy.value, "energy_distance_stderr": energy.stderr,
                 "sliced_wasserstein": sliced.value, "sliced_wasserstein_stderr": sliced.stderr}
 
-    return Family("raw", score)
+    return MetricSuite("raw", score)
 
 
-def inception_family(weights_path: str, num_levels: int, kid_subset_size: int, kid_subsets: int, seed: int,
-                     device: torch.device | str = "cpu") -> Family:
+def inception_suite(weights_path: str, num_levels: int, kid_subset_size: int, kid_subsets: int, seed: int,
+                     device: torch.device | str = "cpu") -> MetricSuite:
     """FID, KID and IS of 3-channel images in the features of the user's Inception weights.
     The reference's features are computed once and reused for every set scored against it."""
     cache: dict[tuple[int, tuple[int, ...]], InceptionFeatures] = {}
@@ -156,10 +156,10 @@ def inception_family(weights_path: str, num_levels: int, kid_subset_size: int, k
                 "inception_score": result["inception_score"].value,
                 "inception_score_stderr": result["inception_score"].stderr}
 
-    return Family("inception", score)
+    return MetricSuite("inception", score)
 
 
-def score_samples(families: list[Family], samples: torch.Tensor, reference: torch.Tensor) -> Scores:
+def score_samples(families: list[MetricSuite], samples: torch.Tensor, reference: torch.Tensor) -> Scores:
     """Every family's metrics of ``samples`` against ``reference`` (model space)."""
     scores: Scores = {}
     for family in families:
@@ -167,70 +167,7 @@ def score_samples(families: list[Family], samples: torch.Tensor, reference: torc
     return scores
 
 
-def floor_key(key: str) -> str:
-    """``fd_classifier`` -> ``fd_classifier_floor``; ``fd_classifier_std`` ->
-    ``fd_classifier_floor_std``."""
-    if key.endswith("_std"):
-        return key[: -len("_std")] + "_floor_std"
-    return key + "_floor"
-
-
-def with_floors(scores: Scores, floors: Scores) -> Scores:
-    """Each metric (and its standard error, where it has one) followed by its floor and the
-    floor's spread over the real draws (``floor_scores``)."""
-    out: Scores = {}
-    for key, value in scores.items():
-        out[key] = value
-        if key.endswith("_stderr"):
-            continue
-        if f"{key}_stderr" in scores:
-            out[f"{key}_stderr"] = scores[f"{key}_stderr"]
-        out[floor_key(key)] = floors[key]
-        if f"{key}_std" in floors:
-            out[floor_key(f"{key}_std")] = floors[f"{key}_std"]
-    return out
-
-
-def setting_name(sampler: str, nfe: int) -> str:
-    """A sampler setting's name in keys and tables: ``ddim_50``, ``ancestral_1000``."""
-    return f"{sampler}_{nfe}"
-
-
-def sampler_nfe(sampler: str, steps: int, timesteps: int) -> int:
-    """Network evaluations per sample: the number of reverse steps (all T when steps is 0)."""
-    return steps if 0 < steps < timesteps else timesteps
-
-
-def tracking_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of a quality report: the samples' metrics and floors under their own
-    names, the number of network evaluations per sample, and the classifier's test accuracy."""
-    samples = report["samples"]
-    out = {k: float(v) for k, v in samples.items() if k not in ("sampler", "nfe")}
-    out["sample_nfe"] = float(samples["nfe"])
-    if "classifier_test_accuracy" in report:
-        out["classifier_test_accuracy"] = float(report["classifier_test_accuracy"])
-    return out
-
-
-def format_table(scores: Scores) -> str:
-    """``metric  value +- stderr  floor +- spread`` lines for the terminal."""
-    lines = [f"{'metric':<22} {'value':>22} {'floor (real vs real)':>24}"]
-    for key, value in scores.items():
-        if key.endswith(("_stderr", "_floor", "_std")) or not isinstance(value, float):
-            continue
-        lines.append(f"{key:<22} {_with_error(value, scores.get(key + '_stderr')):>22} "
-                     f"{_with_error(scores.get(floor_key(key)), scores.get(floor_key(key + '_std'))):>24}")
-    return "\n".join(lines)
-
-
-def _with_error(value: float | None, stderr: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g} +- {stderr:.2g}" if stderr is not None else f"{value:.4g}"
-
-
 __all__ = [
-    "Family", "classifier_family", "floor_key", "floor_scores", "format_table", "inception_family", "on_data_grid",
-    "raw_family", "real_reference", "sampler_nfe", "score_samples", "setting_name", "to_model_inputs",
-    "tracking_metrics", "with_floors",
+    "MetricSuite", "classifier_suite", "floor_scores", "inception_suite", "on_data_grid", "raw_suite",
+    "real_reference", "score_samples", "to_model_inputs",
 ]

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from ddpm.diffusion import OnStep, generator_device, trajectory_steps
-from ddpm.sde import SDE, VESDE, VPSDE, Score, SubVPSDE
+from ddpm.score.sde import SDE, VESDE, VPSDE, Score, SubVPSDE
 from ddpm.seeding import Generator, randn
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")

@@ -1,0 +1,41 @@
+"""Samplers, each in its module, and one runner for all of them (``runner``: the samples in
+batches, sample i from item i of the run's "sample" stream). The discrete diffusion's ancestral
+loop is ``ddpm.diffusion.GaussianDiffusion.p_sample_loop``; here: DDIM (``ddim``), timestep
+respacing (``respacing``), predictor-corrector (``pc``), the probability-flow ODE (``ode``) and
+annealed Langevin dynamics (``ald``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ddim_step": "ddim",
+    "ddim_sample_loop": "ddim",
+    "space_timesteps": "respacing",
+    "respace": "respacing",
+    "pc_sample": "pc",
+    "ode_sample": "ode",
+    "denoise_step": "ode",
+    "ald_sample": "ald",
+    "draw_samples": "runner",
+    "draw_score_samples": "score_samplers",
+    "seeded_batches": "runner",
+    "even_picks": "runner",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so a stage loads, and DVC makes it depend on, only what it runs.
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,86 @@
+"""Every sampler run the same way (``seeded_batches``): the samples ``indices`` in batches,
+sample i from item i of the run's "sample" stream (``ddpm.seeding``), so a sample depends
+neither on its batch, nor on the batch size, nor on how the indices are split over torchrun
+ranks; the trajectory is ``trajectory_frames`` states spread evenly from noise to sample
+(``even_picks``).
+
+``draw_samples`` runs the discrete diffusion's samplers: ancestral, respaced to fewer steps, and
+DDIM. The score samplers run through ``ddpm.sampling.score_samplers`` on the same loop, in a
+module of their own so that the quality stage, which sweeps only these two, does not depend on
+them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ddpm.diffusion import GaussianDiffusion, Model, OnStep, batch_progress
+from ddpm.sampling.ddim import ddim_sample_loop
+from ddpm.sampling.respacing import respace, space_timesteps
+from ddpm.seeding import Generator, generators
+
+
+def even_picks(values: Sequence[Any], count: int) -> list[Any]:
+    """``count`` entries spread evenly over ``values``, first and last kept."""
+    idx = torch.linspace(0, len(values) - 1, min(count, len(values))).round().long().tolist()
+    return [values[i] for i in sorted(set(idx))]
+
+
+def seeded_batches(indices: Sequence[int], batch_size: int, seed: int, stream: str, device: torch.device | str,
+                   on_step: OnStep | None = None) -> Iterator[tuple[list[int], list[Generator], OnStep | None]]:
+    """The batches of ``indices``: each batch's items, one generator per item (item i of
+    ``stream``), and ``on_step`` rescaled so that it counts the work of all batches."""
+    starts = range(0, len(indices), batch_size)
+    for batch, start in enumerate(starts):
+        chunk = list(indices[start:start + batch_size])
+        batch_step = None if on_step is None else batch_progress(on_step, batch, len(starts))
+        yield chunk, generators(seed, stream, chunk, device), batch_step
+
+
+@torch.no_grad()
+def draw_samples(diffusion: GaussianDiffusion, model: Model, shape: Sequence[int], seed: int,
+                 batch_size: int = 256, sampler: str = "ancestral", steps: int = 0, eta: float = 0.0,
+                 clip_denoised: bool = True, trajectory_frames: int = 10,
+                 device: torch.device | str = "cpu", on_step: OnStep | None = None,
+                 indices: Sequence[int] | None = None) -> tuple[torch.Tensor, dict]:
+    """Draw the samples ``indices`` (default: 0..shape[0]-1) of a discrete diffusion.
+
+    ``sampler``: ``ancestral`` (respaced to ``steps`` when 0 < steps < T) or ``ddim``
+    (``steps`` evenly spaced steps, 0 = all). Returns the samples [shape] on the CPU and
+    the trajectory: ``steps`` (paper indices of the kept states, from T to 0) and ``x``
+    [frames, N, ...]. ``on_step(done, total)`` counts the reverse steps of all batches.
+    """
+    if sampler not in ("ancestral", "ddim"):
+        raise ValueError(f"sampler={sampler!r} is not accepted; accepted: ancestral, ddim")
+    T = diffusion.num_timesteps
+    if sampler == "ancestral":
+        keep = space_timesteps(T, steps) if 0 < steps < T else list(range(T))
+        loop_diffusion, loop_model = respace(diffusion, keep, model) if len(keep) < T else (diffusion, model)
+        # State s of the loop is x_{keep[s-1]+1} of the original process.
+        to_original = {0: 0, **{s: keep[s - 1] + 1 for s in range(1, len(keep) + 1)}}
+        record = even_picks(list(range(len(keep), -1, -1)), trajectory_frames)
+    else:
+        keep = space_timesteps(T, steps) if steps else list(range(T))
+        to_original = {s: s for s in [0] + [k + 1 for k in keep]}
+        record = even_picks(sorted(to_original, reverse=True), trajectory_frames)
+    indices = list(range(int(shape[0]))) if indices is None else list(indices)
+    samples, frames = [], []
+    for chunk, gens, batch_step in seeded_batches(indices, batch_size, seed, "sample", device, on_step):
+        batch_shape = (len(chunk), *shape[1:])
+        if sampler == "ancestral":
+            x, traj = loop_diffusion.p_sample_loop(loop_model, batch_shape, generator=gens, device=device,
+                                                   return_trajectory=record, clip_denoised=clip_denoised,
+                                                   on_step=batch_step)
+        else:
+            x, traj = ddim_sample_loop(diffusion, model, batch_shape, steps=keep, eta=eta, generator=gens,
+                                       device=device, return_trajectory=record, clip_denoised=clip_denoised,
+                                       on_step=batch_step)
+        samples.append(x.float().cpu())
+        frames.append(traj["x"].float().cpu())
+    steps_out = [to_original[s] for s in record]
+    if not samples:  # a torchrun rank with no share
+        return torch.empty((0, *shape[1:])), {"steps": steps_out, "x": torch.empty((len(record), 0, *shape[1:]))}
+    return torch.cat(samples), {"steps": steps_out, "x": torch.cat(frames, dim=1)}
