@@ -16,6 +16,7 @@ from PIL import Image
 
 from ddpm import plotting
 from ddpm.errors import DataError
+from ddpm.plotting.grids import _grid_pixels
 
 T = 50
 DIGITS = {"kind": "image", "num_levels": 17}
@@ -166,7 +167,7 @@ def test_grid_is_torchvisions_make_grid_pixel_for_pixel(n, channels, nrow, scale
     upscaled = torch.from_numpy(images.repeat(scale, axis=2).repeat(scale, axis=3))
     expected = make_grid(upscaled, nrow=nrow, padding=plotting.GRID_PADDING, pad_value=plotting.GRID_PAD_VALUE)
     expected = expected[0].numpy() if channels == 1 else expected.permute(1, 2, 0).numpy()
-    got = plotting._grid_pixels(images, nrow=nrow, scale=scale)
+    got = _grid_pixels(images, nrow=nrow, scale=scale)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, expected)
 
@@ -174,7 +175,7 @@ def test_grid_is_torchvisions_make_grid_pixel_for_pixel(n, channels, nrow, scale
 def test_a_single_image_is_framed_like_any_grid() -> None:
     """make_grid returns one image unframed; the strip's tick positions assume the frame."""
     image = np.full((1, 1, 3, 2), 7, dtype=np.uint8)
-    grid = plotting._grid_pixels(image, nrow=4, scale=2)
+    grid = _grid_pixels(image, nrow=4, scale=2)
     pad = plotting.GRID_PADDING
     assert grid.shape == (6 + 2 * pad, 4 + 2 * pad)
     assert (grid[pad:-pad, pad:-pad] == 7).all()
@@ -348,7 +349,7 @@ def test_reverse_process_figure_wraps_vector_panels_into_rows() -> None:
 
 def test_reverse_process_rejects_mismatched_steps(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="len\\(steps\\)"):
-        plotting.plot_reverse_process(np.zeros((3, 4, 2)), [2, 1], VECTOR, tmp_path / "r.png")
+        plotting.save_figure(plotting.reverse_process_figure(np.zeros((3, 4, 2)), [2, 1], VECTOR), tmp_path / "r.png")
     assert_only(tmp_path)
 
 
@@ -477,7 +478,7 @@ def test_loss_figure_refuses_a_malformed_report_as_a_data_error(
 ) -> None:
     csv_path = write_csv(tmp_path / "loss.csv", header, rows)
     with pytest.raises(DataError, match=match):
-        plotting.plot_loss(csv_path, tmp_path / "loss.png")
+        plotting.save_figure(plotting.loss_figure(csv_path), tmp_path / "loss.png")
     assert_only(tmp_path, "loss.csv")
 
 
@@ -564,7 +565,7 @@ def test_bound_terms_refuses_a_report_with_nothing_to_draw_as_a_data_error(tmp_p
 
 def test_meta_kind_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="meta\\['kind'\\]"):
-        plotting.plot_samples(swiss_roll(), {"kind": "points"}, tmp_path / "s.png")
+        plotting.save_figure(plotting.samples_figure(swiss_roll(), {"kind": "points"}), tmp_path / "s.png")
     assert_only(tmp_path)
 
 
@@ -598,11 +599,11 @@ def png_pixels(source) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", list(PLOT_INPUTS))
-def test_every_plot_function_writes_its_figure_as_one_png(tmp_path: Path, name: str) -> None:
-    """``plot_<name>`` writes exactly the figure ``<name>_figure`` builds, and nothing else."""
+def test_save_figure_writes_each_figure_as_one_png(tmp_path: Path, name: str) -> None:
+    """``save_figure`` writes exactly the figure ``<name>_figure`` builds, and nothing else."""
     args, kwargs = PLOT_INPUTS[name](tmp_path)
     png = tmp_path / "figures" / "f.png"
-    assert getattr(plotting, f"plot_{name}")(*args, png, **kwargs) == png
+    assert plotting.save_figure(getattr(plotting, f"{name}_figure")(*args, **kwargs), png) == png
     assert_only(tmp_path / "figures", "f.png")
     pixels = assert_png(png)
     rendered = io.BytesIO()
@@ -617,7 +618,7 @@ def test_write_into_a_file_instead_of_a_folder_leaves_nothing(tmp_path: Path) ->
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("x")
     with pytest.raises(OSError):
-        plotting.plot_schedule(linear_betas(), blocker / "schedule.png")
+        plotting.save_figure(plotting.schedule_figure(linear_betas()), blocker / "schedule.png")
     with pytest.raises(OSError):
         plotting.save_image_grid(digit_images(), 17, blocker / "grid.png")
     assert_only(tmp_path, "not_a_dir")
@@ -627,7 +628,7 @@ def test_write_into_a_file_instead_of_a_folder_leaves_nothing(tmp_path: Path) ->
 def test_target_that_is_a_folder_leaves_no_partial_file(tmp_path: Path) -> None:
     (tmp_path / "fig.png").mkdir()
     with pytest.raises(OSError):
-        plotting.plot_samples(swiss_roll(), VECTOR, tmp_path / "fig.png")
+        plotting.save_figure(plotting.samples_figure(swiss_roll(), VECTOR), tmp_path / "fig.png")
     with pytest.raises(OSError):
         plotting.save_image_grid(color_images(2), 256, tmp_path / "fig.png")
     assert_only(tmp_path, "fig.png")
@@ -638,7 +639,7 @@ def test_crash_while_writing_keeps_the_old_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "schedule.png"
-    plotting.plot_schedule(linear_betas(), target)
+    plotting.save_figure(plotting.schedule_figure(linear_betas()), target)
     before = target.read_bytes()
 
     def crash_midway(self, fname, **kwargs):
@@ -647,7 +648,7 @@ def test_crash_while_writing_keeps_the_old_file(
 
     monkeypatch.setattr(Figure, "savefig", crash_midway)
     with pytest.raises(RuntimeError, match="disk full"):
-        plotting.plot_schedule(linear_betas(), target)
+        plotting.save_figure(plotting.schedule_figure(linear_betas()), target)
     assert target.read_bytes() == before
     assert_only(tmp_path, "schedule.png")
 
@@ -673,9 +674,9 @@ def test_import_and_plot_leave_matplotlib_global_state_alone(tmp_path: Path) -> 
         # Raw rcParams value: matplotlib.get_backend() itself may import pyplot to resolve it.
         "before = dict.__getitem__(matplotlib.rcParams, 'backend')\n"
         "from ddpm import plotting\n"
-        f"plotting.plot_schedule(np.linspace(1e-4, 0.02, 20), {str(tmp_path / 's.png')!r})\n"
+        f"plotting.save_figure(plotting.schedule_figure(np.linspace(1e-4, 0.02, 20)), {str(tmp_path / 's.png')!r})\n"
         f"plotting.save_image_grid(np.zeros((4, 1, 8, 8)), 17, {str(tmp_path / 'g.png')!r})\n"
-        f"plotting.plot_samples(np.zeros((4, 3, 8, 8)), {{'kind': 'image', 'num_levels': 256}}, "
+        "plotting.save_figure(plotting.samples_figure(np.zeros((4, 3, 8, 8)), {'kind': 'image', 'num_levels': 256}), "
         f"{str(tmp_path / 'x.png')!r})\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
         "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
