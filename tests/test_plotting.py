@@ -581,6 +581,11 @@ def terms_csv(folder: Path) -> Path:
     return write_terms(folder / "terms.csv", t, terms, list(stderr))
 
 
+def nfe_csv(folder: Path) -> Path:
+    return write_csv(folder / "nfe.csv", "setting,sampler,nfe,fd_classifier,fd_classifier_stderr",
+                     [("ddim_10", "ddim", 10, 9.0, 0.5), ("ddim_50", "ddim", 50, 4.0, "")])
+
+
 ABAR = np.cumprod(1 - linear_betas())
 STEPS = np.array([T, 25, 0])
 PLOT_INPUTS = {  # figure name -> (positional, keyword) arguments, given a folder for report files
@@ -590,6 +595,10 @@ PLOT_INPUTS = {  # figure name -> (positional, keyword) arguments, given a folde
     "samples": lambda folder: ((swiss_roll(), VECTOR), {"reference": swiss_roll(seed=1)}),
     "reverse_process": lambda folder: ((reverse_trajectory(digit_images(3), STEPS), STEPS, DIGITS), {}),
     "forward_process": lambda folder: ((color_images(2), ABAR, CIFAR), {"seed": 1}),
+    "quality_nfe": lambda folder: ((nfe_csv(folder), {"fd_classifier_floor": 0.5}), {}),
+    "sde_schedule": lambda folder: ((np.linspace(0.01, 1, 50), np.ones(50), np.linspace(0.1, 5, 50),
+                                     np.linspace(1, 3, 50), "VE SDE"), {}),
+    "sigma_ladder": lambda folder: ((np.geomspace(50, 0.01, 20),), {}),
 }
 
 
@@ -686,6 +695,20 @@ def test_import_and_plot_leave_matplotlib_global_state_alone(tmp_path: Path) -> 
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
     for name in ("s.png", "g.png", "x.png"):
         assert_png(tmp_path / name)
+
+
+def test_each_figure_group_loads_only_its_own_module() -> None:
+    """A stage that draws the samples figure loads (and DVC tracks) the grids module and its helpers,
+    not the report or schedule figures."""
+    code = (
+        "import sys, ddpm.plotting as p\n"
+        "p.samples_figure, p.save_figure\n"
+        "print(sorted(m for m in sys.modules if m.startswith('ddpm.plotting')))\n"
+    )
+    repo_root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root, capture_output=True, text=True)
+    loaded = ["ddpm.plotting", "ddpm.plotting._common", "ddpm.plotting._scatter", "ddpm.plotting.grids"]
+    assert out.stdout.strip() == repr(loaded)
 
 
 def test_quality_nfe_figure_draws_each_metric_per_sampler_against_nfe_with_its_floor(tmp_path: Path) -> None:
