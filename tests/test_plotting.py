@@ -102,9 +102,7 @@ def test_images_to_uint8_256_levels_is_identity_on_the_grid() -> None:
 
 def test_images_to_uint8_rounds_to_nearest_level_and_clips() -> None:
     step = 2.0 / 16  # spacing of the 17-level grid in model space
-    x = np.array([-1.0 + 0.49 * step, -1.0 + 0.51 * step, 0.3 * step, 5.0, -7.0, np.nan]).reshape(
-        1, 1, 1, 6
-    )
+    x = np.array([-1.0 + 0.49 * step, -1.0 + 0.51 * step, 0.3 * step, 5.0, -7.0, np.nan]).reshape(1, 1, 1, 6)
     assert plotting.images_to_uint8(x, 17).ravel().tolist() == [0, 16, 128, 255, 0, 0]
 
 
@@ -136,9 +134,7 @@ def test_save_image_grid_digits_upscaled_greyscale_and_pixel_exact(tmp_path: Pat
     for i in range(9):
         r, c = divmod(i, 3)
         tile = pixels[pad + r * (cell + pad) :][:cell, pad + c * (cell + pad) :][:, :cell]
-        np.testing.assert_array_equal(
-            tile, np.kron(expected[i, 0], np.ones((8, 8), dtype=np.uint8))
-        )
+        np.testing.assert_array_equal(tile, np.kron(expected[i, 0], np.ones((8, 8), dtype=np.uint8)))
 
 
 def test_save_image_grid_color_nrow_and_scale(tmp_path: Path) -> None:
@@ -156,8 +152,9 @@ def test_save_image_grid_color_nrow_and_scale(tmp_path: Path) -> None:
     assert_only(tmp_path, "grid.png")
 
 
-@pytest.mark.parametrize(("n", "channels", "nrow", "scale"), [(9, 1, 3, 8), (7, 1, 3, 2), (6, 3, 4, 1), (2, 3, 5, 3),
-                                                            (12, 1, 12, 1)])
+@pytest.mark.parametrize(
+    ("n", "channels", "nrow", "scale"), [(9, 1, 3, 8), (7, 1, 3, 2), (6, 3, 4, 1), (2, 3, 5, 3), (12, 1, 12, 1)]
+)
 def test_grid_is_torchvisions_make_grid_pixel_for_pixel(n, channels, nrow, scale) -> None:
     """The grid is tiled by hand (importing torchvision costs the stages seconds); its layout is
     make_grid's: full rows of nrow, the last row partly empty, padding between and around."""
@@ -360,9 +357,7 @@ def test_reverse_process_rejects_mismatched_steps(tmp_path: Path) -> None:
 def test_forward_process_figure_shows_q_xt_given_x0_at_the_paper_timestep(x0: np.ndarray, meta: dict) -> None:
     abar = np.cumprod(1 - linear_betas())
     steps = [0, 9, 30, T - 1]  # code indices: paper t = 1, 10, 31, T
-    fig = plotting.forward_process_figure(
-        x0, torch.from_numpy(abar), meta, steps=steps, seed=5, num_examples=2
-    )
+    fig = plotting.forward_process_figure(x0, torch.from_numpy(abar), meta, steps=steps, seed=5, num_examples=2)
     shown = x0[:2] if meta["kind"] == "image" else x0
     eps = np.random.default_rng(5).standard_normal(shown.shape)
     frames = [shown] + [noised(shown, abar, i, eps) for i in steps]
@@ -582,8 +577,11 @@ def terms_csv(folder: Path) -> Path:
 
 
 def nfe_csv(folder: Path) -> Path:
-    return write_csv(folder / "nfe.csv", "setting,sampler,nfe,fd_classifier,fd_classifier_stderr",
-                     [("ddim_10", "ddim", 10, 9.0, 0.5), ("ddim_50", "ddim", 50, 4.0, "")])
+    return write_csv(
+        folder / "nfe.csv",
+        "setting,sampler,nfe,fd_classifier,fd_classifier_stderr",
+        [("ddim_10", "ddim", 10, 9.0, 0.5), ("ddim_50", "ddim", 50, 4.0, "")],
+    )
 
 
 ABAR = np.cumprod(1 - linear_betas())
@@ -596,8 +594,10 @@ PLOT_INPUTS = {  # figure name -> (positional, keyword) arguments, given a folde
     "reverse_process": lambda folder: ((reverse_trajectory(digit_images(3), STEPS), STEPS, DIGITS), {}),
     "forward_process": lambda folder: ((color_images(2), ABAR, CIFAR), {"seed": 1}),
     "quality_nfe": lambda folder: ((nfe_csv(folder), {"fd_classifier_floor": 0.5}), {}),
-    "sde_schedule": lambda folder: ((np.linspace(0.01, 1, 50), np.ones(50), np.linspace(0.1, 5, 50),
-                                     np.linspace(1, 3, 50), "VE SDE"), {}),
+    "sde_schedule": lambda folder: (
+        (np.linspace(0.01, 1, 50), np.ones(50), np.linspace(0.1, 5, 50), np.linspace(1, 3, 50), "VE SDE"),
+        {},
+    ),
     "sigma_ladder": lambda folder: ((np.geomspace(50, 0.01, 20),), {}),
 }
 
@@ -644,9 +644,7 @@ def test_target_that_is_a_folder_leaves_no_partial_file(tmp_path: Path) -> None:
     assert list((tmp_path / "fig.png").iterdir()) == []
 
 
-def test_crash_while_writing_keeps_the_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_while_writing_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "schedule.png"
     plotting.save_figure(plotting.schedule_figure(linear_betas()), target)
     before = target.read_bytes()
@@ -662,9 +660,7 @@ def test_crash_while_writing_keeps_the_old_file(
     assert_only(tmp_path, "schedule.png")
 
 
-def test_crash_while_writing_grid_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_while_writing_grid_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def crash_midway(self, fp, *args, **kwargs):
         Path(fp).write_bytes(b"\x89PNG partial")
         raise OSError("disk full")
@@ -713,10 +709,12 @@ def test_each_figure_group_loads_only_its_own_module() -> None:
 
 def test_quality_nfe_figure_draws_each_metric_per_sampler_against_nfe_with_its_floor(tmp_path: Path) -> None:
     csv_path = tmp_path / "nfe.csv"
-    csv_path.write_text("setting,sampler,nfe,fd_classifier,kid_classifier,kid_classifier_stderr\n"
-                        "ddim_50,ddim,50,4.0,0.03,0.01\n"
-                        "ancestral_1000,ancestral,1000,2.0,0.01,0.005\n"
-                        "ddim_10,ddim,10,9.0,0.08,0.02\n")
+    csv_path.write_text(
+        "setting,sampler,nfe,fd_classifier,kid_classifier,kid_classifier_stderr\n"
+        "ddim_50,ddim,50,4.0,0.03,0.01\n"
+        "ancestral_1000,ancestral,1000,2.0,0.01,0.005\n"
+        "ddim_10,ddim,10,9.0,0.08,0.02\n"
+    )
     fig = plotting.quality_nfe_figure(csv_path, {"fd_classifier_floor": 0.5, "kid_classifier_floor": 0.001})
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
     assert set(panels) == {"fd_classifier", "kid_classifier"}
