@@ -12,12 +12,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm import plotting
 from ddpm.config import Params, load_params
 from ddpm.data import load_prepared, to_model_space
 from ddpm.errors import DataError, DatasetNotFoundError
 from ddpm.pipeline.stage import run_stage, stage_parser
 from ddpm.pipeline.tracking import Tracker, report_metrics
+from ddpm.plotting import (
+    SAMPLER_TITLES,
+    bound_terms_figure,
+    forward_process_figure,
+    loss_figure,
+    quality_nfe_figure,
+    reverse_process_figure,
+    samples_figure,
+    save_figure,
+    schedule_figure,
+    sde_schedule_figure,
+    sigma_ladder_figure,
+)
 from ddpm.quality.report import tracking_metrics
 from ddpm.schedules import get_beta_schedule
 from ddpm.score.ncsn import sigma_ladder
@@ -52,27 +64,28 @@ def main(argv: list[str] | None = None) -> int:
         trained = Params.from_dict(run["params"]) if "params" in run else params
         labels = samples["labels"].tolist() if "labels" in samples.files else None
         figures = [
-            plotting.plot_loss(reports / "train" / "loss.csv", out / "loss.png"),
-            plotting.plot_samples(samples["samples"], meta, out / "samples.png", reference=reference),
-            plotting.plot_reverse_process(samples["trajectory"], samples["steps"], meta, out / "reverse_process.png",
-                                          reference=reference, labels=labels,
-                                          title=plotting.SAMPLER_TITLES.get(params.sample.sampler)),
+            save_figure(loss_figure(reports / "train" / "loss.csv"), out / "loss.png"),
+            save_figure(samples_figure(samples["samples"], meta, reference=reference), out / "samples.png"),
+            save_figure(reverse_process_figure(samples["trajectory"], samples["steps"], meta, reference=reference,
+                                               labels=labels, title=SAMPLER_TITLES.get(params.sample.sampler)),
+                        out / "reverse_process.png"),
         ]
         if trained.family == "ddpm":
             d = trained.diffusion
             betas = get_beta_schedule(d.beta_schedule, d.timesteps, beta_start=d.beta_start,
                                       beta_end=d.beta_end).numpy()
             figures += [
-                plotting.plot_bound_terms(reports / "eval" / "terms.csv", out / "bound_terms.png", metrics["unit"]),
-                plotting.plot_forward_process(x0, np.cumprod(1 - betas), meta, out / "forward_process.png",
-                                              seed=params.seed),
-                plotting.plot_schedule(betas, out / "schedule.png"),
+                save_figure(bound_terms_figure(reports / "eval" / "terms.csv", metrics["unit"]),
+                            out / "bound_terms.png"),
+                save_figure(forward_process_figure(x0, np.cumprod(1 - betas), meta, seed=params.seed),
+                            out / "forward_process.png"),
+                save_figure(schedule_figure(betas), out / "schedule.png"),
             ]
         else:
             figures.append(family_schedule(trained, out / "schedule.png"))
         if metrics["quality"]["families"]:  # none for data no metric applies to (the quality stage said so)
-            figures.append(plotting.plot_quality_nfe(reports / "quality" / "nfe.csv", metrics["quality"]["samples"],
-                                                     out / "quality_nfe.png"))
+            figures.append(save_figure(quality_nfe_figure(reports / "quality" / "nfe.csv",
+                                                          metrics["quality"]["samples"]), out / "quality_nfe.png"))
         # After the figures (quick): a malformed report stops the stage before any run is made.
         run_id = run["mlflow_run_id"]
         tracker = Tracker.for_experiment(run_id, params.mlflow.experiment, params.flatten(),
@@ -93,7 +106,7 @@ def family_schedule(params: Params, png_path: Path) -> Path:
     """The noise schedule of a score family: the SDE's kernel and g(t) over t, or NCSN's ladder."""
     if params.family == "ncsn":
         n = params.ncsn
-        return plotting.plot_sigma_ladder(sigma_ladder(n.sigma_max, n.sigma_min, n.num_levels).numpy(), png_path)
+        return save_figure(sigma_ladder_figure(sigma_ladder(n.sigma_max, n.sigma_min, n.num_levels).numpy()), png_path)
     c = params.sde
     if c.type == "ve":
         sde, title = VESDE(c.sigma_min, c.sigma_max, c.num_scales), \
@@ -103,8 +116,8 @@ def family_schedule(params: Params, png_path: Path) -> Path:
         name = "VP" if c.type == "vp" else "sub-VP"
         title = f"{name} SDE: beta(t) = {c.beta_min:g} + t ({c.beta_max:g} - {c.beta_min:g})"
     t = torch.linspace(c.eps, 1.0, 400, dtype=torch.float64)
-    return plotting.plot_sde_schedule(t.numpy(), sde.mean_coef(t).numpy(), sde.marginal_std(t).numpy(),
-                                      sde.diffusion_coef(t).numpy(), title, png_path)
+    return save_figure(sde_schedule_figure(t.numpy(), sde.mean_coef(t).numpy(), sde.marginal_std(t).numpy(),
+                                           sde.diffusion_coef(t).numpy(), title), png_path)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from ddpm.pipeline.build import TrainedModel, load_for_inference, score_sampler
 from ddpm.pipeline.runtime import gather_to_main, shard
 from ddpm.pipeline.stage import progress_bar, run_stage, stage_parser
 from ddpm.pipeline.tracking import Tracker
-from ddpm.plotting import SAMPLER_TITLES, plot_reverse_process, plot_samples
+from ddpm.plotting import SAMPLER_TITLES, reverse_process_figure, samples_figure, save_figure
 from ddpm.sampling.runner import draw_samples
 from ddpm.sampling.score_samplers import draw_score_samples
 
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"sampler": sc.sampler, "nfe": float(nfe.mean()), "nfe_max": float(nfe.max()),
                     **trajectory["settings"]}
         atomic_write_json(out / "sampling.json", settings)
-        plot_samples(samples, trained.meta, out / "grid.png")
-        plot_reverse_process(frames, trajectory["steps"], trained.meta, out / "reverse_process.png",
-                             labels=trajectory["labels"], title=SAMPLER_TITLES.get(sc.sampler))
+        save_figure(samples_figure(samples, trained.meta), out / "grid.png")
+        save_figure(reverse_process_figure(frames, trajectory["steps"], trained.meta, labels=trajectory["labels"],
+                                           title=SAMPLER_TITLES.get(sc.sampler)), out / "reverse_process.png")
         if tracker is not None:
             for name in ("grid.png", "reverse_process.png"):
                 tracker.log_image(out / name, "samples")  # an artifact, and an image of the chart view

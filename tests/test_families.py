@@ -277,11 +277,11 @@ def test_plot_draws_the_familys_schedule(tmp_path, monkeypatch, raw):
     mean coefficient, std and g(t) on [eps, 1] (std and g on log axes), or NCSN's geometric
     ladder sigma_max (sigma_min / sigma_max)^(i / (L - 1)). Tolerance: a few float64 roundings
     of exp, sqrt and powers (relative 1e-12, as tests/test_sde.py's closed forms)."""
-    from ddpm import plotting
+    import stages.plot
     from stages.plot import family_schedule
 
-    figures, save = [], plotting._save_figure
-    monkeypatch.setattr(plotting, "_save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
+    figures, save = [], stages.plot.save_figure
+    monkeypatch.setattr(stages.plot, "save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
     p = Params.from_dict(raw)
     path = family_schedule(p, tmp_path / "schedule.png")
     assert path.read_bytes().startswith(b"\x89PNG")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ddpm import plotting
 from ddpm.errors import DataError
+from ddpm.plotting.grids import _grid_pixels
 
 T = 50
 DIGITS = {"kind": "image", "num_levels": 17}
@@ -101,9 +102,7 @@ def test_images_to_uint8_256_levels_is_identity_on_the_grid() -> None:
 
 def test_images_to_uint8_rounds_to_nearest_level_and_clips() -> None:
     step = 2.0 / 16  # spacing of the 17-level grid in model space
-    x = np.array([-1.0 + 0.49 * step, -1.0 + 0.51 * step, 0.3 * step, 5.0, -7.0, np.nan]).reshape(
-        1, 1, 1, 6
-    )
+    x = np.array([-1.0 + 0.49 * step, -1.0 + 0.51 * step, 0.3 * step, 5.0, -7.0, np.nan]).reshape(1, 1, 1, 6)
     assert plotting.images_to_uint8(x, 17).ravel().tolist() == [0, 16, 128, 255, 0, 0]
 
 
@@ -135,9 +134,7 @@ def test_save_image_grid_digits_upscaled_greyscale_and_pixel_exact(tmp_path: Pat
     for i in range(9):
         r, c = divmod(i, 3)
         tile = pixels[pad + r * (cell + pad) :][:cell, pad + c * (cell + pad) :][:, :cell]
-        np.testing.assert_array_equal(
-            tile, np.kron(expected[i, 0], np.ones((8, 8), dtype=np.uint8))
-        )
+        np.testing.assert_array_equal(tile, np.kron(expected[i, 0], np.ones((8, 8), dtype=np.uint8)))
 
 
 def test_save_image_grid_color_nrow_and_scale(tmp_path: Path) -> None:
@@ -155,8 +152,9 @@ def test_save_image_grid_color_nrow_and_scale(tmp_path: Path) -> None:
     assert_only(tmp_path, "grid.png")
 
 
-@pytest.mark.parametrize(("n", "channels", "nrow", "scale"), [(9, 1, 3, 8), (7, 1, 3, 2), (6, 3, 4, 1), (2, 3, 5, 3),
-                                                            (12, 1, 12, 1)])
+@pytest.mark.parametrize(
+    ("n", "channels", "nrow", "scale"), [(9, 1, 3, 8), (7, 1, 3, 2), (6, 3, 4, 1), (2, 3, 5, 3), (12, 1, 12, 1)]
+)
 def test_grid_is_torchvisions_make_grid_pixel_for_pixel(n, channels, nrow, scale) -> None:
     """The grid is tiled by hand (importing torchvision costs the stages seconds); its layout is
     make_grid's: full rows of nrow, the last row partly empty, padding between and around."""
@@ -166,7 +164,7 @@ def test_grid_is_torchvisions_make_grid_pixel_for_pixel(n, channels, nrow, scale
     upscaled = torch.from_numpy(images.repeat(scale, axis=2).repeat(scale, axis=3))
     expected = make_grid(upscaled, nrow=nrow, padding=plotting.GRID_PADDING, pad_value=plotting.GRID_PAD_VALUE)
     expected = expected[0].numpy() if channels == 1 else expected.permute(1, 2, 0).numpy()
-    got = plotting._grid_pixels(images, nrow=nrow, scale=scale)
+    got = _grid_pixels(images, nrow=nrow, scale=scale)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, expected)
 
@@ -174,7 +172,7 @@ def test_grid_is_torchvisions_make_grid_pixel_for_pixel(n, channels, nrow, scale
 def test_a_single_image_is_framed_like_any_grid() -> None:
     """make_grid returns one image unframed; the strip's tick positions assume the frame."""
     image = np.full((1, 1, 3, 2), 7, dtype=np.uint8)
-    grid = plotting._grid_pixels(image, nrow=4, scale=2)
+    grid = _grid_pixels(image, nrow=4, scale=2)
     pad = plotting.GRID_PADDING
     assert grid.shape == (6 + 2 * pad, 4 + 2 * pad)
     assert (grid[pad:-pad, pad:-pad] == 7).all()
@@ -348,7 +346,7 @@ def test_reverse_process_figure_wraps_vector_panels_into_rows() -> None:
 
 def test_reverse_process_rejects_mismatched_steps(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="len\\(steps\\)"):
-        plotting.plot_reverse_process(np.zeros((3, 4, 2)), [2, 1], VECTOR, tmp_path / "r.png")
+        plotting.save_figure(plotting.reverse_process_figure(np.zeros((3, 4, 2)), [2, 1], VECTOR), tmp_path / "r.png")
     assert_only(tmp_path)
 
 
@@ -359,9 +357,7 @@ def test_reverse_process_rejects_mismatched_steps(tmp_path: Path) -> None:
 def test_forward_process_figure_shows_q_xt_given_x0_at_the_paper_timestep(x0: np.ndarray, meta: dict) -> None:
     abar = np.cumprod(1 - linear_betas())
     steps = [0, 9, 30, T - 1]  # code indices: paper t = 1, 10, 31, T
-    fig = plotting.forward_process_figure(
-        x0, torch.from_numpy(abar), meta, steps=steps, seed=5, num_examples=2
-    )
+    fig = plotting.forward_process_figure(x0, torch.from_numpy(abar), meta, steps=steps, seed=5, num_examples=2)
     shown = x0[:2] if meta["kind"] == "image" else x0
     eps = np.random.default_rng(5).standard_normal(shown.shape)
     frames = [shown] + [noised(shown, abar, i, eps) for i in steps]
@@ -477,7 +473,7 @@ def test_loss_figure_refuses_a_malformed_report_as_a_data_error(
 ) -> None:
     csv_path = write_csv(tmp_path / "loss.csv", header, rows)
     with pytest.raises(DataError, match=match):
-        plotting.plot_loss(csv_path, tmp_path / "loss.png")
+        plotting.save_figure(plotting.loss_figure(csv_path), tmp_path / "loss.png")
     assert_only(tmp_path, "loss.csv")
 
 
@@ -564,7 +560,7 @@ def test_bound_terms_refuses_a_report_with_nothing_to_draw_as_a_data_error(tmp_p
 
 def test_meta_kind_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="meta\\['kind'\\]"):
-        plotting.plot_samples(swiss_roll(), {"kind": "points"}, tmp_path / "s.png")
+        plotting.save_figure(plotting.samples_figure(swiss_roll(), {"kind": "points"}), tmp_path / "s.png")
     assert_only(tmp_path)
 
 
@@ -580,6 +576,14 @@ def terms_csv(folder: Path) -> Path:
     return write_terms(folder / "terms.csv", t, terms, list(stderr))
 
 
+def nfe_csv(folder: Path) -> Path:
+    return write_csv(
+        folder / "nfe.csv",
+        "setting,sampler,nfe,fd_classifier,fd_classifier_stderr",
+        [("ddim_10", "ddim", 10, 9.0, 0.5), ("ddim_50", "ddim", 50, 4.0, "")],
+    )
+
+
 ABAR = np.cumprod(1 - linear_betas())
 STEPS = np.array([T, 25, 0])
 PLOT_INPUTS = {  # figure name -> (positional, keyword) arguments, given a folder for report files
@@ -589,6 +593,12 @@ PLOT_INPUTS = {  # figure name -> (positional, keyword) arguments, given a folde
     "samples": lambda folder: ((swiss_roll(), VECTOR), {"reference": swiss_roll(seed=1)}),
     "reverse_process": lambda folder: ((reverse_trajectory(digit_images(3), STEPS), STEPS, DIGITS), {}),
     "forward_process": lambda folder: ((color_images(2), ABAR, CIFAR), {"seed": 1}),
+    "quality_nfe": lambda folder: ((nfe_csv(folder), {"fd_classifier_floor": 0.5}), {}),
+    "sde_schedule": lambda folder: (
+        (np.linspace(0.01, 1, 50), np.ones(50), np.linspace(0.1, 5, 50), np.linspace(1, 3, 50), "VE SDE"),
+        {},
+    ),
+    "sigma_ladder": lambda folder: ((np.geomspace(50, 0.01, 20),), {}),
 }
 
 
@@ -598,11 +608,11 @@ def png_pixels(source) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", list(PLOT_INPUTS))
-def test_every_plot_function_writes_its_figure_as_one_png(tmp_path: Path, name: str) -> None:
-    """``plot_<name>`` writes exactly the figure ``<name>_figure`` builds, and nothing else."""
+def test_save_figure_writes_each_figure_as_one_png(tmp_path: Path, name: str) -> None:
+    """``save_figure`` writes exactly the figure ``<name>_figure`` builds, and nothing else."""
     args, kwargs = PLOT_INPUTS[name](tmp_path)
     png = tmp_path / "figures" / "f.png"
-    assert getattr(plotting, f"plot_{name}")(*args, png, **kwargs) == png
+    assert plotting.save_figure(getattr(plotting, f"{name}_figure")(*args, **kwargs), png) == png
     assert_only(tmp_path / "figures", "f.png")
     pixels = assert_png(png)
     rendered = io.BytesIO()
@@ -617,7 +627,7 @@ def test_write_into_a_file_instead_of_a_folder_leaves_nothing(tmp_path: Path) ->
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("x")
     with pytest.raises(OSError):
-        plotting.plot_schedule(linear_betas(), blocker / "schedule.png")
+        plotting.save_figure(plotting.schedule_figure(linear_betas()), blocker / "schedule.png")
     with pytest.raises(OSError):
         plotting.save_image_grid(digit_images(), 17, blocker / "grid.png")
     assert_only(tmp_path, "not_a_dir")
@@ -627,18 +637,16 @@ def test_write_into_a_file_instead_of_a_folder_leaves_nothing(tmp_path: Path) ->
 def test_target_that_is_a_folder_leaves_no_partial_file(tmp_path: Path) -> None:
     (tmp_path / "fig.png").mkdir()
     with pytest.raises(OSError):
-        plotting.plot_samples(swiss_roll(), VECTOR, tmp_path / "fig.png")
+        plotting.save_figure(plotting.samples_figure(swiss_roll(), VECTOR), tmp_path / "fig.png")
     with pytest.raises(OSError):
         plotting.save_image_grid(color_images(2), 256, tmp_path / "fig.png")
     assert_only(tmp_path, "fig.png")
     assert list((tmp_path / "fig.png").iterdir()) == []
 
 
-def test_crash_while_writing_keeps_the_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_while_writing_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "schedule.png"
-    plotting.plot_schedule(linear_betas(), target)
+    plotting.save_figure(plotting.schedule_figure(linear_betas()), target)
     before = target.read_bytes()
 
     def crash_midway(self, fname, **kwargs):
@@ -647,14 +655,12 @@ def test_crash_while_writing_keeps_the_old_file(
 
     monkeypatch.setattr(Figure, "savefig", crash_midway)
     with pytest.raises(RuntimeError, match="disk full"):
-        plotting.plot_schedule(linear_betas(), target)
+        plotting.save_figure(plotting.schedule_figure(linear_betas()), target)
     assert target.read_bytes() == before
     assert_only(tmp_path, "schedule.png")
 
 
-def test_crash_while_writing_grid_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_while_writing_grid_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def crash_midway(self, fp, *args, **kwargs):
         Path(fp).write_bytes(b"\x89PNG partial")
         raise OSError("disk full")
@@ -673,9 +679,9 @@ def test_import_and_plot_leave_matplotlib_global_state_alone(tmp_path: Path) -> 
         # Raw rcParams value: matplotlib.get_backend() itself may import pyplot to resolve it.
         "before = dict.__getitem__(matplotlib.rcParams, 'backend')\n"
         "from ddpm import plotting\n"
-        f"plotting.plot_schedule(np.linspace(1e-4, 0.02, 20), {str(tmp_path / 's.png')!r})\n"
+        f"plotting.save_figure(plotting.schedule_figure(np.linspace(1e-4, 0.02, 20)), {str(tmp_path / 's.png')!r})\n"
         f"plotting.save_image_grid(np.zeros((4, 1, 8, 8)), 17, {str(tmp_path / 'g.png')!r})\n"
-        f"plotting.plot_samples(np.zeros((4, 3, 8, 8)), {{'kind': 'image', 'num_levels': 256}}, "
+        "plotting.save_figure(plotting.samples_figure(np.zeros((4, 3, 8, 8)), {'kind': 'image', 'num_levels': 256}), "
         f"{str(tmp_path / 'x.png')!r})\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
         "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
@@ -687,12 +693,28 @@ def test_import_and_plot_leave_matplotlib_global_state_alone(tmp_path: Path) -> 
         assert_png(tmp_path / name)
 
 
+def test_each_figure_group_loads_only_its_own_module() -> None:
+    """A stage that draws the samples figure loads (and DVC tracks) the grids module and its helpers,
+    not the report or schedule figures."""
+    code = (
+        "import sys, ddpm.plotting as p\n"
+        "p.samples_figure, p.save_figure\n"
+        "print(sorted(m for m in sys.modules if m.startswith('ddpm.plotting')))\n"
+    )
+    repo_root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root, capture_output=True, text=True)
+    loaded = ["ddpm.plotting", "ddpm.plotting._common", "ddpm.plotting._scatter", "ddpm.plotting.grids"]
+    assert out.stdout.strip() == repr(loaded)
+
+
 def test_quality_nfe_figure_draws_each_metric_per_sampler_against_nfe_with_its_floor(tmp_path: Path) -> None:
     csv_path = tmp_path / "nfe.csv"
-    csv_path.write_text("setting,sampler,nfe,fd_classifier,kid_classifier,kid_classifier_stderr\n"
-                        "ddim_50,ddim,50,4.0,0.03,0.01\n"
-                        "ancestral_1000,ancestral,1000,2.0,0.01,0.005\n"
-                        "ddim_10,ddim,10,9.0,0.08,0.02\n")
+    csv_path.write_text(
+        "setting,sampler,nfe,fd_classifier,kid_classifier,kid_classifier_stderr\n"
+        "ddim_50,ddim,50,4.0,0.03,0.01\n"
+        "ancestral_1000,ancestral,1000,2.0,0.01,0.005\n"
+        "ddim_10,ddim,10,9.0,0.08,0.02\n"
+    )
     fig = plotting.quality_nfe_figure(csv_path, {"fd_classifier_floor": 0.5, "kid_classifier_floor": 0.001})
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
     assert set(panels) == {"fd_classifier", "kid_classifier"}
