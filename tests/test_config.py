@@ -1,6 +1,8 @@
 """params.yaml -> typed config: every user error names the key, the value and what is accepted."""
 
 import math
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
@@ -674,3 +676,17 @@ def test_every_refusal_message_is_frozen(raw, message):
     with pytest.raises(ConfigError) as err:
         Params.from_dict(raw)
     assert str(err.value) == message
+
+
+def test_the_schema_names_every_beta_schedule_in_the_schedules_order():
+    from ddpm.config import BETA_SCHEDULES
+    from ddpm.schedules import SCHEDULES
+
+    assert BETA_SCHEDULES == tuple(SCHEDULES)
+
+
+def test_loading_params_imports_no_torch():
+    """The prepare stage loads params; the schedules' names are declared without their torch module."""
+    code = "import sys, ddpm.config; ddpm.config.Params.from_dict({}); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
