@@ -1,6 +1,8 @@
 """params.yaml -> typed config: every user error names the key, the value and what is accepted."""
 
 import math
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
@@ -322,7 +324,7 @@ def test_each_family_resolves_its_own_keys_and_leaves_the_others_auto():
     assert (ncsn.ncsn.sigma_min, ncsn.ncsn.denoise, ncsn.ncsn.init) == (0.02, True, "uniform")  # NCSN's 0.01 on [0, 1]
     assert ncsn.ncsn.num_levels == ncsn.ncsn.sigma_max == ncsn.ncsn.step_lr == "auto"
     ddpm = Params.from_dict({"sample": {"sampler": "ode"}, "timesteps": 50})
-    assert ddpm.ode.sample_eps == 1 / 50  # the VP-type SDE of the discrete diffusion starts at its first knot
+    assert ddpm.score.ode.sample_eps == 1 / 50  # the VP-type SDE of the discrete diffusion starts at its first knot
 
 
 def test_resolved_family_params_load_back_unchanged():
@@ -380,3 +382,311 @@ def test_sizes_and_the_ode_denoising_step_as_typed_on_the_command_line(tmp_path)
     assert (params.data.test_size, params.train.batch_size, params.ode.denoise) == ("auto", 100, False)
     path.write_text("data:\n  test_size: 3e1\n")
     assert load_params(path).data.test_size == 30
+
+
+# Every refusal, word for word: one bad input for each check of the schema, the loader and the
+# families (wrong types, quoted and DVC-spelled numbers, ranges, keys of another family or SDE
+# type, samplers a family cannot run). A message that changes fails here.
+FROZEN_REFUSALS = [
+    ([1, 2], "params must be a mapping of keys to values, got list"),
+    ('x', "params must be a mapping of keys to values, got str"),
+    ({'beta_shedule': 'linear'},
+     "unknown key 'beta_shedule'; did you mean 'beta_schedule'? Known keys: beta_end, beta_schedule, "
+     "beta_start, classifier, data, dataset, evaluate, family, loss_type, mean_type, mlflow, model, "
+     "ncsn, ode, quality, recipe, sample, sde, seed, timesteps, train, var_type"),
+    ({'zzz': 1},
+     "unknown key 'zzz'. Known keys: beta_end, beta_schedule, beta_start, classifier, data, dataset, "
+     "evaluate, family, loss_type, mean_type, mlflow, model, ncsn, ode, quality, recipe, sample, sde, "
+     "seed, timesteps, train, var_type"),
+    ({'train': {'lrr': 0.1}},
+     "unknown key 'train.lrr'; did you mean 'train.lr'? Known keys: train.batch_size, "
+     "train.bound_every, train.bound_images, train.bound_strata, train.channels_last, "
+     "train.checkpoint_every, train.compile, train.device, train.ema_decay, train.grad_clip, "
+     "train.hflip, train.hybrid_lambda, train.log_every, train.loss_norm, train.lr, "
+     "train.lr_schedule, train.nproc, train.num_threads, train.precision, train.steps, train.tf32, "
+     "train.warmup_steps"),
+    ({'train': 5}, "train: expected a section of keys, got 5"),
+    ({'train': [1]}, "train: expected a section of keys, got [1]"),
+    ({'timesteps': 'ten'}, "timesteps='ten' is not accepted; expected an integer or auto"),
+    ({'train': {'lr': '1e-5'}}, "train.lr='1e-5' is not accepted; expected a number or auto"),
+    (('yaml', 'beta_start: "1e-5"\n'), "beta_start='1e-5' is not accepted; expected a number or auto"),
+    (('yaml', "train: {lr: '0.001'}\n"), "train.lr='0.001' is not accepted; expected a number or auto"),
+    ({'train': {'steps': 1.5}}, "train.steps=1.5 is not accepted; expected an integer or auto"),
+    ({'seed': True}, "seed=True is not accepted; expected an integer"),
+    ({'seed': 1.5}, "seed=1.5 is not accepted; expected an integer"),
+    ({'mean_type': 'foo'}, "mean_type='foo' is not accepted; expected one of auto, eps, x0, v"),
+    ({'family': 'gan'}, "family='gan' is not accepted; expected one of ddpm, sde, ncsn"),
+    ({'model': {'channel_mult': [1, 'a']}},
+     "model.channel_mult=[1, 'a'] is not accepted; expected a list of integers or auto"),
+    ({'model': {'channel_mult': 3}}, "model.channel_mult=3 is not accepted; expected a list of integers or auto"),
+    ({'quality': {'metrics': [1]}}, "quality.metrics=[1] is not accepted; expected a list of strings or auto"),
+    ({'quality': {'sweep': 'ddim:10'}}, "quality.sweep='ddim:10' is not accepted; expected a list of strings"),
+    ({'train': {'hflip': 'yes'}}, "train.hflip='yes' is not accepted; expected true or false or auto"),
+    ({'train': {'hflip': 1}}, "train.hflip=1 is not accepted; expected true or false or auto"),
+    ({'sample': {'eta': True}}, "sample.eta=True is not accepted; expected a number"),
+    ({'recipe': 'nope'},
+     "recipe='nope' is not accepted; expected one of ddpm, vlb, sohl_dickstein, swissroll_sigmoid, "
+     "swissroll_rbf, mnist_shufflenet, lucidrains_folder"),
+    ({'dataset': 'imagenet'},
+     "dataset='imagenet' is not accepted; expected one of digits, swissroll, mnist, fashion_mnist, "
+     "cifar10, folder or auto"),
+    ({'seed': -1}, "seed=-1 is not accepted; expected an integer >= 0"),
+    ({'beta_schedule': 'bogus'},
+     "beta_schedule='bogus' is not accepted; expected one of linear, quadratic, cosine, sigmoid, "
+     "geometric, constant, jsd, sohl_dickstein"),
+    ({'timesteps': 0}, "timesteps=0 is not accepted; expected an integer >= 1"),
+    ({'beta_start': 0.0}, "beta_start=0.0 is not accepted; expected a number in the open interval (0, 1)"),
+    ({'beta_end': 1.0}, "beta_end=1.0 is not accepted; expected a number in the open interval (0, 1)"),
+    (('yaml', 'beta_end: 1e+00\n'), "beta_end=1.0 is not accepted; expected a number in the open interval (0, 1)"),
+    ({'family': 'sde', 'mean_type': 'x0'},
+     "mean_type='x0' is not accepted; expected auto with family=sde (it trains a noise-predicting "
+     "network with its own objective; the key belongs to family=ddpm)"),
+    ({'family': 'ncsn', 'loss_type': 'vlb'},
+     "loss_type='vlb' is not accepted; expected auto with family=ncsn (it trains a noise-predicting "
+     "network with its own objective; the key belongs to family=ddpm)"),
+    ({'family': 'sde', 'var_type': 'fixed_small'},
+     "var_type='fixed_small' is not accepted; expected auto with family=sde (it trains a "
+     "noise-predicting network with its own objective; the key belongs to family=ddpm)"),
+    ({'var_type': 'learned_range', 'loss_type': 'simple'},
+     "loss_type='simple' is not accepted; expected 'hybrid' or 'vlb' with var_type=learned_range (the "
+     "simple loss does not train the variance)"),
+    ({'loss_type': 'hybrid'},
+     "loss_type='hybrid' is not accepted; expected 'simple' or 'vlb' with var_type=fixed_small (the "
+     "hybrid loss's vlb part trains only a learned variance: use var_type=learned_range)"),
+    ({'var_type': 'fixed_large', 'loss_type': 'hybrid'},
+     "loss_type='hybrid' is not accepted; expected 'simple' or 'vlb' with var_type=fixed_large (the "
+     "hybrid loss's vlb part trains only a learned variance: use var_type=learned_range)"),
+    ({'beta_schedule': 'jsd', 'mean_type': 'eps'},
+     "mean_type='eps' is not accepted; expected 'x0' or 'v' with beta_schedule=jsd (its last beta is "
+     "1, so eps cannot recover x0)"),
+    ({'beta_schedule': 'jsd'},
+     "mean_type='eps' is not accepted; expected 'x0' or 'v' with beta_schedule=jsd (its last beta is "
+     "1, so eps cannot recover x0)"),
+    ({'data': {'test_size': -1}},
+     "data.test_size=-1 is not accepted; expected an integer >= 0 (torchvision datasets: 0 = the "
+     "whole official test split) or auto"),
+    ({'data': {'swissroll_train_size': 0}}, "data.swissroll_train_size=0 is not accepted; expected an integer >= 1"),
+    ({'data': {'swissroll_noise': -0.1}}, "data.swissroll_noise=-0.1 is not accepted; expected a finite number >= 0"),
+    ({'data': {'swissroll_noise': float("nan")}},
+     "data.swissroll_noise=nan is not accepted; expected a finite number >= 0"),
+    (('yaml', 'data: {swissroll_noise: .inf}\n'),
+     "data.swissroll_noise=inf is not accepted; expected a finite number >= 0"),
+    ({'data': {'image_size': 0}}, "data.image_size=0 is not accepted; expected an integer >= 1"),
+    ({'dataset': 'folder', 'data': {'image_size': 48}},
+     "data.image_size=48 is not accepted; expected one of 16, 32, 64, 128 for dataset=folder with the "
+     "default U-Net (it halves the image 3 times and attends at 16 x 16), or set model.channel_mult "
+     "and model.attn_resolutions for this size"),
+    ({'dataset': 'folder', 'data': {'image_size': 0}}, "data.image_size=0 is not accepted; expected an integer >= 1"),
+    ({'model': {'base_channels': 0}}, "model.base_channels=0 is not accepted; expected an integer >= 1 or auto"),
+    ({'model': {'num_res_blocks': 0}}, "model.num_res_blocks=0 is not accepted; expected an integer >= 1 or auto"),
+    ({'model': {'channel_mult': []}},
+     "model.channel_mult=[] is not accepted; expected a non-empty list of integers >= 1"),
+    ({'model': {'channel_mult': [1, 0]}},
+     "model.channel_mult=[1, 0] is not accepted; expected a non-empty list of integers >= 1"),
+    ({'model': {'attn_resolutions': [0]}},
+     "model.attn_resolutions=[0] is not accepted; expected a list of resolutions >= 1 (may be empty)"),
+    ({'model': {'dropout': 1.0}}, "model.dropout=1.0 is not accepted; expected a number in [0, 1)"),
+    ({'model': {'dropout': -0.1}}, "model.dropout=-0.1 is not accepted; expected a number in [0, 1)"),
+    ({'model': {'num_heads': 0}}, "model.num_heads=0 is not accepted; expected an integer >= 1"),
+    ({'model': {'mlp_hidden': 0}}, "model.mlp_hidden=0 is not accepted; expected an integer >= 1"),
+    ({'model': {'mlp_layers': 0}}, "model.mlp_layers=0 is not accepted; expected an integer >= 1"),
+    ({'train': {'steps': 0}}, "train.steps=0 is not accepted; expected an integer >= 1"),
+    (('yaml', 'train: {steps: 0e0}\n'), "train.steps=0 is not accepted; expected an integer >= 1"),
+    ({'train': {'batch_size': 0}}, "train.batch_size=0 is not accepted; expected an integer >= 1"),
+    ({'train': {'warmup_steps': -1}}, "train.warmup_steps=-1 is not accepted; expected an integer >= 0"),
+    ({'train': {'lr': 1.0}}, "train.lr=1.0 is not accepted; expected a number in (0, 1)"),
+    (('yaml', 'train: {lr: 0e-5}\n'), "train.lr=0.0 is not accepted; expected a number in (0, 1)"),
+    ({'train': {'ema_decay': 1.0}}, "train.ema_decay=1.0 is not accepted; expected a number in [0, 1)"),
+    ({'train': {'grad_clip': -1.0}},
+     "train.grad_clip=-1.0 is not accepted; expected a finite number >= 0 (0 disables clipping)"),
+    ({'train': {'grad_clip': float("inf")}},
+     "train.grad_clip=inf is not accepted; expected a finite number >= 0 (0 disables clipping)"),
+    ({'train': {'hybrid_lambda': -1.0}}, "train.hybrid_lambda=-1.0 is not accepted; expected a finite number >= 0"),
+    ({'train': {'device': 'tpu'}}, "train.device='tpu' is not accepted; expected auto, cpu, cuda or cuda:N"),
+    ({'train': {'log_every': 0}}, "train.log_every=0 is not accepted; expected an integer >= 1"),
+    ({'train': {'checkpoint_every': 0}}, "train.checkpoint_every=0 is not accepted; expected an integer >= 1"),
+    ({'train': {'bound_images': 0}}, "train.bound_images=0 is not accepted; expected an integer >= 1"),
+    ({'train': {'bound_every': -1}},
+     "train.bound_every=-1 is not accepted; expected an integer >= 0 (0 = off) or auto"),
+    ({'train': {'bound_strata': 0}}, "train.bound_strata=0 is not accepted; expected an integer in 1..timesteps=1000"),
+    ({'train': {'bound_strata': 11}, 'timesteps': 10},
+     "train.bound_strata=11 is not accepted; expected an integer in 1..timesteps=10"),
+    ({'train': {'num_threads': -1}},
+     "train.num_threads=-1 is not accepted; expected an integer >= 0 (0 = torch's default)"),
+    ({'train': {'nproc': 0}}, "train.nproc=0 is not accepted; expected an integer >= 1 (processes on this machine)"),
+    ({'sample': {'num_samples': 0}}, "sample.num_samples=0 is not accepted; expected an integer >= 1"),
+    ({'sample': {'num_samples': 1}},
+     "sample.num_samples=1 is not accepted; expected an integer >= 2 (KID compares pairs of samples)"),
+    ({'sample': {'batch_size': 0}}, "sample.batch_size=0 is not accepted; expected an integer >= 1"),
+    ({'sample': {'steps': -1}}, "sample.steps=-1 is not accepted; expected an integer in 0..timesteps=1000 (0 = all)"),
+    ({'sample': {'steps': 1001}},
+     "sample.steps=1001 is not accepted; expected an integer in 0..timesteps=1000 (0 = all)"),
+    ({'family': 'sde', 'sample': {'steps': -1}},
+     "sample.steps=-1 is not accepted; expected an integer >= 0 (0 = sde.num_scales)"),
+    ({'sample': {'eta': -1.0}}, "sample.eta=-1.0 is not accepted; expected a finite number >= 0"),
+    ({'sample': {'trajectory_frames': 1}}, "sample.trajectory_frames=1 is not accepted; expected an integer >= 2"),
+    ({'evaluate': {'num_images': -1}},
+     "evaluate.num_images=-1 is not accepted; expected an integer >= 0 (0 = the whole test split)"),
+    ({'evaluate': {'batch_size': 0}}, "evaluate.batch_size=0 is not accepted; expected an integer >= 1"),
+    ({'mlflow': {'experiment': '  '}}, "mlflow.experiment='  ' is not accepted; expected a non-empty name"),
+    ({'classifier': {'steps': -1}},
+     "classifier.steps=-1 is not accepted; expected an integer >= 0 (0: no classifier) or auto"),
+    ({'classifier': {'batch_size': 0}}, "classifier.batch_size=0 is not accepted; expected an integer >= 1"),
+    ({'classifier': {'width': 0}}, "classifier.width=0 is not accepted; expected an integer >= 1"),
+    ({'classifier': {'feature_dim': 0}}, "classifier.feature_dim=0 is not accepted; expected an integer >= 1"),
+    ({'classifier': {'lr': 1.0}}, "classifier.lr=1.0 is not accepted; expected a number in (0, 1)"),
+    ({'quality': {'metrics': ['bogus']}},
+     "quality.metrics=['bogus'] is not accepted; expected a list of families from classifier, "
+     "inception, raw, or auto"),
+    ({'quality': {'metrics': ['inception']}},
+     "quality.metrics=['inception'] is not accepted; expected families that dataset=digits can serve: "
+     "classifier ('inception' serves 3-channel image datasets (FID, KID and IS with "
+     "quality.inception_weights))"),
+    ({'dataset': 'swissroll', 'quality': {'metrics': ['classifier']}},
+     "quality.metrics=['classifier'] is not accepted; expected families that dataset=swissroll can "
+     "serve: raw ('classifier' serves labelled image datasets (a Frechet distance, KID, "
+     "precision/recall, density/coverage and the label distribution in the features of the classifier "
+     "stage's network))"),
+    ({'quality': {'metrics': ['inception', 'bogus']}},
+     "quality.metrics=['inception', 'bogus'] is not accepted; expected families that dataset=digits "
+     "can serve: classifier ('inception' serves 3-channel image datasets (FID, KID and IS with "
+     "quality.inception_weights))"),
+    ({'quality': {'sweep': ['ddim:0']}},
+     "quality.sweep entry 'ddim:0' is not accepted; expected 'sampler' or 'sampler:steps' with "
+     "sampler one of ancestral, ddim and steps an integer >= 1 (steps >= timesteps: all of them), "
+     "e.g. ddim:50"),
+    ({'quality': {'sweep': ['euler']}},
+     "quality.sweep entry 'euler' is not accepted; expected 'sampler' or 'sampler:steps' with sampler "
+     "one of ancestral, ddim and steps an integer >= 1 (steps >= timesteps: all of them), e.g. ddim:50"),
+    ({'quality': {'batch_size': 0}}, "quality.batch_size=0 is not accepted; expected an integer >= 1"),
+    ({'quality': {'nearest_k': 0}}, "quality.nearest_k=0 is not accepted; expected an integer >= 1"),
+    ({'quality': {'kid_subset_size': 1}},
+     "quality.kid_subset_size=1 is not accepted; expected an integer in 2..sample.num_samples=256 "
+     "(KID's subsets are drawn from the samples; draw more samples or use smaller subsets), or auto"),
+    ({'quality': {'kid_subset_size': 300}},
+     "quality.kid_subset_size=300 is not accepted; expected an integer in 2..sample.num_samples=256 "
+     "(KID's subsets are drawn from the samples; draw more samples or use smaller subsets), or auto"),
+    ({'quality': {'kid_subsets': 0}}, "quality.kid_subsets=0 is not accepted; expected an integer >= 1 or auto"),
+    ({'sample': {'sampler': 'ald'}},
+     "sample.sampler='ald' is not accepted; expected a sampler family=ddpm can run: ancestral, ddim, "
+     "pc, ode (or auto)"),
+    ({'family': 'sde', 'sample': {'sampler': 'ddim'}},
+     "sample.sampler='ddim' is not accepted; expected a sampler family=sde can run: pc, ode (or auto)"),
+    ({'family': 'ncsn', 'sample': {'sampler': 'pc'}},
+     "sample.sampler='pc' is not accepted; expected a sampler family=ncsn can run: ald (or auto)"),
+    ({'sample': {'predictor': 'euler_maruyama'}},
+     "sample.predictor='euler_maruyama' is not accepted; expected auto unless sample.sampler=pc"),
+    ({'sample': {'corrector': 'langevin'}},
+     "sample.corrector='langevin' is not accepted; expected auto unless sample.sampler=pc"),
+    ({'sample': {'snr': 0.1}}, "sample.snr=0.1 is not accepted; expected auto unless sample.sampler=pc"),
+    ({'sample': {'sampler': 'pc', 'snr': 0.0}}, "sample.snr=0.0 is not accepted; expected a finite number > 0 or auto"),
+    ({'sample': {'sampler': 'pc', 'snr': float("nan")}},
+     "sample.snr=nan is not accepted; expected a finite number > 0 or auto"),
+    ({'sample': {'sampler': 'pc', 'predictor': 'ancestral', 'steps': 10}},
+     "sample.steps=10 is not accepted; expected 0 or timesteps=1000 with predictor=ancestral (it "
+     "walks the diffusion's own T steps; euler_maruyama takes any number)"),
+    ({'sample': {'sampler': 'pc', 'corrector_steps': 0}},
+     "sample.corrector_steps=0 is not accepted; expected an integer >= 1"),
+    ({'sde': {'type': 'vp'}},
+     "sde.type='vp' is not accepted; expected auto with family=ddpm (the sde section belongs to "
+     "family=sde)"),
+    ({'sde': {'beta_min': -1.0}},
+     "sde.beta_min=-1.0 is not accepted; expected auto with family=ddpm (the sde section belongs to "
+     "family=sde)"),
+    ({'family': 'sde', 'ncsn': {'sigma_min': 0.1}},
+     "ncsn.sigma_min=0.1 is not accepted; expected auto with family=sde (the ncsn section belongs to "
+     "family=ncsn)"),
+    ({'family': 'ncsn', 'sde': {'num_scales': 1}},
+     "sde.num_scales=1 is not accepted; expected auto with family=ncsn (the sde section belongs to "
+     "family=sde)"),
+    ({'ncsn': {'num_levels': 1}},
+     "ncsn.num_levels=1 is not accepted; expected auto with family=ddpm (the ncsn section belongs to "
+     "family=ncsn)"),
+    ({'family': 'sde', 'sde': {'type': 've', 'beta_min': 0.1}},
+     "sde.beta_min=0.1 is not accepted; expected auto with sde.type=ve (the key belongs to sde.type "
+     "vp, subvp)"),
+    ({'family': 'sde', 'sde': {'type': 've', 'beta_min': -1.0}},
+     "sde.beta_min=-1.0 is not accepted; expected auto with sde.type=ve (the key belongs to sde.type "
+     "vp, subvp)"),
+    ({'family': 'sde', 'sde': {'sigma_min': 0.1}},
+     "sde.sigma_min=0.1 is not accepted; expected auto with sde.type=vp (the key belongs to sde.type "
+     "ve)"),
+    ({'family': 'sde', 'sde': {'sigma_max': -1.0}},
+     "sde.sigma_max=-1.0 is not accepted; expected auto with sde.type=vp (the key belongs to sde.type "
+     "ve)"),
+    ({'family': 'sde', 'sde': {'type': 've', 'sigma_min': 0.0}},
+     "sde.sigma_min=0.0 is not accepted; expected a finite number > 0"),
+    ({'family': 'sde', 'sde': {'type': 've', 'sigma_max': 0.01}},
+     "sde.sigma_max=0.01 is not accepted; expected a finite number > sde.sigma_min=0.02, or auto"),
+    ({'family': 'sde', 'sde': {'beta_min': 0.0}}, "sde.beta_min=0.0 is not accepted; expected a finite number > 0"),
+    ({'family': 'sde', 'sde': {'beta_max': 0.05}},
+     "sde.beta_max=0.05 is not accepted; expected a finite number > sde.beta_min=0.1"),
+    ({'family': 'sde', 'sde': {'beta_max': float("inf")}},
+     "sde.beta_max=inf is not accepted; expected a finite number > sde.beta_min=0.1"),
+    ({'family': 'sde', 'sde': {'num_scales': 1}}, "sde.num_scales=1 is not accepted; expected an integer >= 2"),
+    ({'family': 'sde', 'sde': {'num_scales': 10}},
+     "sde.num_scales=10 is not accepted; expected an integer > sde.beta_max=20.0 (VP's discrete betas "
+     "beta_max / N must be < 1)"),
+    ({'family': 'sde', 'sde': {'eps': 0.0}},
+     "sde.eps=0.0 is not accepted; expected a number in (0, 1): training draws t ~ U(eps, 1)"),
+    (('yaml', 'family: sde\nsde: {eps: 1e+0}\n'),
+     "sde.eps=1.0 is not accepted; expected a number in (0, 1): training draws t ~ U(eps, 1)"),
+    ({'family': 'sde', 'sde': {'type': 'subvp'}, 'sample': {'predictor': 'ancestral'}},
+     "sample.predictor='ancestral' is not accepted; expected euler_maruyama, reverse_diffusion or "
+     "none with sde.type=subvp (sub-VP has no ancestral chain)"),
+    ({'family': 'sde', 'sde': {'type': 'vp'}, 'sample': {'predictor': 'reverse_diffusion', 'steps': 10}},
+     "sample.steps=10 is not accepted; expected 0 or an integer > sde.beta_max=20.0 with "
+     "predictor=reverse_diffusion (it walks VP's discrete chain of that many steps, whose betas "
+     "beta_max / steps must be < 1)"),
+    ({'family': 'ncsn', 'ncsn': {'sigma_min': 0.0}},
+     "ncsn.sigma_min=0.0 is not accepted; expected a finite number > 0"),
+    ({'family': 'ncsn', 'ncsn': {'sigma_max': 0.01}},
+     "ncsn.sigma_max=0.01 is not accepted; expected a finite number > ncsn.sigma_min=0.02, or auto"),
+    ({'family': 'ncsn', 'ncsn': {'num_levels': 1}},
+     "ncsn.num_levels=1 is not accepted; expected an integer >= 2 or auto"),
+    ({'family': 'ncsn', 'ncsn': {'steps_per_level': 0}},
+     "ncsn.steps_per_level=0 is not accepted; expected an integer >= 1 or auto"),
+    ({'family': 'ncsn', 'ncsn': {'step_lr': 0.0}},
+     "ncsn.step_lr=0.0 is not accepted; expected a finite number > 0 or auto"),
+    ({'family': 'ncsn', 'ncsn': {'step_lr': float("inf")}},
+     "ncsn.step_lr=inf is not accepted; expected a finite number > 0 or auto"),
+    ({'ode': {'rtol': 0.0}},
+     "ode.rtol=0.0 is not accepted; expected a finite number > 0 (the adaptive solver's tolerance)"),
+    ({'ode': {'atol': float("inf")}},
+     "ode.atol=inf is not accepted; expected a finite number > 0 (the adaptive solver's tolerance)"),
+    ({'ode': {'eps': 1.0}},
+     "ode.eps=1.0 is not accepted; expected a number in (0, 1): the likelihood integrates from t = "
+     "eps to 1"),
+    ({'ode': {'sample_eps': 0.0}}, "ode.sample_eps=0.0 is not accepted; expected a number in (0, 1) or auto"),
+    ({'ode': {'num_images': -1}}, "ode.num_images=-1 is not accepted; expected an integer >= 0 (0: no ODE likelihood)"),
+    ({'ode': {'repeats': 0}}, "ode.repeats=0 is not accepted; expected an integer >= 1"),
+    ({'ode': {'divergence': 'approx'}},
+     "ode.divergence='approx' is not accepted; expected one of auto, exact, hutchinson"),
+    ({'quality': {'metrics': 'classifier'}},
+     "quality.metrics='classifier' is not accepted; expected a list of strings or auto"),
+    (('yaml', "timesteps: '1000'\n"), "timesteps='1000' is not accepted; expected an integer or auto"),
+    (('yaml', 'beta_start: 1e-05\nbeta_end: 1e-05\nseed: -3\n'), "seed=-3 is not accepted; expected an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("raw, message", FROZEN_REFUSALS)
+def test_every_refusal_message_is_frozen(raw, message):
+    if isinstance(raw, tuple):  # ("yaml", text): as a params file spells it
+        raw = yaml.load(raw[1], Loader=ParamsLoader)
+    with pytest.raises(ConfigError) as err:
+        Params.from_dict(raw)
+    assert str(err.value) == message
+
+
+def test_the_schema_names_every_beta_schedule_in_the_schedules_order():
+    from ddpm.config import BETA_SCHEDULES
+    from ddpm.schedules import SCHEDULES
+
+    assert BETA_SCHEDULES == tuple(SCHEDULES)
+
+
+def test_loading_params_imports_no_torch():
+    """The prepare stage loads params; the schedules' names are declared without their torch module."""
+    code = "import sys, ddpm.config; ddpm.config.Params.from_dict({}); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -35,7 +35,7 @@ from ddpm.config import (
     resolved_by,
 )
 from ddpm.pipeline.checkpoint import config_differences
-from ddpm.training import state as train_state
+from ddpm.training.loop import state as train_state
 from ddpm.training.loop import train
 from ddpm.training.state import training_fingerprint
 
@@ -107,7 +107,7 @@ def test_a_key_the_table_does_not_name_counts_as_training(monkeypatch):
     assert changes_training("a.key.nobody.classified")
     roles = dict(KEY_ROLES)
     del roles["sample.steps"]  # a downstream key, as if it had been forgotten
-    monkeypatch.setattr("ddpm.config.KEY_ROLES", roles)
+    monkeypatch.setattr("ddpm.config.roles.KEY_ROLES", roles)
     assert "sample.steps" in training_fingerprint(Params.from_dict({}))
 
 

@@ -15,8 +15,7 @@ from PIL import Image
 from test_data import write_mnist_like
 from test_pipeline_e2e import dvc, make_workspace, mlflow_runs
 
-from ddpm.config import Params
-from ddpm.recipes import RECIPES
+from ddpm.config import RECIPES, Params
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Few steps and few images, the same keys for every row (a key one row sets would otherwise stay

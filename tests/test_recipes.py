@@ -1,13 +1,12 @@
-"""Recipes (ddpm.recipes): each fills the keys left at auto, and a value the user sets wins."""
+"""Recipes (ddpm.config.defaults): each fills the keys left at auto, and a value the user sets wins."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ddpm.config import DATASET_DEFAULTS, ConfigError, Params, load_params
+from ddpm.config import BASE_DEFAULTS, DATASET_DEFAULTS, RECIPES, ConfigError, Params, load_params
 from ddpm.pipeline.build import data_resolved_params
-from ddpm.recipes import BASE_DEFAULTS, RECIPES
 
 
 def value_of(params: Params, key: str):
