@@ -324,7 +324,7 @@ def test_each_family_resolves_its_own_keys_and_leaves_the_others_auto():
     assert (ncsn.ncsn.sigma_min, ncsn.ncsn.denoise, ncsn.ncsn.init) == (0.02, True, "uniform")  # NCSN's 0.01 on [0, 1]
     assert ncsn.ncsn.num_levels == ncsn.ncsn.sigma_max == ncsn.ncsn.step_lr == "auto"
     ddpm = Params.from_dict({"sample": {"sampler": "ode"}, "timesteps": 50})
-    assert ddpm.score.ode.sample_eps == 1 / 50  # the VP-type SDE of the discrete diffusion starts at its first knot
+    assert ddpm.ode.sample_eps == 1 / 50  # the VP-type SDE of the discrete diffusion starts at its first knot
 
 
 def test_resolved_family_params_load_back_unchanged():

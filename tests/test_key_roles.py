@@ -35,7 +35,7 @@ from ddpm.config import (
     resolved_by,
 )
 from ddpm.pipeline.checkpoint import config_differences
-from ddpm.training.loop import state as train_state
+from ddpm.training import state as train_state
 from ddpm.training.loop import train
 from ddpm.training.state import training_fingerprint
 
