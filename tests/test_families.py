@@ -278,12 +278,12 @@ def test_plot_draws_the_familys_schedule(tmp_path, monkeypatch, raw):
     ladder sigma_max (sigma_min / sigma_max)^(i / (L - 1)). Tolerance: a few float64 roundings
     of exp, sqrt and powers (relative 1e-12, as tests/test_sde.py's closed forms)."""
     import stages.plot
-    from stages.plot import family_schedule
+    from stages.plot import FAMILY_FIGURES
 
     figures, save = [], stages.plot.save_figure
     monkeypatch.setattr(stages.plot, "save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
     p = Params.from_dict(raw)
-    path = family_schedule(p, tmp_path / "schedule.png")
+    (path,) = FAMILY_FIGURES[p.family](p, 0, None, {}, {}, tmp_path, tmp_path)
     assert path.read_bytes().startswith(b"\x89PNG")
     (fig,) = figures
     lines = [ax.get_lines() for ax in fig.axes]
