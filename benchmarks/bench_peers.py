@@ -129,7 +129,7 @@ def ours(case: Case, precision: str, dropout: float, sample_batch: int, device: 
 
     def train() -> None:
         s = trainer.state.step
-        t, noise, _ = batch_draws(params, s, case.shape, T, device, trainer.objective)
+        t, noise, _ = batch_draws(params, s, case.shape, device, trainer.objective)
         seed_dropout(params.seed, s, 0, device)
         with flush_denormals(device):
             train_step(trainer, next(data_batches), t, noise)

@@ -39,12 +39,12 @@ CASES = {  # name: (params, data meta)
 def step_functions(params: Params, trainer: Trainer, x0: torch.Tensor, device: torch.device
                    ) -> dict[str, Callable[[int], None]]:
     """One training step each way; ``step`` is the loop's step index."""
-    shape, T = tuple(x0.shape[1:]), trainer.objective.num_timesteps
+    shape, T = tuple(x0.shape[1:]), params.diffusion.timesteps
     batch = params.train.batch_size
     kept = torch.Generator(device=device).manual_seed(0)
 
     def per_step(step: int) -> None:
-        t, noise, _ = batch_draws(params, step, shape, T, device)
+        t, noise, _ = batch_draws(params, step, shape, device, trainer.objective)
         seed_dropout(params.seed, step, 0, device)
         train_step(trainer, x0, t, noise)
 

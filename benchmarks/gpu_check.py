@@ -204,12 +204,11 @@ def train_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
                                    "train": {"precision": precision, "batch_size": batch, "compile": compiled}})
         trainer = setup_training(params, meta, device)
         trainer.state.model.train()
-        T = params.diffusion.timesteps
         data_batches = batches(data, batch)
 
         def step() -> None:
             s = trainer.state.step
-            t, noise, _ = batch_draws(params, s, shape, T, device, trainer.objective)
+            t, noise, _ = batch_draws(params, s, shape, device, trainer.objective)
             seed_dropout(params.seed, s, 0, device)
             with flush_denormals(device):
                 one_step(trainer, next(data_batches), t, noise)

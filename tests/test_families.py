@@ -27,6 +27,7 @@ from ddpm.sampling.score_samplers import draw_score_samples
 from ddpm.score.ncsn import NoiseConditionalScoreMatching, num_levels_for
 from ddpm.score.sde import VESDE, VPSDE, DenoisingScoreMatching, SubVPSDE
 from ddpm.training.loop import batch_draws, train
+from ddpm.training.objectives import DiffusionObjective
 
 VECTOR_META = {"kind": "vector", "shape": [2], "num_levels": None}
 TINY_MLP = {"model": {"mlp_hidden": 16, "mlp_layers": 2}}
@@ -71,7 +72,7 @@ def test_a_sigma_min_above_every_distance_names_the_key():
 
 
 @pytest.mark.parametrize(("raw", "kind", "timesteps"), [
-    ({}, GaussianDiffusion, 1000),
+    ({}, DiffusionObjective, 1000),
     ({"family": "sde"}, DenoisingScoreMatching, 1000),
     ({"family": "sde", "sde": {"type": "subvp", "num_scales": 500}}, DenoisingScoreMatching, 500),
     ({"family": "sde", "sde": {"type": "ve", "sigma_max": 8.0}}, DenoisingScoreMatching, 1000),
@@ -81,6 +82,8 @@ def test_each_family_builds_its_objective_and_network(raw, kind, timesteps):
     p = Params.from_dict({**raw, "dataset": "swissroll", **TINY_MLP})
     objective = build_objective(p)
     assert isinstance(objective, kind) and network_timesteps(p) == timesteps
+    if isinstance(objective, DiffusionObjective):
+        assert isinstance(objective.diffusion, GaussianDiffusion) and objective.diffusion.num_timesteps == timesteps
     if isinstance(objective, DenoisingScoreMatching):
         expected = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}[p.sde.type]
         assert type(objective.sde) is expected and objective.sde.N == timesteps
@@ -90,7 +93,7 @@ def test_each_family_builds_its_objective_and_network(raw, kind, timesteps):
 
 def test_ddpm_draws_are_the_integer_timesteps_of_the_steps_generator():
     p = Params.from_dict({"timesteps": 50, "train": {"batch_size": 128}})  # the train stage resolves auto
-    t, noise, _ = batch_draws(p, 7, (2,), 50, torch.device("cpu"))
+    t, noise, _ = batch_draws(p, 7, (2,), torch.device("cpu"), build_objective(p))
     g = seeding.generator(p.seed, "train_noise", item=7)
     assert torch.equal(t, torch.randint(0, 50, (p.train.batch_size,), generator=g))
     assert torch.equal(noise, torch.randn((p.train.batch_size, 2), generator=g))
@@ -98,7 +101,7 @@ def test_ddpm_draws_are_the_integer_timesteps_of_the_steps_generator():
 
 def test_continuous_time_draws_lie_in_eps_to_one():
     p = Params.from_dict({"family": "sde", "dataset": "swissroll", "sde": {"eps": 0.25}, "train": {"batch_size": 256}})
-    t, _, _ = batch_draws(p, 0, (2,), 1000, torch.device("cpu"), build_objective(p))
+    t, _, _ = batch_draws(p, 0, (2,), torch.device("cpu"), build_objective(p))
     assert t.dtype == torch.float64 and bool(((t >= 0.25) & (t < 1)).all())
     assert len(set(t.tolist())) == len(t)  # continuous, not a grid
 

@@ -41,8 +41,7 @@ from ddpm.score.sde import (
     score_from_diffusion,
     score_from_eps_model,
 )
-
-Objective = GaussianDiffusion | DenoisingScoreMatching | NoiseConditionalScoreMatching
+from ddpm.training.objectives import DiffusionObjective, Objective
 
 # NCSN's budget of network evaluations: steps_per_level auto is ceil(NCSN_BUDGET / L), which is
 # NCSN's 100 steps at its 10 levels and NCSNv2's 5 at CIFAR-10's 232, and about DDPM's 1000 steps.
@@ -57,8 +56,8 @@ class DdpmFamily:
         return params.diffusion.timesteps
 
     @staticmethod
-    def objective(params: Params) -> Objective:
-        return build_diffusion(params)
+    def objective(params: Params, num_levels: int | None) -> Objective:
+        return DiffusionObjective(build_diffusion(params), num_levels)
 
     @staticmethod
     def learn_sigma(params: Params) -> bool:
@@ -83,7 +82,7 @@ class SdeFamily:
         return params.sde.num_scales
 
     @staticmethod
-    def objective(params: Params) -> Objective:
+    def objective(params: Params, num_levels: int | None) -> Objective:
         c = params.sde
         return DenoisingScoreMatching(build_sde(params), weighting=c.weighting, eps=c.eps)
 
@@ -119,7 +118,7 @@ class NcsnFamily:
         return params.ncsn.num_levels
 
     @staticmethod
-    def objective(params: Params) -> Objective:
+    def objective(params: Params, num_levels: int | None) -> Objective:
         return NoiseConditionalScoreMatching(ncsn_sigmas(params))
 
     @staticmethod
@@ -178,10 +177,12 @@ def ncsn_sigmas(params: Params) -> torch.Tensor:
     return sigma_ladder(n.sigma_max, n.sigma_min, n.num_levels)
 
 
-def build_objective(params: Params) -> Objective:
-    """The family's training objective: the discrete diffusion's losses, continuous-time denoising
-    score matching, or NCSN's noise-conditional score matching."""
-    return family(params).objective(params)
+def build_objective(params: Params, num_levels: int | None = None) -> Objective:
+    """The family's training objective (``ddpm.training.objectives.Objective``): the discrete
+    diffusion's losses (with the data's ``num_levels`` grey levels for its decoder term; None for
+    continuous data), continuous-time denoising score matching, or NCSN's noise-conditional score
+    matching."""
+    return family(params).objective(params, num_levels)
 
 
 def data_resolved_params(params: Params, train_x: torch.Tensor) -> Params:

@@ -296,12 +296,9 @@ class NoiseConditionalScoreMatching:
         return torch.stack([torch.randint(0, L, (), generator=g, device=device) for g in generator])
 
     def training_losses(self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None,
-                        noise: torch.Tensor | None = None, num_levels: int | None = None,
-                        generator: Generator = None) -> dict[str, torch.Tensor]:
+                        noise: torch.Tensor | None = None, generator: Generator = None) -> dict[str, torch.Tensor]:
         """Per-example losses ``{"loss": [B]}``, unreduced. ``t`` (LongTensor [B], level
-        indices) and ``noise`` (z, shaped like x0) are drawn when omitted. ``num_levels`` (the
-        data's grey levels, which the training loop passes to every objective) plays no part:
-        this objective has no discrete decoder term."""
+        indices) and ``noise`` (z, shaped like x0) are drawn when omitted."""
         if t is None:
             t = self.draw_timesteps(x0.shape[0], generator, x0.device)
         if noise is None:

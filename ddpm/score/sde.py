@@ -415,12 +415,10 @@ class DenoisingScoreMatching:
         return self.eps + (1.0 - self.eps) * rand((batch,), generator, device, torch.float64)
 
     def training_losses(self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None,
-                        noise: torch.Tensor | None = None, num_levels: int | None = None,
-                        generator: Generator = None) -> dict[str, torch.Tensor]:
+                        noise: torch.Tensor | None = None, generator: Generator = None) -> dict[str, torch.Tensor]:
         """Per-example losses [B]: ``loss`` (weighted) and ``mse`` = mean((net - z)^2).
 
-        ``t`` and ``noise`` are drawn from ``generator`` when omitted. ``num_levels`` is accepted
-        for the training loop's common call and unused (the objective is the same for images).
+        ``t`` and ``noise`` are drawn from ``generator`` when omitted.
         """
         if t is None:
             t = self.draw_timesteps(x0.shape[0], generator, x0.device)

@@ -32,7 +32,7 @@ from ddpm import seeding
 from ddpm.config import AUTO, Params
 from ddpm.data import to_model_space
 from ddpm.errors import ConfigError, TrainingDiverged
-from ddpm.pipeline.build import Objective, build_network, build_objective, network_timesteps
+from ddpm.pipeline.build import build_network, build_objective
 from ddpm.pipeline.runtime import (
     DistInfo,
     autocast,
@@ -42,8 +42,9 @@ from ddpm.pipeline.runtime import (
     resolve_precision,
     set_tf32,
 )
-from ddpm.score.sde import DenoisingScoreMatching
+from ddpm.training.objectives import Objective
 from ddpm.training.state import (
+    RunIdentity,
     TrainingState,
     code_fingerprint,
     restore_training_state,
@@ -84,7 +85,6 @@ class Trainer:
     channels_last: bool              # images in channels-last memory layout
     grad_clip: float                 # max global gradient norm; 0: no clipping
     ema_decay: float
-    num_levels: int | None           # grey levels of image data (discrete decoder); None for vectors
 
 
 # The average warms up as diffusers' EMAModel and ema-pytorch do: decay min(decay, (1 + s) / (10 + s))
@@ -186,9 +186,10 @@ def setup_training(params: Params, meta: dict[str, Any], device: torch.device, d
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
         net = torch.compile(net)
-    return Trainer(objective=build_objective(params), state=TrainingState(model, ema, optimizer, scheduler, scaler),
-                   net=net, amp_dtype=amp_dtype, channels_last=channels_last, grad_clip=tc.grad_clip,
-                   ema_decay=tc.ema_decay, num_levels=meta["num_levels"] if meta["kind"] == "image" else None)
+    num_levels = meta["num_levels"] if meta["kind"] == "image" else None  # the discrete decoder's grey levels
+    return Trainer(objective=build_objective(params, num_levels),
+                   state=TrainingState(model, ema, optimizer, scheduler, scaler), net=net, amp_dtype=amp_dtype,
+                   channels_last=channels_last, grad_clip=tc.grad_clip, ema_decay=tc.ema_decay)
 
 
 def train_step(trainer: Trainer, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
@@ -204,7 +205,7 @@ def train_step(trainer: Trainer, x0: torch.Tensor, t: torch.Tensor, noise: torch
     if trainer.channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     with autocast(x0.device, trainer.amp_dtype):
-        losses = trainer.objective.training_losses(trainer.net, x0, t=t, noise=noise, num_levels=trainer.num_levels)
+        losses = trainer.objective.training_losses(trainer.net, x0, t, noise)
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(losses["loss"].mean()).backward()
     s.scaler.unscale_(s.optimizer)
@@ -224,19 +225,16 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> torch.Tensor:
     return torch.randperm(num_examples, generator=seeding.generator(seed, "data_order", item=epoch))
 
 
-def batch_draws(params: Params, step: int, shape: tuple[int, ...], timesteps: int, device: torch.device,
-                objective: Objective | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def batch_draws(params: Params, step: int, shape: tuple[int, ...], device: torch.device, objective: Objective
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The timesteps, noise and (for images with ``train.hflip``) flips of the global batch of
     ``step``, from the step's own generator: the same on every rank and after a resume.
 
-    Timesteps are integers in 0..timesteps-1 (the discrete diffusion's, NCSN's levels), or for a
-    continuous-time ``objective`` (``DenoisingScoreMatching``) its float64 draws t ~ U(eps, 1)."""
+    Timesteps are the ``objective``'s draws: integers in 0..T-1 (the discrete diffusion's steps,
+    NCSN's levels) or continuous times t ~ U(eps, 1) (denoising score matching)."""
     g = seeding.generator(params.seed, "train_noise", item=step, device=device)
     batch = params.train.batch_size
-    if isinstance(objective, DenoisingScoreMatching):
-        t = objective.draw_timesteps(batch, g, device)
-    else:
-        t = torch.randint(0, timesteps, (batch,), device=device, generator=g)
+    t = objective.draw_timesteps(batch, g, device)
     noise = torch.randn((batch, *shape), device=device, generator=g)
     flip = None
     if params.train.hflip and len(shape) == 3:
@@ -256,14 +254,14 @@ def seed_dropout(seed: int, step: int, rank: int, device: torch.device) -> None:
 
 
 def rank_batch(params: Params, step: int, indices: torch.Tensor, data: torch.Tensor,
-               to_x: Callable[[torch.Tensor], torch.Tensor], timesteps: int, dist: DistInfo,
-               objective: Objective | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               to_x: Callable[[torch.Tensor], torch.Tensor], dist: DistInfo, objective: Objective
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """This rank's share of the global batch ``indices`` of ``step`` (examples rank, rank + W,
     ...) in model space, flipped as drawn, with its timesteps and noise: together the ranks
     compute exactly the global batch a single process would."""
     mine = slice(dist.rank, None, dist.world_size)
     x0 = to_x(data[indices[mine].to(data.device)])
-    t, noise, flip = batch_draws(params, step, tuple(x0.shape[1:]), timesteps, data.device, objective)
+    t, noise, flip = batch_draws(params, step, tuple(x0.shape[1:]), data.device, objective)
     if flip is not None:
         x0 = torch.where(flip[mine, None, None, None], x0.flip(-1), x0)
     return x0, t[mine], noise[mine]
@@ -324,6 +322,39 @@ def _run_probe(probe: Probe, state: TrainingState, on_log: LogCallback | None) -
         on_log(state.step, metrics)
 
 
+@dataclass
+class _LogWindow:
+    """The losses since the last log row, and when that row was written."""
+
+    loss_sum: torch.Tensor
+    step: int
+    count: int = 0
+    grad_norm: torch.Tensor | None = None
+    time: float = field(default_factory=time.perf_counter)
+
+
+def _after_step(params: Params, state: TrainingState, window: _LogWindow, bar: Any, dist: DistInfo,
+                state_path: str | Path | None, identity: RunIdentity, on_log: LogCallback | None,
+                probe: Probe | None) -> None:
+    """What follows a step when it is due: the log row, the probe, the finite check and the save."""
+    tc, step = params.train, state.step
+    if step % tc.log_every == 0 or step == tc.steps:
+        images_per_s = (step - window.step) * tc.batch_size / (time.perf_counter() - window.time)
+        row = _log_row(state, _mean_loss(window.loss_sum, window.count, dist), window.grad_norm, images_per_s,
+                       state_path)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if on_log is not None and dist.is_main:
+            on_log(step, {k: v for k, v in row.items() if k != "step"})
+        window.loss_sum.zero_()
+        window.count, window.time, window.step = 0, time.perf_counter(), step
+    if probe is not None and dist.is_main and _probe_due(step, tc.bound_every, tc.steps):
+        _run_probe(probe, state, on_log)
+    if step % tc.checkpoint_every == 0 or step == tc.steps:
+        _check_finite(window.loss_sum, state.model, step, state_path)
+        if state_path is not None and dist.is_main:
+            save_training_state(state_path, state, identity)
+
+
 def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device: torch.device,
           dist: DistInfo = ONE_PROCESS, state_path: str | Path | None = None,
           on_log: LogCallback | None = None, progress: bool = True, probe: Probe | None = None,
@@ -353,9 +384,8 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
         on_start(state)
     data, to_x = _model_space(train_levels, meta, device)
     batches_per_epoch = len(data) // tc.batch_size
-    loss_sum, count, grad_norm = torch.zeros((), dtype=torch.float64, device=device), 0, None
+    window = _LogWindow(torch.zeros((), dtype=torch.float64, device=device), step=state.step)
     order_epoch, order = -1, torch.empty(0, dtype=torch.long)
-    t_last, step_last = time.perf_counter(), state.step
 
     with flush_denormals(device), tqdm(total=tc.steps, initial=state.step, desc="train", unit="step",
                                        dynamic_ncols=True, mininterval=2.0,
@@ -366,30 +396,14 @@ def train(params: Params, train_levels: np.ndarray, meta: dict[str, Any], device
             if epoch != order_epoch:  # the epoch's permutation, drawn once per epoch
                 order_epoch, order = epoch, epoch_order(params.seed, epoch, len(data))
             global_batch = order[position * tc.batch_size:(position + 1) * tc.batch_size]
-            x0, t, noise = rank_batch(params, state.step, global_batch, data, to_x, network_timesteps(params),
-                                      dist, trainer.objective)
+            x0, t, noise = rank_batch(params, state.step, global_batch, data, to_x, dist, trainer.objective)
             seed_dropout(params.seed, state.step, dist.rank, device)
             losses, norm = train_step(trainer, x0, t, noise)
-            grad_norm = norm if norm is not None else grad_norm
-            loss_sum += losses.sum().double()
-            count += losses.shape[0]
+            window.grad_norm = norm if norm is not None else window.grad_norm
+            window.loss_sum += losses.sum().double()
+            window.count += losses.shape[0]
             bar.update(1)
-
-            step = state.step
-            if step % tc.log_every == 0 or step == tc.steps:
-                images_per_s = (step - step_last) * tc.batch_size / (time.perf_counter() - t_last)
-                row = _log_row(state, _mean_loss(loss_sum, count, dist), grad_norm, images_per_s, state_path)
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-                if on_log is not None and dist.is_main:
-                    on_log(step, {k: v for k, v in row.items() if k != "step"})
-                loss_sum.zero_()
-                count, t_last, step_last = 0, time.perf_counter(), step
-            if probe is not None and dist.is_main and _probe_due(step, tc.bound_every, tc.steps):
-                _run_probe(probe, state, on_log)
-            if step % tc.checkpoint_every == 0 or step == tc.steps:
-                _check_finite(loss_sum, state.model, step, state_path)
-                if state_path is not None and dist.is_main:
-                    save_training_state(state_path, state, identity)
+            _after_step(params, state, window, bar, dist, state_path, identity, on_log, probe)
     initial = ema_initial_weight(tc.ema_decay, state.step)
     if initial > EMA_INITIAL_WEIGHT_NOTE:
         print0(f"note: the averaged weights (train.ema_decay={tc.ema_decay}) still hold {initial:.0%} of the initial "
