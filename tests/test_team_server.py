@@ -17,14 +17,8 @@ from mlflow.tracking import MlflowClient
 from team_servers import ADMIN, ADMIN_PASSWORD, admin_servers, postgres_bin
 from test_pipeline_e2e import dvc, make_workspace, run, run_queue, run_record
 
-from ddpm.pipeline.tracking import (
-    COMPARE_VIEW_ID,
-    KEY_TAG,
-    SAMPLE_IMAGE_KEYS,
-    TRAINED_BY_TAG,
-    VIEW_TAG_PREFIX,
-    compare_view_state,
-)
+from ddpm.pipeline.tracking import COMPARE_VIEW_ID, KEY_TAG, TRAINED_BY_TAG
+from ddpm.pipeline.view import SAMPLE_IMAGE_KEYS, VIEW_TAG_PREFIX, compare_view_state
 
 pytestmark = [
     pytest.mark.slow,
