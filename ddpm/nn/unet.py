@@ -72,9 +72,9 @@ class ResBlock(nn.Module):
 
     def _forward_in_place(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """The same ops on the same values, each writing into a tensor it just made: sampling
-        and the bound allocate and stream three activations fewer per block (the sampling step
-        of the CIFAR-size U-Net about 8% faster on one CPU thread). Only without autograd,
-        which needs the SiLUs' inputs and would refuse the in-place writes."""
+        and the bound allocate and stream three activations fewer per block (the CIFAR-size
+        U-Net's sampling step is faster for it on one CPU thread: benchmarks/README.md). Only
+        without autograd, which needs the SiLUs' inputs and would refuse the in-place writes."""
         norm1, _, conv1 = self.in_layers
         h = conv1(F.silu(norm1(x), inplace=True))
         h += self.emb_layers(emb)[:, :, None, None]
@@ -126,8 +126,8 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # F.interpolate, not a broadcast view and one copy (the same values): the view's backward
-        # is a strided sum, 6x slower on the CPU than interpolate's (a 64x64x14x14 input: 46 ms
-        # against 7), which made the upsampling a training step's slowest non-conv op.
+        # is a strided sum, much slower on the CPU than interpolate's (benchmarks/README.md has the
+        # figure), which made the upsampling a training step's slowest non-conv op.
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
