@@ -1,4 +1,4 @@
-"""Working as a team (issue 23), end to end with real servers and the real DVC: a PostgreSQL
+"""Working as a team, end to end with real servers and the real DVC: a PostgreSQL
 server and `mlflow server` (PostgreSQL backend store, --serve-artifacts, basic auth) started by
 this module on 127.0.0.1; clone A runs the pipeline against it over HTTP and pushes to a
 local-directory DVC remote; clone B, a fresh `git clone` of A, pulls the trained model (its

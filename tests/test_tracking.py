@@ -1,7 +1,7 @@
-"""The run of an experiment (issue 10): the key every stage computes, and how the stages after
-train find the experiment's run or make one; what the MLflow UI shows first (the experiment's
-kind, the comparison view, the dataset input, the sample images, the run's description), in a
-real sqlite MLflow store."""
+"""The run of an experiment: the key every stage computes, and how the stages after
+train find the experiment's run or make one; what the MLflow UI shows first (the dataset input,
+the sample images, and what the plot stage sets through ddpm.pipeline.view: the experiment's
+kind, the comparison view, the run's description), in a real sqlite MLflow store."""
 
 from __future__ import annotations
 
@@ -458,7 +458,7 @@ def test_a_servers_http_retries_are_capped_unless_the_user_set_them(monkeypatch)
 
 
 def test_the_views_chart_view_opens_on_the_sample_grids_without_the_params_list():
-    """Issue 23: the image cards of MLflow's chart view list every param of each run above its
+    """The image cards of MLflow's chart view list every param of each run above its
     image unless told not to; the view's cards show the sample stage's images, one card per row."""
     from ddpm.pipeline.view import SAMPLE_IMAGE_KEYS
 
