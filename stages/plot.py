@@ -1,7 +1,8 @@
 """DVC stage `plot`: report files -> reports/figures/*.png (training loss, samples, the
 sampler's trajectory, sample quality against NFE and the noise schedule: family ddpm's beta
 schedule with the bound per timestep and the forward process, an SDE's kernel and g(t), NCSN's
-sigma ladder), logged to MLflow."""
+sigma ladder), logged to MLflow; sets the experiment's view in MLflow's UI and the run's
+description, the last stage to run."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ddpm.data import load_prepared, to_model_space
 from ddpm.errors import DataError, DatasetNotFoundError
 from ddpm.pipeline.stage import run_stage, stage_parser
 from ddpm.pipeline.tracking import Tracker, report_metrics
+from ddpm.pipeline.view import describe, set_experiment_view
 from ddpm.plotting import (
     SAMPLER_TITLES,
     bound_terms_figure,
@@ -85,6 +87,10 @@ def body(args) -> None:
         tracker.log_missing_metrics({**report_metrics(metrics), **tracking_metrics(metrics["quality"])})
         for fig in figures:
             tracker.log_artifact(fig, "figures")
+        # The experiment's view and the run's description: here only, so that editing them
+        # (ddpm/pipeline/view.py) reruns this stage alone.
+        set_experiment_view(tracker)
+        describe(tracker)
         tracker.finish()
         tracker.check_recorded("reruns this stage and logs it")
 

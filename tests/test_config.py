@@ -305,7 +305,7 @@ def test_sweep_steps_beyond_the_timesteps_mean_all_of_them():
     Params.from_dict({"timesteps": 50})  # the default sweep (up to ddim:100) stays valid
 
 
-# ---------------------------------------------------------------------- families (issue 11)
+# ---------------------------------------------------------------------- families (ddpm, sde, ncsn)
 def test_each_family_resolves_its_own_keys_and_leaves_the_others_auto():
     sde = Params.from_dict({"family": "sde", "sde": {"type": "subvp"}})
     assert (sde.sample.sampler, sde.sample.predictor, sde.sample.corrector) == ("pc", "euler_maruyama", "none")

@@ -1,4 +1,4 @@
-"""The families (issue 11) wired into training: each family's objective, network and the
+"""The families (ddpm, sde, ncsn) wired into training: each family's objective, network and the
 settings the train stage derives from the data (NCSNv2's rules), and the DDPM path unchanged."""
 
 from __future__ import annotations

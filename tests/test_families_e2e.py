@@ -1,4 +1,4 @@
-"""End to end (issue 11): the families as `dvc exp run -S ...` variants of the same pipeline, with
+"""End to end: the families as `dvc exp run -S ...` variants of the same pipeline, with
 the real DVC and MLflow on tiny digits settings: a continuous sub-VP SDE and NCSN, each with
 nothing else changed; then bad family settings stop `dvc exp run` with one line naming the key."""
 

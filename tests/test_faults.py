@@ -178,7 +178,7 @@ def test_sigterm_during_train_keeps_outputs_whole_and_rerun_resumes(tmp_path):
 def test_mid_run_tracking_failure_keeps_model_and_metrics(tmp_path):
     """The store disappears after the run was opened: training, the model file and the
     metrics are still written; the stage reports the tracking failure once, then fails (exit 2)
-    so that DVC does not record it as done and the next `dvc repro` logs the run (issue 23)."""
+    so that DVC does not record it as done and the next `dvc repro` logs the run."""
     env = stage_env(tmp_path)
     params = tiny_params(tmp_path, steps=20, checkpoint_every=10)
     subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(params), "--out", str(tmp_path / "prep")],

@@ -125,7 +125,7 @@ def test_dvc_repro_end_to_end(workspace):
     assert all(math.isfinite(v) for v in bpd.values())
     assert bpd["stderr"] > 0
     assert bpd["total"] == pytest.approx(bpd["prior"] + bpd["decoder"] + bpd["kl_terms"], rel=1e-9)
-    # Beside the bound, the probability-flow ODE likelihood of the same DDPM (issue 11), with its NFE.
+    # Beside the bound, the probability-flow ODE likelihood of the same DDPM, with its NFE.
     ode = metrics["ode_bpd"]
     assert ode["num_images"] == 4 and ode["divergence"] == "hutchinson" and ode["nfe"] > 2
     assert math.isfinite(ode["total"]) and ode["stderr"] > 0
@@ -183,7 +183,7 @@ def run_record(client, run_) -> dict:
 
 
 def test_experiment_reusing_the_model_gets_its_own_run(workspace):
-    """Issue 10: an experiment that changes only sample.* keys reuses the trained model from
+    """An experiment that changes only sample.* keys reuses the trained model from
     DVC's cache; it gets a run of its own, linked to the training run, and the baseline's
     run is left exactly as it was. A plain `dvc repro` after editing a sample key does too."""
     root, env = workspace

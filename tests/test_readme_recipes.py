@@ -1,4 +1,4 @@
-"""Issue 13: every command in README's recipe table runs through real DVC (with tiny overrides
+"""Every command in README's recipe table runs through real DVC (with tiny overrides
 appended), so no row can rot; and the table has one row per recipe."""
 
 from __future__ import annotations

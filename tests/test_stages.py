@@ -148,6 +148,24 @@ def test_plot_stage_draws_every_figure_from_the_reports(tmp_path, capsys):
                                    "quality_nfe"))
 
 
+def test_plot_stage_sets_the_experiments_view_and_the_runs_description(tmp_path, monkeypatch):
+    """The view and the description are the plot stage's (ddpm.pipeline.view), no other stage's."""
+    from ddpm.pipeline.tracking import COMPARE_VIEW_ID
+    from ddpm.pipeline.view import NOTE_TAG, VIEW_TAG_PREFIX, compare_view_state, saved_view_state
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    paths = write_reports(tmp_path, "step,loss\n0,1.0\n1,0.5\n")
+    trained = Tracker.open("ddpm", None, {})  # the train stage's run
+    paths["--run"].write_text(json.dumps({"mlflow_run_id": trained.run_id}))
+    assert plot.main(stage_args(paths)) == 0
+    client = trained.client
+    (run,) = client.search_runs([trained.experiment_id], filter_string=f"tags.trained_by_run = '{trained.run_id}'")
+    assert run.data.tags[NOTE_TAG].startswith("Sampler: ancestral, all steps")
+    assert "| fd_classifier | 2 | 0.5 |" in run.data.tags[NOTE_TAG]
+    tags = client.get_experiment(trained.experiment_id).tags
+    assert saved_view_state(tags[VIEW_TAG_PREFIX + COMPARE_VIEW_ID]) == compare_view_state()
+
+
 def test_plot_stage_refuses_a_malformed_report_with_one_line_and_a_hint(tmp_path, capsys):
     paths = write_reports(tmp_path, "step,mse\n0,1.0\n")
     assert plot.main(stage_args(paths)) == 2

@@ -1,4 +1,4 @@
-"""Working as a team (issue 23), end to end with real servers and the real DVC: a PostgreSQL
+"""Working as a team, end to end with real servers and the real DVC: a PostgreSQL
 server and `mlflow server` (PostgreSQL backend store, --serve-artifacts, basic auth) started by
 this module on 127.0.0.1; clone A runs the pipeline against it over HTTP and pushes to a
 local-directory DVC remote; clone B, a fresh `git clone` of A, pulls the trained model (its
@@ -17,14 +17,8 @@ from mlflow.tracking import MlflowClient
 from team_servers import ADMIN, ADMIN_PASSWORD, admin_servers, postgres_bin
 from test_pipeline_e2e import dvc, make_workspace, run, run_queue, run_record
 
-from ddpm.pipeline.tracking import (
-    COMPARE_VIEW_ID,
-    KEY_TAG,
-    SAMPLE_IMAGE_KEYS,
-    TRAINED_BY_TAG,
-    VIEW_TAG_PREFIX,
-    compare_view_state,
-)
+from ddpm.pipeline.tracking import COMPARE_VIEW_ID, KEY_TAG, TRAINED_BY_TAG
+from ddpm.pipeline.view import SAMPLE_IMAGE_KEYS, VIEW_TAG_PREFIX, compare_view_state
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,4 +1,4 @@
-"""A team's tracking server that goes away or refuses credentials (issue 23), end to end with a
+"""A team's tracking server that goes away or refuses credentials, end to end with a
 real PostgreSQL, a real `mlflow server` (basic auth, --serve-artifacts) and the real DVC, all
 started and stopped here on 127.0.0.1: the server stopped in the middle of training costs no local
 result, is reported in one line, and the next `dvc repro` after it returns records the whole run

@@ -1,7 +1,7 @@
-"""The run of an experiment (issue 10): the key every stage computes, and how the stages after
-train find the experiment's run or make one; what the MLflow UI shows first (the experiment's
-kind, the comparison view, the dataset input, the sample images, the run's description), in a
-real sqlite MLflow store."""
+"""The run of an experiment: the key every stage computes, and how the stages after
+train find the experiment's run or make one; what the MLflow UI shows first (the dataset input,
+the sample images, and what the plot stage sets through ddpm.pipeline.view: the experiment's
+kind, the comparison view, the run's description), in a real sqlite MLflow store."""
 
 from __future__ import annotations
 
@@ -21,26 +21,30 @@ from mlflow.tracking import MlflowClient
 from ddpm.config import load_params
 from ddpm.errors import TrackingError
 from ddpm.pipeline.tracking import (
-    COMPARE_PARAMS,
     COMPARE_VIEW_ID,
+    KEY_TAG,
+    TRAINED_BY_TAG,
+    Tracker,
+    code_fingerprint,
+    compare_view_url,
+    experiment_key,
+    merged_params,
+    report_metrics,
+)
+from ddpm.pipeline.view import (
+    COMPARE_PARAMS,
     COMPARE_VIEW_NAME,
     HEADLINE_METRICS,
-    KEY_TAG,
     KIND_TAG,
     MODEL_TRAINING,
     MORE_METRICS,
     NOTE_TAG,
-    TRAINED_BY_TAG,
     VIEW_TAG_PREFIX,
-    Tracker,
-    code_fingerprint,
     compare_view_state,
-    compare_view_url,
+    describe,
     describe_run,
-    experiment_key,
-    merged_params,
-    report_metrics,
     saved_view_state,
+    set_experiment_view,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +197,10 @@ def test_unreachable_store_is_reported_before_work(repo, monkeypatch):
 # ---------------------------------------------------------------------- what the UI shows first
 def test_a_new_experiment_is_model_training_with_the_comparison_view(repo):
     tracker = Tracker.open("ddpm", None, PARAMS)
+    # Opening a run (the train stage) leaves the experiment's tags to the plot stage.
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    assert KIND_TAG not in tags and VIEW_TAG not in tags
+    set_experiment_view(tracker)  # the plot stage
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
     assert tags[KIND_TAG] == MODEL_TRAINING
     # What MLflow's UI requires of a saved view (else it lists no view): a name, a number
@@ -204,8 +212,8 @@ def test_a_new_experiment_is_model_training_with_the_comparison_view(repo):
     assert state["orderByKey"] == "metrics.`bpd`" and state["orderByAsc"] is True
     assert state["selectedColumns"][:3] == ["attributes.`Dataset`", "metrics.`bpd`", "metrics.`bpd_stderr`"]
     assert state["columnOrder"] == state["selectedColumns"]
-    # Opening it again leaves the view as it is.
-    Tracker.open("ddpm", None, PARAMS)
+    # Setting it again (another experiment's plot stage) leaves the view as it is.
+    set_experiment_view(Tracker.open("ddpm", None, PARAMS))
     assert tracker.client.get_experiment(tracker.experiment_id).tags[VIEW_TAG] == tags[VIEW_TAG]
 
 
@@ -215,8 +223,8 @@ def test_an_experiment_made_by_older_code_gets_the_view_and_keeps_a_chosen_kind(
     bare = client.create_experiment("bare")
     client.set_experiment_tag(bare, VIEW_TAG, json.dumps({"name": COMPARE_VIEW_NAME, "createdAt": 1,
                                                           "updatedAt": 1, "state": "{}"}))
-    Tracker.open("ddpm", None, PARAMS)
-    Tracker.open("bare", None, PARAMS)
+    set_experiment_view(Tracker.open("ddpm", None, PARAMS))
+    set_experiment_view(Tracker.open("bare", None, PARAMS))
     tags = client.get_experiment(chosen).tags
     assert tags[KIND_TAG] == "genai_development"
     assert saved_view_state(tags[VIEW_TAG]) == compare_view_state()
@@ -285,6 +293,7 @@ def test_the_description_holds_the_numbers_and_links_the_grid(repo, tmp_path):
     trained = train_run(PARAMS)
     trained.log_image(grid_png(tmp_path / "grid.png"), "samples")
     trained.log_metrics({"bpd": 2.879, "bpd_stderr": 0.0221, "fd_classifier": 2.1, "fd_classifier_floor": 0.9})
+    describe(trained)  # the plot stage
     trained.finish()
     exp = trained.experiment_id
     note = trained.client.get_run(trained.run_id).data.tags[NOTE_TAG]
@@ -294,6 +303,8 @@ def test_the_description_holds_the_numbers_and_links_the_grid(repo, tmp_path):
     assert "| fd_classifier | 2.1 | 0.9 |" in note.splitlines()
     # A run made for an experiment that reused the model links the run that trained it.
     reusing = Tracker.for_experiment(trained.run_id, "ddpm", {**PARAMS, "sample.sampler": "ddim", "sample.steps": 50})
+    assert NOTE_TAG not in reusing.client.get_run(reusing.run_id).data.tags  # until the plot stage describes it
+    describe(reusing)
     note = reusing.client.get_run(reusing.run_id).data.tags[NOTE_TAG]
     link = f"[the run that trained the model](#/experiments/{exp}/runs/{trained.run_id}?workflowType=machine_learning)"
     assert note.splitlines()[0] == f"Sampler: ddim, 50 steps · {link}"
@@ -447,9 +458,9 @@ def test_a_servers_http_retries_are_capped_unless_the_user_set_them(monkeypatch)
 
 
 def test_the_views_chart_view_opens_on_the_sample_grids_without_the_params_list():
-    """Issue 23: the image cards of MLflow's chart view list every param of each run above its
+    """The image cards of MLflow's chart view list every param of each run above its
     image unless told not to; the view's cards show the sample stage's images, one card per row."""
-    from ddpm.pipeline.tracking import SAMPLE_IMAGE_KEYS
+    from ddpm.pipeline.view import SAMPLE_IMAGE_KEYS
 
     state = compare_view_state()
     (section,) = state["compareRunSections"]

@@ -94,38 +94,57 @@ def prepare_dataset(
     ``folder`` for dataset ``folder``, raises ConfigError (``data.test_size``, ``data.folder``);
     arguments no params file can produce (an unknown name, a negative seed) ValueError.
     """
-    check_name(name)
-    _check_int("seed", seed, minimum=0)
-    if test_size != AUTO:
-        _check_int("test_size", test_size, minimum=0, alternative=f"or {AUTO!r}")
-    elif name in ("digits", "swissroll"):
-        test_size = DEFAULT_TEST_SIZE
+    test_size = _checked_test_size(name, seed, test_size)
     start = time.perf_counter()
     if name == "swissroll":
-        _check_int("num_train_vectors", num_train_vectors, minimum=1)
-        if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0):
-            raise ValueError(f"noise: bad value {noise!r}; accepted: a number >= 0")
-        train, test, source = _prepare_swissroll(seed, test_size, num_train_vectors, float(noise))
-        prepared = Prepared(train=train, test=test, meta=_meta(name, train, test, source, seed))
+        prepared = _swissroll_dataset(seed, test_size, num_train_vectors, noise)
     elif name == "folder":
         _check_int("image_size", image_size, minimum=1)
         prepared = _prepare_folder(folder, image_size, seed, test_size)
     else:
-        if name == "digits":
-            train_split, test_split, source = _prepare_digits(seed, test_size)
-        else:
-            train_split, official_test, source = _read_torchvision(name, Path(raw_dir), download)
-            test_split, test_source = _official_test_subset(name, official_test, test_size, seed)
-            source = f"{source}; {test_source}"
-        meta = _meta(name, train_split.images, test_split.images, source, seed)
-        prepared = Prepared(train=train_split.images, test=test_split.images, meta=meta,
-                            train_labels=train_split.labels, test_labels=test_split.labels)
+        prepared = _labelled_dataset(name, raw_dir, download, seed, test_size)
     logger.info(
         "prepared %s: %d train, %d test examples of shape %s in %.2f s",
         name, prepared.meta["train_size"], prepared.meta["test_size"], tuple(prepared.meta["shape"]),
         time.perf_counter() - start,
     )
     return prepared
+
+
+def _checked_test_size(name: str, seed: int, test_size: int | str) -> int | str:
+    """``test_size`` after the checks every dataset shares (its name, the seed, the test size),
+    with ``auto`` resolved where it does not depend on the data (digits, swissroll)."""
+    check_name(name)
+    _check_int("seed", seed, minimum=0)
+    if test_size != AUTO:
+        _check_int("test_size", test_size, minimum=0, alternative=f"or {AUTO!r}")
+    elif name in ("digits", "swissroll"):
+        test_size = DEFAULT_TEST_SIZE
+    return test_size
+
+
+def _swissroll_dataset(seed: int, test_size: int, num_train_vectors: int, noise: float) -> Prepared:
+    """The swissroll's arrays and meta, its own arguments checked first."""
+    _check_int("num_train_vectors", num_train_vectors, minimum=1)
+    if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0):
+        raise ValueError(f"noise: bad value {noise!r}; accepted: a number >= 0")
+    train, test, source = _prepare_swissroll(seed, test_size, num_train_vectors, float(noise))
+    return Prepared(train=train, test=test, meta=_meta("swissroll", train, test, source, seed))
+
+
+def _labelled_dataset(name: str, raw_dir: str | os.PathLike[str], download: bool, seed: int,
+                      test_size: int | str) -> Prepared:
+    """digits, or a torchvision dataset's official splits (the test split cut to ``test_size``),
+    with their labels."""
+    if name == "digits":
+        train_split, test_split, source = _prepare_digits(seed, test_size)
+    else:
+        train_split, official_test, source = _read_torchvision(name, Path(raw_dir), download)
+        test_split, test_source = _official_test_subset(name, official_test, test_size, seed)
+        source = f"{source}; {test_source}"
+    meta = _meta(name, train_split.images, test_split.images, source, seed)
+    return Prepared(train=train_split.images, test=test_split.images, meta=meta,
+                    train_labels=train_split.labels, test_labels=test_split.labels)
 
 
 def _meta(name: str, train: np.ndarray, test: np.ndarray, source: str, seed: int) -> dict[str, Any]:

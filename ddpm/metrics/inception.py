@@ -35,7 +35,8 @@ from ddpm.metrics.floor import metric_floor
 WEIGHTS_KEY = "quality.inception_weights"
 # torch-fidelity's URL_INCEPTION_V3 (tests/test_inception.py checks they agree). torch-fidelity is
 # imported where a network is built or a metric computed: it imports torchvision, which imports
-# torch._dynamo, about 2.5 s of start-up that every stage importing ddpm.quality.suites would pay.
+# torch._dynamo, a start-up that every stage importing ddpm.quality.suites would otherwise pay
+# (benchmarks/README.md, "Imports deferred to first use", has the figure).
 WEIGHTS_URL: str = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                     "weights-inception-2015-12-05-6726825d.pth")
 WEIGHTS_FILE = WEIGHTS_URL.rsplit("/", 1)[-1]

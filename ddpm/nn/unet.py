@@ -7,7 +7,8 @@ nearest-neighbour upsampling, and skip connections concatenated on the way up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -72,9 +73,9 @@ class ResBlock(nn.Module):
 
     def _forward_in_place(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """The same ops on the same values, each writing into a tensor it just made: sampling
-        and the bound allocate and stream three activations fewer per block (the sampling step
-        of the CIFAR-size U-Net about 8% faster on one CPU thread). Only without autograd,
-        which needs the SiLUs' inputs and would refuse the in-place writes."""
+        and the bound allocate and stream three activations fewer per block (the CIFAR-size
+        U-Net's sampling step is faster for it on one CPU thread: benchmarks/README.md). Only
+        without autograd, which needs the SiLUs' inputs and would refuse the in-place writes."""
         norm1, _, conv1 = self.in_layers
         h = conv1(F.silu(norm1(x), inplace=True))
         h += self.emb_layers(emb)[:, :, None, None]
@@ -126,8 +127,8 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # F.interpolate, not a broadcast view and one copy (the same values): the view's backward
-        # is a strided sum, 6x slower on the CPU than interpolate's (a 64x64x14x14 input: 46 ms
-        # against 7), which made the upsampling a training step's slowest non-conv op.
+        # is a strided sum, much slower on the CPU than interpolate's (benchmarks/README.md has the
+        # figure), which made the upsampling a training step's slowest non-conv op.
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -169,48 +170,21 @@ class UNet(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size, self.base_channels = image_size, base_channels
         emb_channels = 4 * base_channels
-
-        def block(in_ch: int, out_ch: int, res: int) -> list[nn.Module]:
-            """A residual block, followed by attention where ``res`` is in attn_resolutions."""
-            layers: list[nn.Module] = [ResBlock(in_ch, out_ch, emb_channels, dropout)]
-            if res in attn_resolutions:
-                layers.append(AttentionBlock(out_ch, num_heads))
-            return layers
-
+        block = functools.partial(_block, emb_channels=emb_channels, dropout=dropout,
+                                  attn_resolutions=attn_resolutions, num_heads=num_heads)
+        # Created in this order (parameter initialisation draws from the global RNG in creation order).
         self.time_embed = nn.Sequential(
             nn.Linear(base_channels, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels)
         )
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, base_channels, 3, padding=1))])
-        skip_channels = [base_channels]
-        ch, res = base_channels, image_size
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                self.input_blocks.append(TimestepSequential(*block(ch, base_channels * mult, res)))
-                ch = base_channels * mult
-                skip_channels.append(ch)
-            if level != len(channel_mult) - 1:
-                self.input_blocks.append(TimestepSequential(Downsample(ch)))
-                skip_channels.append(ch)
-                res //= 2
-
+        self.input_blocks, skip_channels, ch, res = _input_blocks(
+            block, in_channels, base_channels, image_size, channel_mult, num_res_blocks)
         self.middle_block = TimestepSequential(
             ResBlock(ch, ch, emb_channels, dropout),
             AttentionBlock(ch, num_heads),
             ResBlock(ch, ch, emb_channels, dropout),
         )
-
-        # Each level up consumes num_res_blocks + 1 skips: the level's res blocks and the
-        # downsample (or the input conv) that preceded them.
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):
-                layers = block(ch + skip_channels.pop(), base_channels * mult, res)
-                ch = base_channels * mult
-                if level != 0 and i == num_res_blocks:
-                    layers.append(Upsample(ch))
-                    res *= 2
-                self.output_blocks.append(TimestepSequential(*layers))
-
+        self.output_blocks, ch = _output_blocks(block, skip_channels, ch, res, base_channels, channel_mult,
+                                                num_res_blocks)
         self.out = nn.Sequential(
             group_norm(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, out_channels, 3, padding=1))
         )
@@ -227,6 +201,54 @@ class UNet(nn.Module):
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
         return self.out(h)
+
+
+
+def _block(in_ch: int, out_ch: int, res: int, *, emb_channels: int, dropout: float,
+           attn_resolutions: tuple[int, ...], num_heads: int) -> list[nn.Module]:
+    """A residual block, followed by attention where ``res`` is in attn_resolutions."""
+    layers: list[nn.Module] = [ResBlock(in_ch, out_ch, emb_channels, dropout)]
+    if res in attn_resolutions:
+        layers.append(AttentionBlock(out_ch, num_heads))
+    return layers
+
+
+def _input_blocks(block: Callable[[int, int, int], list[nn.Module]], in_channels: int, base_channels: int,
+                  image_size: int, channel_mult: tuple[int, ...], num_res_blocks: int
+                  ) -> tuple[nn.ModuleList, list[int], int, int]:
+    """The way down: the input conv, then each level's res blocks and a downsample between
+    levels. Also the channels of each output (the skips), and the last channels and resolution."""
+    blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, base_channels, 3, padding=1))])
+    skip_channels = [base_channels]
+    ch, res = base_channels, image_size
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            blocks.append(TimestepSequential(*block(ch, base_channels * mult, res)))
+            ch = base_channels * mult
+            skip_channels.append(ch)
+        if level != len(channel_mult) - 1:
+            blocks.append(TimestepSequential(Downsample(ch)))
+            skip_channels.append(ch)
+            res //= 2
+    return blocks, skip_channels, ch, res
+
+
+def _output_blocks(block: Callable[[int, int, int], list[nn.Module]], skip_channels: list[int], ch: int, res: int,
+                   base_channels: int, channel_mult: tuple[int, ...], num_res_blocks: int
+                   ) -> tuple[nn.ModuleList, int]:
+    """The way up, and its last channels. Each level up consumes num_res_blocks + 1 skips
+    (``skip_channels``, popped): the level's res blocks and the downsample (or the input conv)
+    that preceded them."""
+    blocks = nn.ModuleList()
+    for level, mult in reversed(list(enumerate(channel_mult))):
+        for i in range(num_res_blocks + 1):
+            layers = block(ch + skip_channels.pop(), base_channels * mult, res)
+            ch = base_channels * mult
+            if level != 0 and i == num_res_blocks:
+                layers.append(Upsample(ch))
+                res *= 2
+            blocks.append(TimestepSequential(*layers))
+    return blocks, ch
 
 
 def _validate(

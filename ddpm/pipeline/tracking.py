@@ -26,12 +26,10 @@ Then the stage fails (``Tracker.check_recorded``), so that DVC does not record i
 the next ``dvc repro`` reruns it and logs the run (the train stage from its saved final state,
 without training again).
 
-What the MLflow UI shows first (``compare_view_url``): the experiment is tagged as model
-training, and it holds a saved view of the runs table (MLflow's "Views" menu) with the numbers
-runs are judged by and the swept params side by side (``HEADLINE_METRICS``, ``COMPARE_PARAMS``,
-``MORE_METRICS``), lowest bound first. Each run has its dataset as its input (the table's
-Dataset column), its sample images as MLflow images (the chart view shows them side by side
-across runs) and a description with its numbers and links to the images.
+Each run has its dataset as its input (the table's Dataset column) and its sample images as
+MLflow images. The experiment's saved view of the runs table and each run's description are
+``ddpm.pipeline.view``'s, which only the plot stage imports: editing a column reruns that stage
+alone. Here is only the view's id, for the link the train stage prints (``compare_view_url``).
 """
 
 from __future__ import annotations
@@ -61,29 +59,9 @@ SUPERSEDED_BY_TAG = "ddpm.superseded_by"
 # What the stages run: a change here makes a new experiment even with the same params.
 CODE_GLOBS = ("dvc.yaml", "ddpm/**/*.py", "stages/**/*.py")
 
-# MLflow's own names (its UI reads them).
-KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING = "custom_model_development"
-NOTE_TAG = "mlflow.note.content"
-VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # one experiment tag per saved view of the runs table
-# The saved view this module keeps in the experiment; the URL names it.
+# The saved view of the runs table that the plot stage keeps in the experiment (ddpm.pipeline.view);
+# the URL the train stage prints names it.
 COMPARE_VIEW_ID = "ddpm-compare"
-COMPARE_VIEW_NAME = "ddpm: compare runs"
-SAMPLES_ARTIFACTS = "samples"  # the artifact folder whose images a run's description links
-# The sample stage's MLflow images (``Tracker.log_image``: key ``samples/<file stem>``), which the
-# chart view of the comparison view shows first, side by side across runs.
-SAMPLE_IMAGE_KEYS = ("samples/grid", "samples/reverse_process")
-# The runs table of the comparison view, in this order: the bound and each metric family's main
-# distance, the params experiments sweep, the other sample-quality metrics. A metric no run has
-# shows no column.
-HEADLINE_METRICS = ("bpd", "bpd_stderr", "nll", "nll_stderr", "ode_bpd", "ode_bpd_stderr", "ode_nll",
-                    "ode_nll_stderr", "fd_classifier", "kid_classifier", "fid", "energy_distance")
-COMPARE_PARAMS = ("family", "beta_schedule", "timesteps", "mean_type", "var_type", "loss_type", "sde.type",
-                  "sample.sampler", "sample.steps", "train.steps", "train.lr")
-MORE_METRICS = ("ode_bpd_nfe", "ode_nll_nfe", "sample_nfe", "precision_classifier", "recall_classifier",
-                "density_classifier", "coverage_classifier", "classes_covered", "kid_inception", "inception_score",
-                "sliced_wasserstein")
-UNITS = {"bpd": "bits/dim", "nll": "nats/dim", "ode_bpd": "bits/dim", "ode_nll": "nats/dim"}
 # The likelihoods a report may hold: the variational bound (family ddpm) and the probability-flow
 # ODE's (families ddpm and sde), each under its own name.
 LIKELIHOODS = ("bpd", "nll", "ode_bpd", "ode_nll")
@@ -210,59 +188,6 @@ def merged_params(current: dict[str, Any], trained: dict[str, str]) -> dict[str,
     return {k: trained.get(k, v) if v == "auto" else v for k, v in current.items()}
 
 
-def sample_image_cards() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The chart view's cards and sections for the sample images, as MLflow's UI (3.x) stores
-    them in a view: one image card per key of ``SAMPLE_IMAGE_KEYS`` in a ``samples`` section.
-
-    Without them the UI makes its own image cards, which open on a list of every param of each
-    run (about a hundred here) above the image, so at the card's default size the grid is below
-    the fold: ``showRunParams: false`` leaves each run's name and its image. A card of the UI's
-    default three per row holds one run's grid, the others below it inside the card; the section
-    has one card per row (``columns: 1``), wide enough for the grids of several runs side by side
-    at the default card height (seen in headless Chromium at 1600 px: three runs, two clones).
-    The UI adds its own cards for every other metric and image key after these, and keeps this
-    section first (``isAccordionReordered`` in ``compare_view_state``)."""
-    section = "ddpm-samples"
-    cards = [{"uuid": f"ddpm-{key.replace('/', '-')}", "type": "IMAGE", "runsCountToCompare": 10,
-              "metricSectionId": section, "deleted": False, "isGenerated": True, "imageKeys": [key], "step": 0,
-              "showRunParams": False} for key in SAMPLE_IMAGE_KEYS]
-    sections = [{"uuid": section, "name": SAMPLES_ARTIFACTS, "display": True, "isReordered": False,
-                 "deleted": False, "isGenerated": True, "columns": 1}]
-    return cards, sections
-
-
-def compare_view_state() -> dict[str, Any]:
-    """The comparison view as MLflow's UI stores a view of the runs table: its search (every
-    active run, lowest bound first), its columns (``params.`name```, ``metrics.`name```) and,
-    for its chart view, the sample images first (``sample_image_cards``); the UI makes a chart
-    for every other metric."""
-    columns = ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in HEADLINE_METRICS),
-               *(f"params.`{p}`" for p in COMPARE_PARAMS), *(f"metrics.`{m}`" for m in MORE_METRICS)]
-    # Wide enough for the column's name (the UI's default cuts most of them); the dataset's
-    # name, digest and split.
-    widths = {c: max(90, 28 + 7 * len(c.split("`")[1])) for c in columns} | {"attributes.`Dataset`": 230}
-    cards, sections = sample_image_cards()
-    # What differs from the UI's defaults (which fill in the rest: every active run, all time).
-    return {"orderByKey": "metrics.`bpd`", "orderByAsc": True,
-            "selectedColumns": columns, "columnOrder": columns, "columnWidths": widths,
-            "compareRunCharts": cards, "compareRunSections": sections, "isAccordionReordered": True}
-
-
-def compare_view_tag() -> str:
-    """The value of the view's experiment tag: MLflow's saved-view record (name, times, state)."""
-    now_ms = int(time.time() * 1000)
-    return json.dumps({"name": COMPARE_VIEW_NAME, "createdAt": now_ms, "updatedAt": now_ms,
-                       "state": json.dumps(compare_view_state())})
-
-
-def saved_view_state(tag_value: str | None) -> dict[str, Any] | None:
-    """The state of a saved view's tag value, None when there is none or it is not one."""
-    try:
-        return json.loads(json.loads(tag_value)["state"])
-    except (TypeError, KeyError, ValueError):
-        return None
-
-
 def compare_view_url(experiment_id: str, server: str = "http://127.0.0.1:5000", charts: bool = False) -> str:
     """The link that opens the comparison view of an experiment in ``mlflow ui`` at ``server``.
 
@@ -274,70 +199,6 @@ def compare_view_url(experiment_id: str, server: str = "http://127.0.0.1:5000", 
     if charts:
         query["compareRunsMode"] = "CHART"
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?" + "&".join(f"{k}={v}" for k, v in query.items())
-
-
-def run_url(experiment_id: str, run_id: str, artifact: str | None = None) -> str:
-    """A link to a run's page (or one of its artifacts) relative to the UI's address, in the
-    model-training pages (see ``compare_view_url``)."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
-    return page + "?workflowType=machine_learning"
-
-
-def _with_error(value: float, error: float | None) -> str:
-    return f"{value:.4g} ± {error:.2g}" if error is not None else f"{value:.4g}"
-
-
-def describe_run(metrics: dict[str, float], params: dict[str, str], links: dict[str, str]) -> str:
-    """A run's description (markdown, shown on its page, whose first lines show before "Show
-    more"): the bound; the sampler and ``links`` (label -> URL: the sample grid, the run that
-    trained the model); a table of the sample-quality metrics that have a floor: each value
-    (± ``<name>_stderr``) next to ``<name>_floor`` (± its spread over real draws, ``<name>_floor_std``)."""
-    lines = [f"**{_with_error(metrics[m], metrics.get(f'{m}_stderr'))} {unit}** "
-             f"({'probability-flow ODE likelihood' if m.startswith('ode') else 'test bound'})"
-             for m, unit in UNITS.items() if m in metrics]
-    sampling = []
-    if "sample.sampler" in params:
-        steps = params.get("sample.steps", "0")
-        sampling.append(f"Sampler: {params['sample.sampler']}, {'all' if steps == '0' else steps} steps")
-    sampling += [f"[{label}]({url})" for label, url in links.items()]
-    if sampling:
-        lines.append(" · ".join(sampling))
-    rank = {name: i for i, name in enumerate(HEADLINE_METRICS + MORE_METRICS)}
-    scored = sorted((k for k in metrics if f"{k}_floor" in metrics), key=lambda k: (rank.get(k, len(rank)), k))
-    if scored:
-        lines += ["", "| sample quality | value | floor (real vs real) |", "| --- | --- | --- |"]
-        lines += [f"| {k} | {_with_error(metrics[k], metrics.get(f'{k}_stderr'))} | "
-                  f"{_with_error(metrics[f'{k}_floor'], metrics.get(f'{k}_floor_std'))} |" for k in scored]
-    if "classifier_test_accuracy" in metrics:
-        lines.append(f"\nClassifier test accuracy: {metrics['classifier_test_accuracy']:.4g}")
-    return "\n".join(lines).strip()
-
-
-def experiment_tags(current: dict[str, str]) -> dict[str, str]:
-    """The experiment tags to set, given the ``current`` ones: the model-training kind where the
-    experiment has no kind (a kind the user chose stays), and the comparison view where it is
-    missing or differs from this code's (the view belongs to the code: a user's own layout is
-    saved under another name)."""
-    tags = {}
-    if KIND_TAG not in current:
-        # For MLflow 3 UIs that choose an experiment's pages by its kind; 3.17's UI ignores it and
-        # follows a switch in the browser instead (see compare_view_url).
-        tags[KIND_TAG] = MODEL_TRAINING
-    view = VIEW_TAG_PREFIX + COMPARE_VIEW_ID
-    if saved_view_state(current.get(view)) != compare_view_state():
-        tags[view] = compare_view_tag()
-    return tags
-
-
-def _update_experiment_tags(client: Any, exp_id: str, current: dict[str, str]) -> None:
-    """Set ``experiment_tags`` on an existing experiment (made by older code, say). Only how the UI
-    shows it: a store that refuses (no permission) gets a note, and the stage goes on."""
-    try:
-        for key, value in experiment_tags(current).items():
-            client.set_experiment_tag(exp_id, key, value)
-    except Exception as err:
-        print(f"mlflow: could not set the experiment's view tags ({one_line(err)}); the runs are "
-              f"tracked all the same", file=sys.stderr)
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -365,7 +226,7 @@ def _create_experiment(client: Any, uri: str, experiment: str) -> str:
     # write them to the original repository.
     artifact_location = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
     try:
-        return client.create_experiment(experiment, artifact_location=artifact_location, tags=experiment_tags({}))
+        return client.create_experiment(experiment, artifact_location=artifact_location)
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -420,8 +281,6 @@ class Tracker:
                 f"reachable store (a server's credentials: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), "
                 f"or unset it to use sqlite:///mlflow.db at the repository root."
             ) from None
-        if exp is not None:
-            _update_experiment_tags(client, exp_id, exp.tags)
         return client, exp_id
 
     @staticmethod
@@ -474,7 +333,7 @@ class Tracker:
         previous = cls._existing_run(client, resume_run_id) if resume_run_id else None
         if previous is not None and previous.info.experiment_id == exp_id and _same_params(previous, params):
             tracker = cls(client, previous.info.run_id, uri, exp_id)
-            tracker._safely("continuing the run", client.update_run, tracker.run_id, "RUNNING")
+            tracker.safely("continuing the run", client.update_run, tracker.run_id, "RUNNING")
             tracker.set_tags(tags)
             tracker.log_params(params)
             tracker._read_logged_steps()
@@ -499,15 +358,15 @@ class Tracker:
     def _supersede(self, previous: Any) -> None:
         """Delete the unfinished run whose history this run has taken over, saying so."""
         old = previous.info.run_id
-        self._safely("tagging the superseded run", self.client.set_tag, old, SUPERSEDED_BY_TAG, self.run_id)
-        self._safely("deleting the superseded run", self.client.delete_run, old)
+        self.safely("tagging the superseded run", self.client.set_tag, old, SUPERSEDED_BY_TAG, self.run_id)
+        self.safely("deleting the superseded run", self.client.delete_run, old)
         print(f"mlflow: run {old} ({previous.info.status}, interrupted) is superseded by run {self.run_id}, which "
               "holds its training history; it was deleted (restore it in the UI until `mlflow gc`)", file=sys.stderr)
 
     def _read_logged_steps(self) -> None:
         """The last step of every metric the run holds, so that points logged before an
         interruption are not logged twice."""
-        self._safely("reading the run's history", self._load_logged_steps)
+        self.safely("reading the run's history", self._load_logged_steps)
 
     def _load_logged_steps(self) -> None:
         for name in self.client.get_run(self.run_id).data.metrics:
@@ -547,7 +406,6 @@ class Tracker:
         if trained is not None:
             tracker.copy_training_curves(trained)
             tracker.copy_inputs(trained)
-        tracker.describe()
         return tracker
 
     @staticmethod
@@ -561,7 +419,9 @@ class Tracker:
             return None
 
     # ------------------------------------------------------------------ logging
-    def _safely(self, what: str, fn, *args, **kwargs) -> None:
+    def safely(self, what: str, fn, *args, **kwargs) -> None:
+        """``fn(*args, **kwargs)``; when it fails, say so once on stderr and log nothing more to the run
+        (``failed``), the stage going on to write its outputs (``check_recorded``)."""
         if self.failed:
             return
         try:
@@ -575,7 +435,7 @@ class Tracker:
                        f"writes its outputs, but logs nothing more to run {self.run_id}", file=sys.stderr)
 
     def check_recorded(self, rerun: str) -> None:
-        """Raise ``TrackingError`` when logging failed (``_safely`` said what): called by a stage
+        """Raise ``TrackingError`` when logging failed (``safely`` said what): called by a stage
         after it wrote its outputs, so that DVC does not record the stage as done and ``rerun``
         (what the next ``dvc repro`` does about it) logs the run once the store is back."""
         if self.failed:
@@ -588,7 +448,7 @@ class Tracker:
 
         items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit
-            self._safely("logging params", self.client.log_batch, self.run_id, params=items[i:i + 100])
+            self.safely("logging params", self.client.log_batch, self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -596,7 +456,7 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         self.metric_names.update(metrics)
-        self._safely("logging metrics", self.client.log_batch, self.run_id, metrics=items)
+        self.safely("logging metrics", self.client.log_batch, self.run_id, metrics=items)
 
     def log_training_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         """Log training curves, ``(step, metrics)`` rows, skipping the points the run already
@@ -613,7 +473,7 @@ class Tracker:
             for k in metrics:
                 self.logged_steps[k] = max(step, self.logged_steps.get(k, -1))
         for i in range(0, len(items), 1000):  # MLflow's batch limit
-            self._safely("logging metrics", self.client.log_batch, self.run_id, metrics=items[i:i + 1000])
+            self.safely("logging metrics", self.client.log_batch, self.run_id, metrics=items[i:i + 1000])
 
     def catch_up(self, history: list[dict[str, float]], curve: list[dict[str, float]]) -> None:
         """Give the run the history a resumed training state restored (rows with a ``step``):
@@ -637,7 +497,7 @@ class Tracker:
 
     def copy_training_curves(self, trained: Any) -> None:
         """Copy the training curves of ``trained`` (an MLflow run) into this run, step for step."""
-        self._safely("copying the training curves", self._copy_curves, trained)
+        self.safely("copying the training curves", self._copy_curves, trained)
 
     def _copy_curves(self, trained: Any) -> None:
         for name in filter(None, trained.data.tags.get(TRAINING_METRICS_TAG, "").split(",")):
@@ -648,7 +508,7 @@ class Tracker:
     def copy_inputs(self, trained: Any) -> None:
         """Give this run the datasets ``trained`` (an MLflow run) was trained on as its inputs."""
         if trained.inputs and trained.inputs.dataset_inputs:
-            self._safely("copying the dataset inputs", self.client.log_inputs, self.run_id,
+            self.safely("copying the dataset inputs", self.client.log_inputs, self.run_id,
                          trained.inputs.dataset_inputs)
 
     def log_dataset(self, name: str, source: str, splits: dict[str, tuple[Any, Any]]) -> None:
@@ -656,7 +516,7 @@ class Tracker:
         None)}``; the split is the entry's context): MLflow records a digest of the arrays, their
         shapes and dtypes, and the UI shows the dataset in the runs table's Dataset column.
         ``source``: where the arrays are (a local path)."""
-        self._safely("logging the dataset", self._log_dataset, name, source, splits)
+        self.safely("logging the dataset", self._log_dataset, name, source, splits)
 
     def _log_dataset(self, name: str, source: str, splits: dict[str, tuple[Any, Any]]) -> None:
         import mlflow.data
@@ -671,14 +531,14 @@ class Tracker:
         self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._safely(f"logging {path}", self.client.log_artifact, self.run_id, str(path), artifact_path)
+        self.safely(f"logging {path}", self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_image(self, path: str | Path, artifact_path: str) -> None:
         """Log an image file as an artifact (as ``log_artifact``) and as an MLflow image with the key
         ``<artifact_path>/<file stem>``, which the chart view shows side by side for every run
         (in a section named ``artifact_path``)."""
         self.log_artifact(path, artifact_path)
-        self._safely(f"logging the image {path}", self._log_image, Path(path), artifact_path)
+        self.safely(f"logging the image {path}", self._log_image, Path(path), artifact_path)
 
     def _log_image(self, path: Path, artifact_path: str) -> None:
         from PIL import Image
@@ -686,22 +546,6 @@ class Tracker:
         with Image.open(path) as image:
             self.client.log_image(self.run_id, image.convert("RGB"), key=f"{artifact_path}/{path.stem}", step=0)
 
-    def describe(self) -> None:
-        """Write the run's description (``describe_run``) from what the run holds now."""
-        self._safely("writing the run's description", self._describe)
-
-    def _describe(self) -> None:
-        run = self.client.get_run(self.run_id)
-        exp_id = run.info.experiment_id
-        links = {f.path: run_url(exp_id, self.run_id, f.path)
-                 for f in self.client.list_artifacts(self.run_id, SAMPLES_ARTIFACTS) if f.path.endswith(".png")}
-        trained = run.data.tags.get(TRAINED_BY_TAG)
-        if trained:
-            links["the run that trained the model"] = run_url(exp_id, trained)
-        text = describe_run(run.data.metrics, run.data.params, links)
-        if trained:
-            text += "\n\nThe model was reused from DVC's cache (trained by the run linked above)."
-        self.client.set_tag(self.run_id, NOTE_TAG, text)
 
     def view_url(self, server: str | None = None) -> str:
         """``compare_view_url`` of this run's experiment: on the tracking server itself (its
@@ -711,13 +555,10 @@ class Tracker:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self._safely("setting tags", self.client.set_tag, self.run_id, k, redact(str(v)))
+            self.safely("setting tags", self.client.set_tag, self.run_id, k, redact(str(v)))
 
     def finish(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
-        """Close the run; a failed run records why (tag ``error``), so the UI says it. Each
-        stage that finishes rewrites the description with what the run holds by then."""
+        """Close the run; a failed run records why (tag ``error``), so the UI says it."""
         if error is not None:
             self.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
-        else:
-            self.describe()
-        self._safely("closing the run", self.client.set_terminated, self.run_id, status)
+        self.safely("closing the run", self.client.set_terminated, self.run_id, status)

@@ -175,7 +175,7 @@ def num_levels_for(sigma_max: float, sigma_min: float, dim: int, target: float =
     upper = 2.0
     while excess(upper) > 0:
         upper *= 2
-    from scipy.optimize import brentq  # scipy.optimize: 0.5 s of start-up, imported when used
+    from scipy.optimize import brentq  # imported when used: its start-up (benchmarks/README.md)
 
     gamma = brentq(excess, 1.0, upper, xtol=1e-15, rtol=4 * np.finfo(float).eps)
     log_ratio = math.log(hi / lo)

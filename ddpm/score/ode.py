@@ -108,7 +108,7 @@ def solve(rhs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.T
            ) -> tuple[Any, torch.Tensor, int]:
     """Dopri5 with an integral controller on the float64 state ``y0`` [B, F], each example
     with its own steps. Returns the solution, NFE per example [B] and the batched calls made."""
-    import torchode  # here, not at the top: about 0.8 s of start-up for stages that never solve an ODE
+    import torchode  # here, not at the top: its start-up is no cost to stages that never solve an ODE
 
     term = torchode.ODETerm(rhs)
     controller = torchode.IntegralController(atol=atol, rtol=rtol, term=term).double()
