@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -41,11 +41,13 @@ from ddpm.score.sde import (
     score_from_diffusion,
     score_from_eps_model,
 )
-from ddpm.training.objectives import DiffusionObjective, Objective
 
 # NCSN's budget of network evaluations: steps_per_level auto is ceil(NCSN_BUDGET / L), which is
 # NCSN's 100 steps at its 10 levels and NCSNv2's 5 at CIFAR-10's 232, and about DDPM's 1000 steps.
 NCSN_BUDGET = 1000
+
+if TYPE_CHECKING:
+    from ddpm.training.objectives import Objective
 
 
 class DdpmFamily:
@@ -57,6 +59,10 @@ class DdpmFamily:
 
     @staticmethod
     def objective(params: Params, num_levels: int | None) -> Objective:
+        # Imported here: only training builds an objective, and the sample and evaluate stages,
+        # which import this module, must not depend on (and rerun for) the training code.
+        from ddpm.training.objectives import DiffusionObjective
+
         return DiffusionObjective(build_diffusion(params), num_levels)
 
     @staticmethod
