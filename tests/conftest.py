@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+# The test folders mirror the package (tests/score, tests/sampling, ..., the end-to-end runs in
+# tests/e2e). Test modules share helpers by module name (``from test_stages import
+# write_params``), as pytest lets modules of one folder do: every folder is on the import path.
+sys.path[:0] = [str(d) for d in sorted(Path(__file__).resolve().parent.iterdir())
+                if d.is_dir() and d.name != "__pycache__"]
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under pytest-xdist (`-n 2`, README) each worker, and every process a test starts (the
@@ -39,8 +47,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         first_seen.setdefault(item.nodeid.split("::")[0], len(first_seen))
 
-    def key(item: pytest.Item) -> tuple[bool, int]:
-        slow = item.get_closest_marker("slow") is not None
-        return (not slow, -first_seen[item.nodeid.split("::")[0]] if slow else 0)
+    def key(item: pytest.Item) -> tuple[bool, bool, int]:
+        slow, path = item.get_closest_marker("slow") is not None, item.nodeid.split("::")[0]
+        return (not slow, not path.endswith("test_readme_recipes.py"), -first_seen[path] if slow else 0)
 
     items.sort(key=key)  # stable

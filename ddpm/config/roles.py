@@ -4,7 +4,7 @@ Three decisions read this table and nothing else: whether a saved training state
 (ddpm.training.state: every NETWORK and TRAINING key must match), whether a checkpoint may be used
 with the current params (ddpm.pipeline.checkpoint: every NETWORK key must match), and who resolves a
 key's ``auto``. A key the table does not name counts as TRAINING (fail safe), and
-tests/test_key_roles.py walks every key of the schema and fails on one that is not named.
+tests/config/test_key_roles.py walks every key of the schema and fails on one that is not named.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from ddpm.data.registry import DATASETS
 from ddpm.errors import ConfigError
 
 # The names of ddpm.schedules.SCHEDULES, whose module needs torch; params load without it
-# (tests/test_config.py keeps the two equal).
+# (tests/config/test_config.py keeps the two equal).
 BETA_SCHEDULES = ("linear", "quadratic", "cosine", "sigmoid", "geometric", "constant", "jsd", "sohl_dickstein")
 # Keys at the top level of params.yaml besides the diffusion's.
 _TOP_LEVEL = ("recipe", "dataset", "seed", "family")

@@ -33,7 +33,7 @@ from ddpm.metrics._features import Estimate
 from ddpm.metrics.floor import metric_floor
 
 WEIGHTS_KEY = "quality.inception_weights"
-# torch-fidelity's URL_INCEPTION_V3 (tests/test_inception.py checks they agree). torch-fidelity is
+# torch-fidelity's URL_INCEPTION_V3 (tests/quality/test_inception.py checks they agree). torch-fidelity is
 # imported where a network is built or a metric computed: it imports torchvision, which imports
 # torch._dynamo, a start-up that every stage importing ddpm.quality.suites would otherwise pay
 # (benchmarks/README.md, "Imports deferred to first use", has the figure).

@@ -47,7 +47,7 @@ from ddpm.pipeline.view import (
     set_experiment_view,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VIEW_TAG = VIEW_TAG_PREFIX + COMPARE_VIEW_ID
 
 PARAMS = {"seed": 0, "train.steps": 30, "train.precision": "auto", "sample.sampler": "ancestral", "sample.steps": 0}

@@ -32,7 +32,7 @@ from ddpm.quality.classifier import (
 )
 from stages import classifier as classifier_stage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def random_images(n: int, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Run by tests/test_training.py and tests/test_train_state.py under torchrun: train with DDP
+"""Run by tests/training/test_training.py and tests/training/test_train_state.py under torchrun: train with DDP
 (gloo) and save each rank's weights and logged history.
 
     _ddp_worker.py OUT PRECISION [JSON]

@@ -416,5 +416,5 @@ def test_stages_that_need_no_inception_do_not_import_torch_fidelity():
     code = ("import sys, stages.plot, stages.quality, stages.evaluate, stages.sample; "
             "print(sorted(m for m in ('torch_fidelity', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout
+                         cwd=Path(__file__).resolve().parents[2]).stdout
     assert out.strip() == "[]"

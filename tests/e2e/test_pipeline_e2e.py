@@ -18,7 +18,7 @@ import yaml
 
 from ddpm.pipeline.runtime import cpu_has_bf16_units
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "timesteps": 10,
     "model": {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [4]},

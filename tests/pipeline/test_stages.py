@@ -17,7 +17,7 @@ from ddpm.pipeline.checkpoint import check_compatible, load_checkpoint
 from ddpm.pipeline.tracking import Tracker
 from stages import evaluate, plot, prepare, sample, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_params(path: Path, **overrides) -> Path:

@@ -687,7 +687,7 @@ def test_import_and_plot_leave_matplotlib_global_state_alone(tmp_path: Path) -> 
         "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
         "assert dict.__getitem__(matplotlib.rcParams, 'backend') == before\n"
     )
-    repo_root = Path(__file__).resolve().parents[1]
+    repo_root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
     for name in ("s.png", "g.png", "x.png"):
         assert_png(tmp_path / name)
@@ -701,7 +701,7 @@ def test_each_figure_group_loads_only_its_own_module() -> None:
         "p.samples_figure, p.save_figure\n"
         "print(sorted(m for m in sys.modules if m.startswith('ddpm.plotting')))\n"
     )
-    repo_root = Path(__file__).resolve().parents[1]
+    repo_root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root, capture_output=True, text=True)
     loaded = ["ddpm.plotting", "ddpm.plotting._common", "ddpm.plotting._scatter", "ddpm.plotting.grids"]
     assert out.stdout.strip() == repr(loaded)

@@ -279,7 +279,7 @@ def test_plot_draws_the_familys_schedule(tmp_path, monkeypatch, raw):
     """The figure's curves are the family's schedule, computed here independently: the SDE's
     mean coefficient, std and g(t) on [eps, 1] (std and g on log axes), or NCSN's geometric
     ladder sigma_max (sigma_min / sigma_max)^(i / (L - 1)). Tolerance: a few float64 roundings
-    of exp, sqrt and powers (relative 1e-12, as tests/test_sde.py's closed forms)."""
+    of exp, sqrt and powers (relative 1e-12, as tests/score/test_sde.py's closed forms)."""
     import stages.plot
     from stages.plot import FAMILY_FIGURES
 

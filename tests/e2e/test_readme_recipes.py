@@ -17,7 +17,7 @@ from test_pipeline_e2e import dvc, make_workspace, mlflow_runs
 
 from ddpm.config import RECIPES, Params
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 # Few steps and few images, the same keys for every row (a key one row sets would otherwise stay
 # in the workspace's params.yaml for the next row). The recipes' own keys stay untouched, except
 # timesteps (a 1000-step bound or sampling loop is what makes a run slow) and data.image_size (the

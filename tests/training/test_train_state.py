@@ -30,7 +30,7 @@ from stages import train as train_stage
 # One torch thread and a forked RNG for every test here (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 

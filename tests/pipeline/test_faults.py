@@ -22,7 +22,7 @@ from ddpm.pipeline.build import build_network, load_trained
 from ddpm.pipeline.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.pipeline.tracking import Tracker
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 META = {"dataset": "digits", "kind": "image", "shape": [1, 8, 8], "num_levels": 17}
 SMALL = {"model": {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": []}}
 

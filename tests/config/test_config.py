@@ -26,7 +26,7 @@ from ddpm.config import (
 from ddpm.data import DATASETS
 from ddpm.pipeline.build import data_resolved_params
 
-REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 # The train stage resolves these on the machine that trains and stores what it used with the
 # model (ddpm.training.loop.resolved_params); every other `auto` is resolved when params load.
 RUNTIME_KEYS = {"train.precision", "train.device", "train.channels_last"}
