@@ -18,9 +18,7 @@ The public names below are imported on first use, so that ``ddpm.config`` (which
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ddpm._lazy import lazy_exports
 from ddpm.errors import DataError, DatasetNotFoundError
 
 _EXPORTS = {
@@ -43,14 +41,5 @@ _EXPORTS = {
 
 __all__ = ["DataError", "DatasetNotFoundError", *_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ddpm.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ddpm.data.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+# Imported on first use, so a stage loads, and DVC makes it depend on, only what it runs.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -23,8 +23,7 @@ Conventions shared with the rest of the package (see DESIGN.md):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ddpm._lazy import lazy_exports
 
 _EXPORTS = {
     "DATA_KINDS": "_common",
@@ -50,14 +49,5 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ddpm.plotting' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ddpm.plotting.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+# Imported on first use, so a stage loads, and DVC makes it depend on, only what it runs.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,8 +7,7 @@ annealed Langevin dynamics (``ald``).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ddpm._lazy import lazy_exports
 
 _EXPORTS = {
     "ddim_step": "ddim",
@@ -27,15 +26,5 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    # Imported on first use, so a stage loads, and DVC makes it depend on, only what it runs.
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+# Imported on first use, so a stage loads, and DVC makes it depend on, only what it runs.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
