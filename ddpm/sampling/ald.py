@@ -1,33 +1,20 @@
 """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1), NCSN's sampler, with NCSNv2's
 final denoising step. Level ``i`` is the paper's sigma_{i+1} (level 0 the largest noise), as
-in ``ddpm.score.ncsn``, which holds the ladder, the objective and NCSNv2's rules."""
+in ``ddpm.score.ncsn``, which holds the ladder, the objective and NCSNv2's rules. The sampler
+follows ``ddpm.sampling.contract``."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import get_args
 
 import torch
 
 from ddpm.diffusion import OnStep
+from ddpm.sampling.contract import OnState, StateReporter
 from ddpm.score.ncsn import Init, LevelScore, check_int, check_positive, checked_sigmas
 from ddpm.seeding import Generator, rand, randn
-
-
-def _trajectory_levels(request: bool | Sequence[int], num_levels: int, denoise: bool) -> list[int]:
-    """The states ALD records: -1 is the initial state, i in 0..L-1 the state after level i's
-    Langevin steps, L the denoised sample (only with ``denoise``); True records all of them."""
-    last = num_levels if denoise else num_levels - 1
-    if request is True:
-        return list(range(-1, last + 1))
-    if request is False or request is None:
-        return []
-    levels = sorted({int(i) for i in request})
-    bad = [i for i in levels if not -1 <= i <= last]
-    if bad:
-        raise ValueError(f"trajectory levels {bad} lie outside -1..{last}")
-    return levels
 
 
 def _ald_init(init: str, shape: Sequence[int], sigma_max: float, generator: Generator,
@@ -43,8 +30,8 @@ def _ald_init(init: str, shape: Sequence[int], sigma_max: float, generator: Gene
 def ald_sample(score: LevelScore, sigmas: torch.Tensor | Sequence[float], shape: Sequence[int], *,
                steps_per_level: int = 100, step_lr: float = 2e-5, denoise: bool = True, init: Init = "uniform",
                generator: Generator = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               return_trajectory: bool | Sequence[int] = False, on_step: OnStep | None = None
-               ) -> tuple[torch.Tensor, dict[str, Any]]:
+               on_step: OnStep | None = None, states: Sequence[int] | None = None,
+               on_state: OnState | None = None) -> torch.Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; NCSNv2's final denoising).
 
     Starts from U[-1, 1] (``init="uniform"``: the references' U[0, 1] in their [0, 1] scaling)
@@ -55,22 +42,22 @@ def ald_sample(score: LevelScore, sigmas: torch.Tensor | Sequence[float], shape:
     ``ncsnv2_settings``. Noise comes from ``generator`` (one per example: example b's sample
     does not depend on its batch).
 
-    Returns ``(x, info)``: info["nfe"] is the number of score evaluations (L T, plus 1 with
-    ``denoise``); with ``return_trajectory`` (True, or the levels to keep, see
-    ``_trajectory_levels``) info["trajectory"] = {"level": LongTensor [S], "x": [S, *shape]}.
-    ``on_step(done, total)`` follows the score evaluations.
+    Returns the samples. ``on_state(level, x)`` receives the states ``states`` (default: all) in
+    order: level -1 is the initial state, i in 0..L-1 the state after level i's Langevin steps,
+    L the denoised sample (only with ``denoise``). The NFE, L T (plus 1 with ``denoise``), is
+    the calls of a ``CountingScore`` passed as ``score``; ``on_step(done, total)`` follows them.
     """
     table = checked_sigmas(sigmas)
     steps = check_int("steps_per_level", steps_per_level, 1)
     step_lr = check_positive("step_lr", step_lr)
     L, B = len(table), shape[0]
-    record = _trajectory_levels(return_trajectory, L, denoise)
+    report = StateReporter(on_state, states, range(-1, L + int(denoise)), "trajectory levels")
     total = L * steps + int(denoise)
     # alpha_i = eps sigma_i^2 / sigma_L^2 in float64 (NCSN Algorithm 1, line 3).
     alphas = (step_lr * (table / table[-1]) ** 2).tolist()
     x = _ald_init(init, shape, table[0].item(), generator, device, dtype)
-    frames = [x.clone()] if -1 in record else []
-    nfe = 0
+    report(-1, x)
+    done = 0
     for i in range(L):
         level = torch.full((B,), i, dtype=torch.long, device=device)
         for _ in range(steps):
@@ -78,20 +65,14 @@ def ald_sample(score: LevelScore, sigmas: torch.Tensor | Sequence[float], shape:
             # paper writes alpha_i / 2 s + sqrt(alpha_i) z, whose alpha_i is twice this one.
             z = randn(shape, generator, device, dtype)
             x = x + alphas[i] * score(x, level).to(dtype) + math.sqrt(2 * alphas[i]) * z
-            nfe += 1
+            done += 1
             if on_step is not None:
-                on_step(nfe, total)
-        if i in record:
-            frames.append(x.clone())
+                on_step(done, total)
+        report(i, x)
     if denoise:
         level = torch.full((B,), L - 1, dtype=torch.long, device=device)
         x = x + table[-1].item() ** 2 * score(x, level).to(dtype)
-        nfe += 1
         if on_step is not None:
-            on_step(nfe, total)
-        if L in record:
-            frames.append(x.clone())
-    info: dict[str, Any] = {"nfe": nfe}
-    if record:
-        info["trajectory"] = {"level": torch.tensor(record, dtype=torch.long), "x": torch.stack(frames)}
-    return x, info
+            on_step(total, total)
+        report(L, x)
+    return x

@@ -1,6 +1,7 @@
 """DDIM (Song et al. 2021): the generalized, possibly deterministic reverse process over a
-subsequence of a discrete diffusion's timesteps. Trajectory steps count the state: step ``s``
-is x_s in the paper's indexing, from ``T`` (the initial noise) down to ``0`` (the sample)."""
+subsequence of a discrete diffusion's timesteps. States are keyed by the paper's index: state
+``s`` is x_s, from ``T`` (the initial noise) down to ``0`` (the sample); the sampler follows
+``ddpm.sampling.contract``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, Model, OnStep, generator_device, trajectory_steps
+from ddpm.diffusion import GaussianDiffusion, Model, OnStep, generator_device
+from ddpm.sampling.contract import OnState, StateReporter
 from ddpm.sampling.respacing import space_timesteps
 from ddpm.seeding import Generator, randn
 
@@ -45,16 +47,20 @@ def ddim_step(diffusion: GaussianDiffusion, model: Model, x_t: torch.Tensor, t: 
 @torch.no_grad()
 def ddim_sample_loop(diffusion: GaussianDiffusion, model: Model, shape: Sequence[int],
                      steps: int | Sequence[int] | None = None, eta: float = 0.0,
-                     generator: Generator = None, return_trajectory: bool | Sequence[int] = False,
-                     clip_denoised: bool = True, device: torch.device | str | None = None,
-                     on_step: OnStep | None = None, noise: torch.Tensor | None = None):
+                     generator: Generator = None, clip_denoised: bool = True,
+                     device: torch.device | str | None = None, on_step: OnStep | None = None,
+                     noise: torch.Tensor | None = None, states: Sequence[int] | None = None,
+                     on_state: OnState | None = None) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) over a subsequence of timesteps.
 
     ``steps`` is a number of evenly spaced steps or an explicit ascending list of code
     timesteps (default: all T). ``eta = 0`` is the deterministic DDIM; ``eta = 1`` on the
     full sequence is ancestral sampling with the ``fixed_small`` variance. Learned
-    variances are ignored, as in the paper. Trajectory steps are code timesteps + 1
-    (the paper's index of the state), with 0 for the final sample. ``on_step(done, total)``
+    variances are ignored, as in the paper. Returns the samples.
+
+    ``on_state(s, x_s)`` receives the states ``states`` (default: all it passes through) in
+    order; their keys are code timesteps + 1 (the paper's index of the state), with 0 for the
+    final sample, and must be states of the chosen subsequence. ``on_step(done, total)``
     follows the steps done.
     """
     device = torch.device(device) if device is not None else generator_device(generator)
@@ -69,17 +75,13 @@ def ddim_sample_loop(diffusion: GaussianDiffusion, model: Model, shape: Sequence
             raise ValueError(f"DDIM steps must be code timesteps in 0..{T - 1}, got {list(steps)}")
     if eta < 0:
         raise ValueError(f"eta={eta} must be >= 0")
-    record = trajectory_steps(return_trajectory, T)
+    report = StateReporter(on_state, states, [s + 1 for s in reversed(seq)] + [0], "trajectory steps")
     x = noise.to(device) if noise is not None else randn(shape, generator, device)
-    frames = [x.clone()] if seq[-1] + 1 in record else []
+    report(seq[-1] + 1, x)
     for i in range(len(seq) - 1, -1, -1):
         t_prev = seq[i - 1] if i > 0 else -1
         x = ddim_step(diffusion, model, x, seq[i], t_prev, eta, generator, clip_denoised)["sample"]
-        if t_prev + 1 in record:
-            frames.append(x.clone())
+        report(t_prev + 1, x)
         if on_step is not None:
             on_step(len(seq) - i, len(seq))
-    if return_trajectory is False or return_trajectory is None:
-        return x
-    kept = [s for s in record if s == 0 or s - 1 in seq]
-    return x, {"steps": kept, "x": torch.stack(frames)}
+    return x

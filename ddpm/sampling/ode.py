@@ -1,31 +1,20 @@
 """The probability-flow ODE as a sampler (score_sde's ODE sampler): integrate from a prior
 sample at t = 1 down to eps with the solver of ``ddpm.score.ode``, then, by default, score_sde's
-final noise-free denoising step (``denoise_step``)."""
+final noise-free denoising step (``denoise_step``). It follows ``ddpm.sampling.contract``, but
+for its NFE: the adaptive solver takes its own steps per example, reported to ``on_nfe``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from ddpm.sampling.contract import OnState, StateReporter
 from ddpm.score.ode import Score, check_solver_args, solve
 from ddpm.seeding import Generator
 
-TRAJECTORY_FRAMES = 11  # states ode_sample records for return_trajectory=True, t = 1 .. eps
-
-
-def _trajectory_times(request: bool | Sequence[float] | None, eps: float) -> list[float]:
-    """The times ode_sample records, descending: TRAJECTORY_FRAMES from 1 to eps for True."""
-    if request is True:
-        return torch.linspace(1.0, eps, TRAJECTORY_FRAMES, dtype=torch.float64).tolist()
-    if request is False or request is None:
-        return []
-    times = sorted({float(t) for t in request}, reverse=True)
-    bad = [t for t in times if not eps <= t <= 1.0]
-    if bad:
-        raise ValueError(f"trajectory times {bad} lie outside [eps, 1] = [{eps:g}, 1]")
-    return times
+TRAJECTORY_FRAMES = 11  # the states ode_sample reports for states=None, t = 1 .. eps
 
 
 def denoise_step(sde: Any, score: Score, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -52,7 +41,8 @@ def denoise_step(sde: Any, score: Score, x: torch.Tensor, t: float) -> torch.Ten
 def ode_sample(sde: Any, score: Score, shape_or_noise: Sequence[int] | torch.Tensor, *, rtol: float = 1e-5,
                atol: float = 1e-5, eps: float = 1e-3, denoise: bool = True, generator: Generator = None,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               return_trajectory: bool | Sequence[float] = False) -> dict[str, Any]:
+               states: Sequence[float] | None = None, on_state: OnState | None = None,
+               on_nfe: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Samples by integrating the probability-flow ODE from t = 1 down to ``eps`` (score_sde's
     ODE sampler), then with ``denoise`` (the default, as every score_sde config's
     ``noise_removal``) one noise-free reverse-diffusion step at eps (``denoise_step``, one more
@@ -60,19 +50,23 @@ def ode_sample(sde: Any, score: Score, shape_or_noise: Sequence[int] | torch.Ten
 
     ``shape_or_noise``: a shape, for a prior sample drawn from ``generator`` (one per example
     makes every sample independent of its batch) on ``device`` in ``dtype``; or the prior
-    sample x(1) itself. Returns ``samples`` (x's dtype), ``nfe`` (LongTensor [B]: the solver's
-    evaluations, plus 1 for the denoising step) and ``nfe_total`` (as ``log_likelihood``, plus
-    1); with ``return_trajectory`` (True: TRAJECTORY_FRAMES times from 1 to eps, or a sequence
-    of times in [eps, 1]) also ``trajectory``: ``t`` (the times, descending) and ``x``
-    [S, B, ...], the ODE's states read from the solver's dense output (no extra NFE; the
-    denoised sample is ``samples``).
+    sample x(1) itself. Returns the samples (x(1)'s dtype).
+
+    ``on_state(t, x(t))`` receives the ODE's states at the times ``states`` (in [eps, 1]; default
+    TRAJECTORY_FRAMES times from 1 to eps) in descending order, read from the solver's dense
+    output after the solve (no extra NFE; the denoised sample is the returned one).
+    ``on_nfe(nfe)`` receives, once, each example's NFE (LongTensor [B]: the solver's evaluations,
+    plus 1 for the denoising step): the exception to the contract's ``CountingScore``, which
+    counts the batched calls (the slowest example's NFE) but cannot see the steps of each example.
     """
     check_solver_args(eps=eps, rtol=rtol, atol=atol)
     if isinstance(shape_or_noise, torch.Tensor):
         x1 = shape_or_noise
     else:
         x1 = sde.prior_sampling(tuple(shape_or_noise), generator=generator, device=device, dtype=dtype)
-    times = _trajectory_times(return_trajectory, eps)
+    report = StateReporter(on_state, states, torch.linspace(1.0, eps, TRAJECTORY_FRAMES, dtype=torch.float64).tolist(),
+                           "trajectory times", span=(1.0, eps))
+    times = report.keys
     B, D = x1.shape[0], x1[0].numel()
 
     def rhs(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -81,14 +75,14 @@ def ode_sample(sde: Any, score: Score, shape_or_noise: Sequence[int] | torch.Ten
 
     evaluate_at = sorted({*times, eps}, reverse=True)
     t_eval = torch.tensor(evaluate_at, dtype=torch.float64, device=x1.device).expand(B, -1)
-    sol, nfe, nfe_total = solve(rhs, x1.reshape(B, D).to(torch.float64), 1.0, eps, rtol, atol, t_eval=t_eval)
-    states = sol.ys.transpose(0, 1).reshape(len(evaluate_at), *x1.shape).to(x1.dtype)
-    samples = states[-1]
+    sol, nfe, _ = solve(rhs, x1.reshape(B, D).to(torch.float64), 1.0, eps, rtol, atol, t_eval=t_eval)
+    ys = sol.ys.transpose(0, 1).reshape(len(evaluate_at), *x1.shape).to(x1.dtype)
+    for t in times:
+        report(t, ys[evaluate_at.index(t)])
+    samples = ys[-1]
     if denoise:
         samples = denoise_step(sde, score, samples, eps)
-        nfe, nfe_total = nfe + 1, nfe_total + 1
-    out: dict[str, Any] = {"samples": samples, "nfe": nfe, "nfe_total": nfe_total}
-    if times:
-        keep = [evaluate_at.index(t) for t in times]
-        out["trajectory"] = {"t": torch.tensor(times, dtype=torch.float64), "x": states[keep]}
-    return out
+        nfe = nfe + 1
+    if on_nfe is not None:
+        on_nfe(nfe)
+    return samples

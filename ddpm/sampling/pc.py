@@ -33,7 +33,8 @@ each step, as score_sde's code does (score_sde_pytorch#50); ``predictor_first`` 
 the paper's Algorithm 1.
 
 Noise is drawn with ``ddpm.seeding.randn``: with one generator per example, example b's sample
-is the same whatever batch it is drawn in (nothing here couples examples).
+is the same whatever batch it is drawn in (nothing here couples examples). ``pc_sample`` follows
+``ddpm.sampling.contract``: its NFE is counted by wrapping the score in ``CountingScore``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from typing import Any
 
 import torch
 
-from ddpm.diffusion import OnStep, generator_device, trajectory_steps
+from ddpm.diffusion import OnStep, generator_device
+from ddpm.sampling.contract import OnState, StateReporter
 from ddpm.score.sde import SDE, VESDE, VPSDE, Score, SubVPSDE
 from ddpm.seeding import Generator, randn
 
@@ -205,15 +207,13 @@ def _updates(sde: SDE, score: Score, predictor: str, corrector: str, order: str,
     return predictor_updates + corrector_updates
 
 
-class _CountingScore:
-    """The score, counting its evaluations (each evaluates the whole batch once)."""
-
-    def __init__(self, score: Score) -> None:
-        self.score, self.calls = score, 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.score(x, t)
+def pc_timesteps(sde: SDE, num_steps: int | None = None, eps: float | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """The float64 grid t = linspace(1, eps, num_steps) that ``pc_sample`` steps on (score_sde);
+    ``num_steps`` defaults to ``sde.N``, ``eps`` to ``sde.sampling_eps``."""
+    num_steps = sde.N if num_steps is None else num_steps
+    eps = sde.sampling_eps if eps is None else eps
+    return torch.linspace(1.0, eps, num_steps, dtype=torch.float64, device=device)
 
 
 @torch.no_grad()
@@ -222,47 +222,41 @@ def pc_sample(sde: SDE, score: Score, shape: Sequence[int], *, predictor: str = 
               num_steps: int | None = None, eps: float | None = None, denoise: bool = True,
               order: str = "corrector_first", generator: Generator = None,
               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-              return_trajectory: bool | Sequence[int] = False,
-              on_step: OnStep | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+              on_step: OnStep | None = None, states: Sequence[int] | None = None,
+              on_state: OnState | None = None) -> torch.Tensor:
     """Predictor-corrector samples [shape] of ``sde`` driven by ``score`` (see the module docstring).
 
     ``num_steps`` defaults to ``sde.N``, ``eps`` to ``sde.sampling_eps``; the steps run at
-    t = linspace(1, eps, num_steps) (score_sde). ``denoise=True`` returns the noise-free mean
+    t = linspace(1, eps, num_steps) (score_sde, ``pc_timesteps``). ``denoise=True`` returns the noise-free mean
     ``x_mean`` of the last update of the last step (score_sde's final denoising; a "none" update
     leaves it unchanged, so a corrector-only sampler returns its corrector's mean), False the
     noisy x. ``generator``: None, one generator, or one per example; ``device`` defaults to the
     generator's. ``on_step(done, num_steps)`` follows progress.
 
-    Returns ``(x, info)``: ``info["nfe"]`` is the number of score evaluations of the run (each on
-    the whole batch; the same for every example), ``info["timesteps"]`` the float64 grid, and with
-    ``return_trajectory`` (True: every state; or a list of states s in 0..num_steps)
-    ``info["trajectory"]`` = {"steps": the states s, descending, "x": [S, *shape]}, where state
-    s = num_steps is the prior draw, s = num_steps - i the input of step i, and 0 the returned sample.
+    Returns the samples. ``on_state(s, x)`` receives the states ``states`` (default: all, s in
+    num_steps..0) in order, where state s = num_steps is the prior draw, s = num_steps - i the
+    input of step i, and 0 the returned sample. The NFE (each evaluation on the whole batch; the
+    same for every example) is the calls of a ``CountingScore`` passed as ``score``.
     """
     num_steps = sde.N if num_steps is None else num_steps
     eps = sde.sampling_eps if eps is None else eps
     _check_args(sde, predictor, corrector, order, snr, corrector_steps, num_steps, eps)
     device = torch.device(device) if device is not None else generator_device(generator)
-    counted = _CountingScore(score)
-    updates = _updates(sde, counted, predictor, corrector, order, snr, corrector_steps, 1.0 / num_steps)
-    record = trajectory_steps(return_trajectory, num_steps)
-    timesteps = torch.linspace(1.0, eps, num_steps, dtype=torch.float64, device=device)
+    updates = _updates(sde, score, predictor, corrector, order, snr, corrector_steps, 1.0 / num_steps)
+    report = StateReporter(on_state, states, range(num_steps, -1, -1), "trajectory steps")
+    timesteps = pc_timesteps(sde, num_steps, eps, device)
 
     x = sde.prior_sampling(shape, generator, device, dtype)
     x_mean = x
-    frames = {num_steps: x.clone()} if num_steps in record else {}
+    report(num_steps, x)
     for i in range(num_steps):
         t = timesteps[i].repeat(x.shape[0])
         for update in updates:
             x, x_mean = update(x, t, generator)
-        state = num_steps - 1 - i
-        if state in record and state > 0:
-            frames[state] = x.clone()
+        if i < num_steps - 1:  # state 0 is the returned sample
+            report(num_steps - 1 - i, x)
         if on_step is not None:
             on_step(i + 1, num_steps)
     sample = x_mean if denoise else x
-    info: dict[str, Any] = {"nfe": counted.calls, "timesteps": timesteps}
-    if record:
-        frames[0] = sample
-        info["trajectory"] = {"steps": record, "x": torch.stack([frames[s] for s in record])}
-    return sample, info
+    report(0, sample)
+    return sample

@@ -5,9 +5,10 @@ ranks; the trajectory is ``trajectory_frames`` states spread evenly from noise t
 (``even_picks``).
 
 ``draw_samples`` runs the discrete diffusion's samplers: ancestral, respaced to fewer steps, and
-DDIM. The score samplers run through ``ddpm.sampling.score_samplers`` on the same loop, in a
-module of their own so that the quality stage, which sweeps only these two, does not depend on
-them.
+DDIM, both under the samplers' contract (``ddpm.sampling.contract``; ``GaussianDiffusion``'s own
+loop, public API, through ``ancestral_sample``). The score samplers run through
+``ddpm.sampling.score_samplers`` on the same loop, in a module of their own so that the quality
+stage, which sweeps only these two, does not depend on them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from ddpm.diffusion import GaussianDiffusion, Model, OnStep, batch_progress
+from ddpm.sampling.contract import OnState, StateRecorder
 from ddpm.sampling.ddim import ddim_sample_loop
 from ddpm.sampling.respacing import respace, space_timesteps
 from ddpm.seeding import Generator, generators
@@ -38,6 +40,16 @@ def seeded_batches(indices: Sequence[int], batch_size: int, seed: int, stream: s
         chunk = list(indices[start:start + batch_size])
         batch_step = None if on_step is None else batch_progress(on_step, batch, len(starts))
         yield chunk, generators(seed, stream, chunk, device), batch_step
+
+
+def ancestral_sample(diffusion: GaussianDiffusion, model: Model, shape: Sequence[int], *,
+                     states: Sequence[int], on_state: OnState, **kwargs: Any) -> torch.Tensor:
+    """``diffusion.p_sample_loop`` (its keyword arguments ``kwargs``) under the samplers' contract:
+    returns the samples and gives ``on_state(s, x_s)`` the states ``states`` (paper indices)."""
+    x, trajectory = diffusion.p_sample_loop(model, shape, return_trajectory=states, **kwargs)
+    for s, state in zip(trajectory["steps"], trajectory["x"], strict=True):
+        on_state(s, state)
+    return x
 
 
 @torch.no_grad()
@@ -70,16 +82,15 @@ def draw_samples(diffusion: GaussianDiffusion, model: Model, shape: Sequence[int
     samples, frames = [], []
     for chunk, gens, batch_step in seeded_batches(indices, batch_size, seed, "sample", device, on_step):
         batch_shape = (len(chunk), *shape[1:])
+        kept = StateRecorder()
         if sampler == "ancestral":
-            x, traj = loop_diffusion.p_sample_loop(loop_model, batch_shape, generator=gens, device=device,
-                                                   return_trajectory=record, clip_denoised=clip_denoised,
-                                                   on_step=batch_step)
+            x = ancestral_sample(loop_diffusion, loop_model, batch_shape, states=record, on_state=kept,
+                                 generator=gens, device=device, clip_denoised=clip_denoised, on_step=batch_step)
         else:
-            x, traj = ddim_sample_loop(diffusion, model, batch_shape, steps=keep, eta=eta, generator=gens,
-                                       device=device, return_trajectory=record, clip_denoised=clip_denoised,
-                                       on_step=batch_step)
+            x = ddim_sample_loop(diffusion, model, batch_shape, steps=keep, eta=eta, generator=gens, device=device,
+                                 states=record, on_state=kept, clip_denoised=clip_denoised, on_step=batch_step)
         samples.append(x.float().cpu())
-        frames.append(traj["x"].float().cpu())
+        frames.append(kept.stacked().float().cpu())
     steps_out = [to_original[s] for s in record]
     if not samples:  # a torchrun rank with no share
         return torch.empty((0, *shape[1:])), {"steps": steps_out, "x": torch.empty((len(record), 0, *shape[1:]))}

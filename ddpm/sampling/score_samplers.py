@@ -1,7 +1,8 @@
 """The score samplers run on the seeded batch loop (``ddpm.sampling.runner.seeded_batches``):
 predictor-corrector (``pc``), the probability-flow ODE (``ode``) and annealed Langevin dynamics
 (``ald``) on a ``ScoreModel``, each with its resolved settings, each recording the same
-trajectory labels and the NFE per sample."""
+trajectory labels and the NFE per sample, read through the samplers' contract
+(``ddpm.sampling.contract``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import torch
 
 from ddpm.diffusion import OnStep
 from ddpm.sampling.ald import ald_sample
+from ddpm.sampling.contract import CountingScore, StateRecorder
 from ddpm.sampling.ode import ode_sample
-from ddpm.sampling.pc import pc_sample
+from ddpm.sampling.pc import pc_sample, pc_timesteps
 from ddpm.sampling.runner import even_picks, seeded_batches
 from ddpm.score.model import ScoreModel
 
@@ -24,14 +26,14 @@ def _pc(model: ScoreModel, settings: dict[str, Any], shape: Sequence[int], gens:
         device: torch.device, dtype: torch.dtype, on_step: OnStep | None):
     num_steps = settings["num_steps"]
     states = even_picks(list(range(num_steps, -1, -1)), frames)
-    x, info = pc_sample(model.sde, model.score, shape, predictor=settings["predictor"],
-                        corrector=settings["corrector"], snr=settings["snr"],
-                        corrector_steps=settings["corrector_steps"], num_steps=num_steps, generator=gens,
-                        device=device, dtype=dtype, return_trajectory=states, on_step=on_step)
-    times = info["timesteps"].tolist()
+    score, kept = CountingScore(model.score), StateRecorder()
+    x = pc_sample(model.sde, score, shape, predictor=settings["predictor"], corrector=settings["corrector"],
+                  snr=settings["snr"], corrector_steps=settings["corrector_steps"], num_steps=num_steps,
+                  generator=gens, device=device, dtype=dtype, states=states, on_state=kept, on_step=on_step)
+    times = pc_timesteps(model.sde, num_steps, device=device).tolist()
     # State s > 0 is the input of step num_steps - s (s = num_steps: the prior draw at t = 1).
-    labels = [f"t={times[num_steps - st]:.3g}" if st else "sample" for st in info["trajectory"]["steps"]]
-    return x, labels, info["trajectory"]["x"], float(info["nfe"])
+    labels = [f"t={times[num_steps - st]:.3g}" if st else "sample" for st in kept.keys]
+    return x, labels, kept.stacked(), float(score.calls)
 
 
 def _ode(model: ScoreModel, settings: dict[str, Any], shape: Sequence[int], gens: list, frames: int,
@@ -39,27 +41,29 @@ def _ode(model: ScoreModel, settings: dict[str, Any], shape: Sequence[int], gens
     eps, denoise = settings["sample_eps"], settings["denoise"]
     # With the denoising step the last of the frames is the denoised sample, after x(eps).
     times = torch.linspace(1.0, eps, frames - int(denoise), dtype=torch.float64).tolist()
-    out = ode_sample(model.sde, model.score, shape, rtol=settings["rtol"], atol=settings["atol"], eps=eps,
-                     denoise=denoise, generator=gens, device=device, dtype=dtype, return_trajectory=times)
-    labels = [f"t={t:.3g}" for t in out["trajectory"]["t"].tolist()]
-    x = out["trajectory"]["x"]
+    kept, nfe = StateRecorder(), []
+    x = ode_sample(model.sde, model.score, shape, rtol=settings["rtol"], atol=settings["atol"], eps=eps,
+                   denoise=denoise, generator=gens, device=device, dtype=dtype, states=times, on_state=kept,
+                   on_nfe=nfe.append)
+    labels = [f"t={t:.3g}" for t in kept.keys]
     if denoise:
-        labels, x = [*labels, "denoised"], torch.cat([x, out["samples"][None]])
+        labels = [*labels, "denoised"]
+        kept.states.append(x)  # the denoised sample: the last frame
     else:
         labels[-1] = "sample"
-    return out["samples"], labels, x, out["nfe"].double()
+    return x, labels, kept.stacked(), nfe[0].double()
 
 
 def _ald(model: ScoreModel, settings: dict[str, Any], shape: Sequence[int], gens: list, frames: int,
          device: torch.device, dtype: torch.dtype, on_step: OnStep | None):
     L = len(model.sigmas)
     levels = even_picks(list(range(-1, L + int(settings["denoise"]))), frames)
-    x, info = ald_sample(model.level_score, model.sigmas, shape, generator=gens, device=device, dtype=dtype,
-                         return_trajectory=levels, on_step=on_step, **settings)
+    score, kept = CountingScore(model.level_score), StateRecorder()
+    x = ald_sample(score, model.sigmas, shape, generator=gens, device=device, dtype=dtype, states=levels,
+                   on_state=kept, on_step=on_step, **settings)
     sig = model.sigmas.tolist()
-    labels = ["init" if i == -1 else "denoised" if i == L else f"sigma={sig[i]:.3g}"
-              for i in info["trajectory"]["level"].tolist()]
-    return x, labels, info["trajectory"]["x"], float(info["nfe"])
+    labels = ["init" if i == -1 else "denoised" if i == L else f"sigma={sig[i]:.3g}" for i in kept.keys]
+    return x, labels, kept.stacked(), float(score.calls)
 
 
 _SCORE_SAMPLERS = {"pc": _pc, "ode": _ode, "ald": _ald}

@@ -18,6 +18,7 @@ import torch
 from ddpm import seeding
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.metrics.continuous import energy_distance
+from ddpm.sampling.contract import CountingScore, StateRecorder
 from ddpm.sampling.pc import (
     CORRECTORS,
     ORDERS,
@@ -26,6 +27,7 @@ from ddpm.sampling.pc import (
     annealed_langevin_step,
     langevin_step,
     pc_sample,
+    pc_timesteps,
     reverse_diffusion_step,
 )
 from ddpm.schedules import get_beta_schedule
@@ -186,9 +188,9 @@ def test_pc_samples_reproduce_the_law(law: str, sde_name: str, predictor: str, c
     independent draws of the same size); for the Gaussian also the first two moments."""
     sde = make_sde(sde_name, N_STEPS)
     case = LAW_CASES.index((sde_name, predictor, corrector, order)) * 2 + (law == "mixture")
-    x, _ = pc_sample(sde, mixture_score(KERNELS[sde_name], law), (N_SAMPLES, LAWS[law][0].shape[1]),
-                     predictor=predictor, corrector=corrector, order=order, dtype=F64,
-                     generator=torch.Generator().manual_seed(case))
+    x = pc_sample(sde, mixture_score(KERNELS[sde_name], law), (N_SAMPLES, LAWS[law][0].shape[1]),
+                  predictor=predictor, corrector=corrector, order=order, dtype=F64,
+                  generator=torch.Generator().manual_seed(case))
     assert torch.isfinite(x).all()
     model = energy_distance(x, draw_law(law, N_SAMPLES, torch.Generator().manual_seed(500 + case)))
     floor = law_floor(law)
@@ -203,7 +205,7 @@ def test_sub_vp_reverse_diffusion_is_its_euler_maruyama_step() -> None:
     sde = make_sde("subvp", 40)
     score = mixture_score(KERNELS["subvp"], "mixture")
     runs = [pc_sample(sde, score, (50, 2), predictor=p, corrector="none", dtype=F64,
-                      generator=torch.Generator().manual_seed(2))[0] for p in ("reverse_diffusion", "euler_maruyama")]
+                      generator=torch.Generator().manual_seed(2)) for p in ("reverse_diffusion", "euler_maruyama")]
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-12)
 
 
@@ -255,13 +257,15 @@ def test_ancestral_step_is_ddpm_step_with_variance_beta() -> None:
 def _ddpm_and_pc(diffusion: GaussianDiffusion, sde, score, model, shape, seed: int):
     """DDPM's ancestral loop and the PC ancestral sampler (no corrector) from the same noise:
     the PC sampler draws x_T and then one z per step from its generator, DDPM's loop gets the
-    same x_T and draws the same z's (including the unused one at its last step)."""
+    same x_T and draws the same z's (including the unused one at its last step). Also the PC sampler's score
+    evaluations (``CountingScore``)."""
     g = torch.Generator().manual_seed(seed)
     x_T = seeding.randn(shape, g, "cpu", F64)
     ddpm = diffusion.p_sample_loop(model, shape, generator=g, noise=x_T, clip_denoised=False)
-    pc, info = pc_sample(sde, score, shape, predictor="ancestral", corrector="none", dtype=F64,
-                         generator=torch.Generator().manual_seed(seed))
-    return ddpm, pc, info
+    counted = CountingScore(score)
+    pc = pc_sample(sde, counted, shape, predictor="ancestral", corrector="none", dtype=F64,
+                   generator=torch.Generator().manual_seed(seed))
+    return ddpm, pc, counted.calls
 
 
 def test_pc_ancestral_loop_is_ddpm_ancestral_loop() -> None:
@@ -275,9 +279,9 @@ def test_pc_ancestral_loop_is_ddpm_ancestral_loop() -> None:
     diffusion = GaussianDiffusion(get_beta_schedule("linear", N), var_type="fixed_large")
     model = gaussian_eps_oracle(diffusion.alphas_cumprod, m, s)
     score = discrete_score(model, diffusion.alphas_cumprod)
-    ddpm, pc, info = _ddpm_and_pc(diffusion, VPSDE(N=N), score, model, (8, 3), seed=3)
+    ddpm, pc, nfe = _ddpm_and_pc(diffusion, VPSDE(N=N), score, model, (8, 3), seed=3)
     torch.testing.assert_close(pc, ddpm, rtol=1e-10, atol=1e-10)
-    assert info["nfe"] == N
+    assert nfe == N
 
 
 def test_pc_ancestral_on_sde_from_diffusion_is_ddpm_for_any_schedule() -> None:
@@ -339,10 +343,11 @@ def test_nfe_is_the_exact_number_of_score_evaluations(predictor: str, corrector:
         calls.append(x.shape[0])
         return -x / (1 + KERNELS["ve"](t)[1][:, None]).to(x.dtype)
 
-    _, info = pc_sample(make_sde("ve", N), score, (3, 2), predictor=predictor, corrector=corrector,
-                        corrector_steps=corrector_steps, order=order, generator=torch.Generator().manual_seed(0))
+    counted = CountingScore(score)
+    pc_sample(make_sde("ve", N), counted, (3, 2), predictor=predictor, corrector=corrector,
+              corrector_steps=corrector_steps, order=order, generator=torch.Generator().manual_seed(0))
     expected = N * ((predictor != "none") + (corrector != "none") * corrector_steps)
-    assert info["nfe"] == len(calls) == expected
+    assert counted.calls == len(calls) == expected
     assert all(b == 3 for b in calls)
 
 
@@ -361,8 +366,8 @@ def test_a_sample_does_not_depend_on_its_batch(sde_name: str, predictor: str, co
     sde = make_sde(sde_name, 60)
     score = mixture_score(KERNELS[sde_name], "mixture")
     kwargs = dict(predictor=predictor, corrector=corrector, corrector_steps=2, dtype=F64)
-    batch, _ = pc_sample(sde, score, (5, 2), generator=seeding.generators(0, "sample", range(5)), **kwargs)
-    alone, _ = pc_sample(sde, score, (1, 2), generator=seeding.generators(0, "sample", [3]), **kwargs)
+    batch = pc_sample(sde, score, (5, 2), generator=seeding.generators(0, "sample", range(5)), **kwargs)
+    alone = pc_sample(sde, score, (1, 2), generator=seeding.generators(0, "sample", [3]), **kwargs)
     assert torch.equal(alone[0], batch[3])
     assert not torch.allclose(batch[3], batch[2])
 
@@ -381,12 +386,16 @@ def test_order_and_denoising_follow_the_step_functions(order: str) -> None:
                  lambda y, tt: annealed_langevin_step(sde, score, y, tt, snr, g)]
         for step in (steps if order == "predictor_first" else steps[::-1]):
             x, x_mean = step(x, t.expand(3))
+    grid, seen = torch.linspace(1, eps, N, dtype=F64), []
+    timed = lambda y, tt: (seen.append(tt), score(y, tt))[1]  # noqa: E731  (the t each call sees)
     for denoise, expected in ((True, x_mean), (False, x)):
-        out, info = pc_sample(sde, score, (3, 2), predictor="reverse_diffusion", corrector="annealed_langevin", snr=snr,
-                              eps=eps, order=order, denoise=denoise, dtype=F64,
-                              generator=torch.Generator().manual_seed(9))
+        seen.clear()
+        out = pc_sample(sde, timed, (3, 2), predictor="reverse_diffusion", corrector="annealed_langevin", snr=snr,
+                        eps=eps, order=order, denoise=denoise, dtype=F64, generator=torch.Generator().manual_seed(9))
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
-        torch.testing.assert_close(info["timesteps"], torch.linspace(1, eps, N, dtype=F64), rtol=0, atol=0)
+        # The grid it stepped on: both updates of step i at t = linspace(1, eps, N)[i], for every example.
+        torch.testing.assert_close(torch.stack(seen), grid.repeat_interleave(2)[:, None].expand(-1, 3), rtol=0, atol=0)
+        torch.testing.assert_close(pc_timesteps(sde, N, eps), grid, rtol=0, atol=0)
 
 
 def test_trajectory_and_progress() -> None:
@@ -394,19 +403,22 @@ def test_trajectory_and_progress() -> None:
     sde = make_sde("vp", N * 5)
     score = mixture_score(KERNELS["vp"], "gaussian")
     seen: list[tuple[int, int]] = []
-    x, info = pc_sample(sde, score, (4, 3), predictor="euler_maruyama", num_steps=N, return_trajectory=True,
-                        on_step=lambda done, total: seen.append((done, total)),
-                        generator=torch.Generator().manual_seed(1))
-    traj = info["trajectory"]
-    assert traj["steps"] == list(range(N, -1, -1))
-    assert traj["x"].shape == (N + 1, 4, 3)
-    torch.testing.assert_close(traj["x"][0], sde.prior_sampling((4, 3), torch.Generator().manual_seed(1)))
-    torch.testing.assert_close(traj["x"][-1], x)
+    traj = StateRecorder()
+    x = pc_sample(sde, score, (4, 3), predictor="euler_maruyama", num_steps=N, on_state=traj,
+                  on_step=lambda done, total: seen.append((done, total)), generator=torch.Generator().manual_seed(1))
+    assert traj.keys == list(range(N, -1, -1))
+    assert traj.stacked().shape == (N + 1, 4, 3)
+    torch.testing.assert_close(traj.states[0], sde.prior_sampling((4, 3), torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(traj.states[-1], x)
+    assert traj.states[-1] is not x  # a copy
     assert seen == [(i, N) for i in range(1, N + 1)]
-    _, info = pc_sample(sde, score, (4, 3), predictor="euler_maruyama", num_steps=N, return_trajectory=[0, 2],
-                        generator=torch.Generator().manual_seed(1))
-    assert info["trajectory"]["steps"] == [2, 0]
-    torch.testing.assert_close(info["trajectory"]["x"][0], traj["x"][N - 2])
+    some = StateRecorder()
+    pc_sample(sde, score, (4, 3), predictor="euler_maruyama", num_steps=N, states=[0, 2], on_state=some,
+              generator=torch.Generator().manual_seed(1))
+    assert some.keys == [2, 0]
+    torch.testing.assert_close(some.states[0], traj.states[N - 2])
+    with pytest.raises(ValueError, match=rf"trajectory steps \[{N + 1}\] lie outside 0..{N}"):
+        pc_sample(sde, score, (4, 3), predictor="euler_maruyama", num_steps=N, states=[N + 1], on_state=some)
 
 
 # --------------------------------------------------------------------------- bad input

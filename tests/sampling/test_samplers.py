@@ -8,6 +8,7 @@ import torch
 from test_diffusion import gaussian_oracle
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.sampling.contract import StateRecorder
 from ddpm.sampling.ddim import ddim_sample_loop, ddim_step
 from ddpm.sampling.respacing import respace, space_timesteps
 from ddpm.sampling.runner import draw_samples
@@ -138,6 +139,19 @@ def test_trajectory_capture():
     torch.testing.assert_close(full["x"][25], traj["x"][1])
     with pytest.raises(ValueError, match="outside 0..50"):
         d.sample(model, (3, 2), return_trajectory=[51])
+
+
+def test_ddim_reports_the_states_of_its_subsequence():
+    d, model = setup(50)
+    noise = torch.randn(3, 2, generator=torch.Generator().manual_seed(4))
+    every, some = StateRecorder(), StateRecorder()
+    x = ddim_sample_loop(d, model, (3, 2), steps=[0, 9, 19, 49], noise=noise, on_state=every)
+    assert every.keys == [50, 20, 10, 1, 0] and every.stacked().shape == (5, 3, 2)
+    assert torch.equal(every.states[0], noise) and torch.equal(every.states[-1], x) and every.states[-1] is not x
+    ddim_sample_loop(d, model, (3, 2), steps=[0, 9, 19, 49], noise=noise, states=[0, 50, 10], on_state=some)
+    assert some.keys == [50, 10, 0] and torch.equal(some.stacked(), every.stacked()[[0, 2, 4]])
+    with pytest.raises(ValueError, match=r"trajectory steps \[25\] are not among the sampler's states"):
+        ddim_sample_loop(d, model, (3, 2), steps=[0, 9, 19, 49], noise=noise, states=[25], on_state=some)
 
 
 def test_respaced_betas_reproduce_retained_alphas_cumprod():

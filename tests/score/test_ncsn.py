@@ -15,6 +15,7 @@ from scipy.stats import chisquare, norm
 
 from ddpm.metrics import energy_distance
 from ddpm.sampling.ald import ald_sample
+from ddpm.sampling.contract import CountingScore, StateRecorder
 from ddpm.score.ncsn import (
     NoiseConditionalScoreMatching,
     langevin_snr,
@@ -291,8 +292,9 @@ def test_ald_with_the_exact_score_of_gaussian_data_reproduces_it(one_thread):
     which the sample moments must show; the energy distance checks the law itself."""
     mean, s, n = torch.tensor([0.3, -0.2, 0.1], dtype=F64), 0.2, 3000
     sigmas = sigma_ladder(1.0, 0.01, 10)
-    x, info = ald_sample(gaussian_score(mean, s, sigmas), sigmas, (n, 3), generator=gen(11))
-    assert info["nfe"] == 10 * 100 + 1 and x.dtype == torch.float32
+    score = CountingScore(gaussian_score(mean, s, sigmas))
+    x = ald_sample(score, sigmas, (n, 3), generator=gen(11))
+    assert score.calls == 10 * 100 + 1 and x.dtype == torch.float32
     mu, var = ald_moments(mean, s, np.geomspace(1.0, 0.01, 10), 100, 2e-5)
     for d in range(3):
         assert abs(x[:, d].double().mean() - mu[d]).item() < 4 * math.sqrt(var / n)
@@ -308,7 +310,7 @@ def test_ald_with_the_exact_score_of_a_gaussian_mixture_reproduces_its_weights(o
     means = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.5]], dtype=F64)
     s, n = 0.1, 3000
     sigmas = sigma_ladder(1.0, 0.01, 10)
-    x, _ = ald_sample(mixture_score(weights, means, s, sigmas), sigmas, (n, 2), generator=gen(12))
+    x = ald_sample(mixture_score(weights, means, s, sigmas), sigmas, (n, 2), generator=gen(12))
     law = lambda k, seed: draw_mixture(weights, means, s, k, gen(seed))
     resolution = assert_same_law(x, law)
     # Power: mode weights off by 0.1 lie beyond the margin.
@@ -323,10 +325,10 @@ def test_ald_follows_the_algorithm_step_by_step():
     """Three levels, two steps each, replayed with the same generator draws in the same order."""
     sigmas_np = np.geomspace(0.8, 0.05, 3)
     mean, s, step_lr = torch.tensor([0.1, -0.3], dtype=F64), 0.3, 1e-3
-    score = gaussian_score(mean, s, torch.tensor(sigmas_np))
     for init in ("uniform", "gaussian"):
-        x, info = ald_sample(score, torch.tensor(sigmas_np), (5, 2), steps_per_level=2, step_lr=step_lr,
-                             init=init, generator=gen(14), dtype=F64)
+        score = CountingScore(gaussian_score(mean, s, torch.tensor(sigmas_np)))
+        x = ald_sample(score, torch.tensor(sigmas_np), (5, 2), steps_per_level=2, step_lr=step_lr,
+                       init=init, generator=gen(14), dtype=F64)
         g = gen(14)
         if init == "uniform":
             y = 2 * torch.rand(5, 2, generator=g, dtype=F64) - 1
@@ -339,7 +341,7 @@ def test_ald_follows_the_algorithm_step_by_step():
                 y = y - alpha * (y - mean) / (s**2 + sigma**2) + math.sqrt(2 * alpha) * z
         y = y - 0.05**2 * (y - mean) / (s**2 + 0.05**2)
         torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
-        assert info["nfe"] == 7
+        assert score.calls == 7
 
 
 def test_ald_sample_does_not_depend_on_its_batch():
@@ -347,27 +349,28 @@ def test_ald_sample_does_not_depend_on_its_batch():
     score = gaussian_score(torch.tensor([0.2, 0.1]), 0.3, sigmas)
     kwargs = dict(steps_per_level=5, step_lr=1e-3)
     for init in ("uniform", "gaussian"):
-        batch, _ = ald_sample(score, sigmas, (4, 2), generator=[gen(200 + b) for b in range(4)], init=init, **kwargs)
-        alone, _ = ald_sample(score, sigmas, (1, 2), generator=[gen(202)], init=init, **kwargs)
+        batch = ald_sample(score, sigmas, (4, 2), generator=[gen(200 + b) for b in range(4)], init=init, **kwargs)
+        alone = ald_sample(score, sigmas, (1, 2), generator=[gen(202)], init=init, **kwargs)
         assert torch.equal(batch[2], alone[0])
 
 
 def test_ald_reports_nfe_trajectory_and_progress():
     sigmas = sigma_ladder(1.0, 0.05, 4)
-    score = gaussian_score(torch.zeros(3), 0.5, sigmas)
-    calls = []
-    x, info = ald_sample(score, sigmas, (2, 3), steps_per_level=3, generator=gen(15), return_trajectory=True,
-                         on_step=lambda done, total: calls.append((done, total)))
-    assert info["nfe"] == 13 and calls == [(k, 13) for k in range(1, 14)]
-    traj = info["trajectory"]
-    assert traj["level"].tolist() == [-1, 0, 1, 2, 3, 4] and traj["x"].shape == (6, 2, 3)
-    assert torch.equal(traj["x"][-1], x)
-    x, info = ald_sample(score, sigmas, (2, 3), steps_per_level=3, denoise=False, generator=gen(15),
-                         return_trajectory=[-1, 3])
-    assert info["nfe"] == 12 and info["trajectory"]["level"].tolist() == [-1, 3]
-    assert torch.equal(info["trajectory"]["x"][-1], x)
-    _, info = ald_sample(score, sigmas, (2, 3), steps_per_level=1, generator=gen(15))
-    assert "trajectory" not in info
+    exact = gaussian_score(torch.zeros(3), 0.5, sigmas)
+    calls, score, traj = [], CountingScore(exact), StateRecorder()
+    x = ald_sample(score, sigmas, (2, 3), steps_per_level=3, generator=gen(15), on_state=traj,
+                   on_step=lambda done, total: calls.append((done, total)))
+    assert score.calls == 13 and calls == [(k, 13) for k in range(1, 14)]
+    assert traj.keys == [-1, 0, 1, 2, 3, 4] and traj.stacked().shape == (6, 2, 3)
+    assert torch.equal(traj.states[-1], x) and traj.states[-1] is not x
+    score, traj = CountingScore(exact), StateRecorder()
+    x = ald_sample(score, sigmas, (2, 3), steps_per_level=3, denoise=False, generator=gen(15), states=[-1, 3],
+                   on_state=traj)
+    assert score.calls == 12 and traj.keys == [-1, 3]
+    assert torch.equal(traj.states[-1], x)
+    traj = StateRecorder()
+    ald_sample(exact, sigmas, (2, 3), steps_per_level=1, generator=gen(15), states=[], on_state=traj)
+    assert traj.keys == []
 
 
 @pytest.mark.parametrize(
@@ -377,7 +380,7 @@ def test_ald_reports_nfe_trajectory_and_progress():
         (dict(steps_per_level=0), "steps_per_level must be an integer >= 1"),
         (dict(step_lr=-1.0), "step_lr must be a finite number > 0"),
         (dict(sigmas=[0.01, 1.0]), "strictly descending"),
-        (dict(return_trajectory=[5]), r"trajectory levels \[5\] lie outside -1..4"),
+        (dict(states=[5]), r"trajectory levels \[5\] lie outside -1..4"),
     ],
 )
 def test_ald_rejects_bad_arguments(kwargs, match):

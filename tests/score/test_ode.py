@@ -24,6 +24,7 @@ import torch
 from scipy import integrate, stats
 
 from ddpm.metrics import energy_distance
+from ddpm.sampling.contract import CountingScore, StateRecorder
 from ddpm.sampling.ode import denoise_step, ode_sample
 from ddpm.schedules import get_beta_schedule
 from ddpm.score.ode import EXACT_DIVERGENCE_MAX_DIM, dequantization_offset, log_likelihood, ode_bpd, ode_nll
@@ -303,45 +304,56 @@ def test_ode_bpd_refuses_data_off_the_grid():
 # --- sampling -------------------------------------------------------------------------------------
 
 
+def counted_ode_sample(sde, score, shape_or_noise, **kwargs) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """ode_sample's samples, each example's NFE (``on_nfe``, reported once) and the batched score
+    calls it made (``CountingScore``)."""
+    counted, nfe = CountingScore(score), []
+    x = ode_sample(sde, counted, shape_or_noise, on_nfe=nfe.append, **kwargs)
+    assert len(nfe) == 1
+    return x, nfe[0], counted.calls
+
+
 @pytest.mark.parametrize("kind, law_args", [("vp", MIXTURE_2D), ("ve", ([1.0], [[0.7, -0.3]], [0.5]))])
 def test_ode_sample_with_the_exact_score_reproduces_the_law(kind, law_args):
     law, eps, n = Mixture(kind, *law_args), 1e-3, 600
     # The law at eps is what the ODE carries the prior to: no denoising step after it.
-    out = ode_sample(SDES[kind], law.score, (n, 2), eps=eps, generator=generators(0, "sample", range(n)),
-                     dtype=torch.float64, denoise=False)
+    x, nfe, calls = counted_ode_sample(SDES[kind], law.score, (n, 2), eps=eps,
+                                       generator=generators(0, "sample", range(n)), dtype=torch.float64, denoise=False)
     reference, other = law.sample(n, eps, seed=1), law.sample(n, eps, seed=2)
-    model = energy_distance(out["samples"], reference)
+    model = energy_distance(x, reference)
     floor = energy_distance(other, reference)
     # Indistinguishable from real draws: as close as a second real draw, within the errors.
     assert model.value < floor.value + 3 * math.hypot(model.stderr, floor.stderr)
     assert abs(model.value) < 3 * model.stderr
     # The check has power at this size: it rejects the samples mirrored through 0 (the same
     # spread, the modes misplaced).
-    far = energy_distance(-out["samples"], reference)
+    far = energy_distance(-x, reference)
     assert far.value > floor.value + 3 * math.hypot(far.stderr, floor.stderr)
-    assert out["nfe"].shape == (n,) and int(out["nfe"].max()) == out["nfe_total"]
+    # The batch is evaluated as a whole until its slowest example is done.
+    assert nfe.shape == (n,) and int(nfe.max()) == calls
 
 
 def test_ode_sample_is_per_example_and_records_its_trajectory():
     law, sde = Mixture("vp", *MIXTURE_2D), SDES["vp"]
     gens = generators(3, "sample", range(4))
-    out = ode_sample(sde, law.score, (4, 2), generator=gens, return_trajectory=True)
+    traj = StateRecorder()
+    x, nfe, _ = counted_ode_sample(sde, law.score, (4, 2), generator=gens, on_state=traj)
     noise = sde.prior_sampling((4, 2), generators(3, "sample", range(4)))
-    traj = out["trajectory"]
-    assert out["samples"].dtype == torch.float32 and traj["x"].shape == (11, 4, 2)
-    assert traj["t"][0] == 1.0 and traj["t"][-1] == pytest.approx(1e-3)
+    assert x.dtype == torch.float32 and traj.stacked().shape == (11, 4, 2)
+    assert traj.keys[0] == 1.0 and traj.keys[-1] == pytest.approx(1e-3)
     # The trajectory holds the ODE's states, the last one x(eps); the sample is x(eps) denoised.
     plain = ode_sample(sde, law.score, noise.clone(), denoise=False)
-    assert torch.equal(traj["x"][0], noise) and torch.equal(traj["x"][-1], plain["samples"])
-    torch.testing.assert_close(out["samples"], denoise_step(sde, law.score, plain["samples"], 1e-3), rtol=0, atol=0)
+    assert torch.equal(traj.states[0], noise) and torch.equal(traj.states[-1], plain)
+    torch.testing.assert_close(x, denoise_step(sde, law.score, plain, 1e-3), rtol=0, atol=0)
     # The same noise in another batch (first two examples only) gives the same samples.
-    part = ode_sample(sde, law.score, noise[:2].clone())
-    assert torch.allclose(part["samples"], out["samples"][:2], rtol=0, atol=1e-6)
-    assert torch.equal(part["nfe"], out["nfe"][:2])
-    some = ode_sample(sde, law.score, noise, return_trajectory=[0.5, 1.0])
-    assert some["trajectory"]["t"].tolist() == [1.0, 0.5]
+    part, part_nfe, _ = counted_ode_sample(sde, law.score, noise[:2].clone())
+    assert torch.allclose(part, x[:2], rtol=0, atol=1e-6)
+    assert torch.equal(part_nfe, nfe[:2])
+    some = StateRecorder()
+    ode_sample(sde, law.score, noise, states=[0.5, 1.0], on_state=some)
+    assert some.keys == [1.0, 0.5]
     with pytest.raises(ValueError, match="outside"):
-        ode_sample(sde, law.score, noise, return_trajectory=[1e-4])
+        ode_sample(sde, law.score, noise, states=[1e-4], on_state=some)
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -389,14 +401,13 @@ def test_ode_sample_ends_with_one_noise_free_reverse_diffusion_step_by_default(k
     sde, eps = DENOISE_CASES[kind]
     law = gaussian("vp" if kind == "ddpm" else kind, 3)  # any smooth score will do for the step itself
     noise = sde.prior_sampling((5, 3), generators(1, "sample", range(5)), dtype=torch.float64)
-    plain = ode_sample(sde, law.score, noise.clone(), eps=eps, denoise=False)
-    out = ode_sample(sde, law.score, noise.clone(), eps=eps)  # the default: denoised
-    x = plain["samples"]
+    x, plain_nfe, plain_calls = counted_ode_sample(sde, law.score, noise.clone(), eps=eps, denoise=False)
+    out, nfe, calls = counted_ode_sample(sde, law.score, noise.clone(), eps=eps)  # the default: denoised
     expected = reverse_diffusion_mean(kind, x, law.score(x, torch.full((5,), eps, dtype=torch.float64)), eps)
     # Both in float64: the step's own rounding, a few ulps of max|x|.
-    torch.testing.assert_close(out["samples"], expected, rtol=0, atol=64 * 2.0**-53 * x.abs().max().item())
-    assert (out["samples"] - x).abs().max() > 1e-6  # the step moves the sample: the check above has power
-    assert torch.equal(out["nfe"], plain["nfe"] + 1) and out["nfe_total"] == plain["nfe_total"] + 1
+    torch.testing.assert_close(out, expected, rtol=0, atol=64 * 2.0**-53 * x.abs().max().item())
+    assert (out - x).abs().max() > 1e-6  # the step moves the sample: the check above has power
+    assert torch.equal(nfe, plain_nfe + 1) and calls == plain_calls + 1
 
 
 @pytest.mark.parametrize("kind", ["ve", "ddpm"])
@@ -424,8 +435,8 @@ def test_denoised_ode_samples_of_gaussian_data_are_the_posterior_mean(kind):
     n = 64
     noise = sde.prior_sampling((n, 2), generators(2, "sample", range(n)), dtype=torch.float64)
     # The closed form is a function of x(eps) itself, so the solver's own error does not enter.
-    x = ode_sample(sde, score, noise.clone(), eps=eps, denoise=False)["samples"]
-    denoised = ode_sample(sde, score, noise.clone(), eps=eps)["samples"]
+    x = ode_sample(sde, score, noise.clone(), eps=eps, denoise=False)
+    denoised = ode_sample(sde, score, noise.clone(), eps=eps)
     posterior_mean = m + a * v * (x - a * m) / (a**2 * v + std2)
     s = -(x - a * m) / (a**2 * v + std2)
     if kind == "ve":
