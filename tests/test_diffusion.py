@@ -450,16 +450,16 @@ def test_every_schedule_gives_a_finite_bound(schedule):
 
 
 # ---------------------------------------------------------------- structure
-CORE = ["seeding", "errors", "schedules", "likelihood", "diffusion", "sampling.contract", "sampling.respacing",
-        "sampling.ddim", "sampling.runner", "evaluation.bound"]
+CORE = ["seeding", "errors", "schedules", "likelihood", "diffusion", "batches", "sampling.contract",
+        "sampling.respacing", "sampling.ddim", "sampling.runner", "evaluation.bound"]
 
 
 @pytest.mark.parametrize("module", CORE)
 def test_core_modules_import_one_way(module):
-    """schedules -> likelihood -> diffusion -> the samplers' contract -> respacing -> DDIM -> the
-    sampling runner -> the bound (seeding and errors are leaves): a module imports, anywhere in its body, only ddpm
-    modules before it in CORE (the bound also reads ddpm.data), so no two core modules import
-    each other."""
+    """schedules -> likelihood -> diffusion -> the seeded batch loop -> the samplers' contract ->
+    respacing -> DDIM -> the sampling runner -> the bound (seeding and errors are leaves): a module
+    imports, anywhere in its body, only ddpm modules before it in CORE (the bound also reads
+    ddpm.data), so no two core modules import each other."""
     import ast
     from pathlib import Path
 

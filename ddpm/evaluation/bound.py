@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm.batches import seeded_batches
 from ddpm.data import to_model_space
-from ddpm.diffusion import GaussianDiffusion, Model, OnStep, batch_progress
+from ddpm.diffusion import GaussianDiffusion, Model, OnStep
 from ddpm.errors import EvaluationError
 from ddpm.likelihood import nats_to_bits
-from ddpm.seeding import generators
 
 PARTS = ("total", "prior", "decoder", "terms")
 
@@ -47,13 +47,9 @@ def bound_per_example(diffusion: GaussianDiffusion, model: Model, x_all: torch.T
     """
     indices = list(range(len(x_all))) if indices is None else list(indices)
     T = diffusion.num_timesteps
-    starts = range(0, len(indices), batch_size)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in PARTS}
-    for batch, start in enumerate(starts):
-        chunk = indices[start:start + batch_size]
+    for chunk, gens, batch_step in seeded_batches(indices, batch_size, seed, "bound", device, on_step):
         x0 = x_all[chunk].to(device)
-        gens = generators(seed, "bound", chunk, device)
-        batch_step = None if on_step is None else batch_progress(on_step, batch, len(starts))
         if meta["kind"] == "image":
             out = diffusion.bpd(model, x0, num_levels=meta["num_levels"], clip_denoised=clip_denoised,
                                 generator=gens, max_batch=batch_size, on_step=batch_step)
@@ -83,9 +79,8 @@ def bound_curve_point(diffusion: GaussianDiffusion, model: Model, x: torch.Tenso
     images = meta["kind"] == "image"
     per_call = max(1, max_batch // strata)
     totals = []
-    for start in range(0, len(x), per_call):
-        x0 = x[start:start + per_call].to(device)
-        gens = generators(seed, "bound_curve", range(start, start + len(x0)), device)
+    for chunk, gens, _ in seeded_batches(range(len(x)), per_call, seed, "bound_curve", device):
+        x0 = x[chunk].to(device)
         out = diffusion.bound_estimate(model, x0, meta["num_levels"] if images else None, strata,
                                        clip_denoised=clip_denoised and images, generator=gens)
         totals.append(out["total"].cpu())

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
+from ddpm.batches import seeded_batches
 from ddpm.errors import EvaluationError
 from ddpm.score.ode import ode_bpd, ode_nll
 from ddpm.score.sde import SDE, Score
-from ddpm.seeding import generators
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,8 @@ def ode_likelihood_per_example(sde: SDE, score: Score, x_all: torch.Tensor, meta
     indices = list(range(len(x_all))) if indices is None else list(indices)
     s = settings
     values, nfes = [], []
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
+    for chunk, gens, _ in seeded_batches(indices, batch_size, seed, "ode_likelihood", device):
         x = x_all[chunk].to(device)
-        gens = generators(seed, "ode_likelihood", chunk, device)
         common = {"generator": gens, "eps": s.eps, "rtol": s.rtol, "atol": s.atol,
                   "exact_divergence": s.exact_divergence, "max_batch": batch_size}
         if meta["kind"] == "image":

@@ -26,7 +26,6 @@ _EXPORTS = {
     "draw_samples": "runner",
     "ancestral_sample": "runner",
     "draw_score_samples": "score_samplers",
-    "seeded_batches": "runner",
     "even_picks": "runner",
 }
 

@@ -13,33 +13,22 @@ stage, which sweeps only these two, does not depend on them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, Model, OnStep, batch_progress
+from ddpm.batches import seeded_batches
+from ddpm.diffusion import GaussianDiffusion, Model, OnStep
 from ddpm.sampling.contract import OnState, StateRecorder
 from ddpm.sampling.ddim import ddim_sample_loop
 from ddpm.sampling.respacing import respace, space_timesteps
-from ddpm.seeding import Generator, generators
 
 
 def even_picks(values: Sequence[Any], count: int) -> list[Any]:
     """``count`` entries spread evenly over ``values``, first and last kept."""
     idx = torch.linspace(0, len(values) - 1, min(count, len(values))).round().long().tolist()
     return [values[i] for i in sorted(set(idx))]
-
-
-def seeded_batches(indices: Sequence[int], batch_size: int, seed: int, stream: str, device: torch.device | str,
-                   on_step: OnStep | None = None) -> Iterator[tuple[list[int], list[Generator], OnStep | None]]:
-    """The batches of ``indices``: each batch's items, one generator per item (item i of
-    ``stream``), and ``on_step`` rescaled so that it counts the work of all batches."""
-    starts = range(0, len(indices), batch_size)
-    for batch, start in enumerate(starts):
-        chunk = list(indices[start:start + batch_size])
-        batch_step = None if on_step is None else batch_progress(on_step, batch, len(starts))
-        yield chunk, generators(seed, stream, chunk, device), batch_step
 
 
 def ancestral_sample(diffusion: GaussianDiffusion, model: Model, shape: Sequence[int], *,

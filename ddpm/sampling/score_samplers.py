@@ -1,4 +1,4 @@
-"""The score samplers run on the seeded batch loop (``ddpm.sampling.runner.seeded_batches``):
+"""The score samplers run on the seeded batch loop (``ddpm.batches.seeded_batches``):
 predictor-corrector (``pc``), the probability-flow ODE (``ode``) and annealed Langevin dynamics
 (``ald``) on a ``ScoreModel``, each with its resolved settings, each recording the same
 trajectory labels and the NFE per sample, read through the samplers' contract
@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
+from ddpm.batches import seeded_batches
 from ddpm.diffusion import OnStep
 from ddpm.sampling.ald import ald_sample
 from ddpm.sampling.contract import CountingScore, StateRecorder
 from ddpm.sampling.ode import ode_sample
 from ddpm.sampling.pc import pc_sample, pc_timesteps
-from ddpm.sampling.runner import even_picks, seeded_batches
+from ddpm.sampling.runner import even_picks
 from ddpm.score.model import ScoreModel
 
 SCORE_SAMPLERS = ("pc", "ode", "ald")
