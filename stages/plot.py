@@ -65,8 +65,8 @@ def body(args) -> None:
     reference = x0 if meta["kind"] == "vector" else None
     run = json.loads(Path(args.run).read_text())
     # The family and its settings as trained (sigma_max and the levels derived from the data).
-    trained = Params.from_dict(run["params"]) if "params" in run else params
-    labels = samples["labels"].tolist() if "labels" in samples.files else None
+    trained = Params.from_dict(run["params"])
+    labels = samples["labels"].tolist()
     figures = [
         save_figure(loss_figure(reports / "train" / "loss.csv"), out / "loss.png"),
         save_figure(samples_figure(samples["samples"], meta, reference=reference), out / "samples.png"),

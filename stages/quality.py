@@ -65,11 +65,11 @@ def body(args) -> None:
         tracker.check_recorded("reruns this stage and logs it")
 
 
-def _load_samples(path: str) -> tuple[torch.Tensor, float | None]:
-    """The samples and their mean NFE (None in a samples file from before NFE was recorded)."""
+def _load_samples(path: str) -> tuple[torch.Tensor, float]:
+    """The samples and their mean number of network evaluations (the sample stage's ``nfe``)."""
     try:
         with np.load(path) as npz:
-            return torch.as_tensor(npz["samples"]), float(npz["nfe"].mean()) if "nfe" in npz.files else None
+            return torch.as_tensor(npz["samples"]), float(npz["nfe"].mean())
     except FileNotFoundError:
         raise DatasetNotFoundError(f"{path} not found: the samples to score") from None
     except (KeyError, ValueError, OSError) as err:

@@ -92,13 +92,13 @@ def sweep_settings(params: Params) -> tuple[str, ...]:
     return params.quality.sweep
 
 
-def sampler_settings_to_score(params: Params, samples: torch.Tensor, sample_nfe: float | None, trained: TrainedModel,
+def sampler_settings_to_score(params: Params, samples: torch.Tensor, sample_nfe: float, trained: TrainedModel,
               sweep: tuple[str, ...]):
     """(sampler, NFE per sample, samples): the sample stage's samples first (with the NFE it
     recorded; the mean over samples for the adaptive ODE), then each ``sweep`` setting not
     already scored, drawn with the sample stage's seeds (sample i from item i of the "sample" stream)."""
     sc, q, T = params.sample, params.quality, params.diffusion.timesteps
-    nfe = sampler_nfe(sc.sampler, sc.steps, T) if sample_nfe is None else round(sample_nfe)
+    nfe = round(sample_nfe)
     yield sc.sampler, nfe, samples
     done = {(sc.sampler, nfe)}
     for entry in sweep:
@@ -129,7 +129,7 @@ def scores_of(row: dict[str, Any]) -> dict[str, float]:
 
 
 def quality_run(names: list[str], params: Params, meta: dict[str, Any], real: np.ndarray,
-                real_draws: list[np.ndarray], samples: torch.Tensor, sample_nfe: float | None,
+                real_draws: list[np.ndarray], samples: torch.Tensor, sample_nfe: float,
                 trained: TrainedModel, classifier_path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The report (quality.json) and one row of scores per sampler setting, the sample stage's first."""
     reference = to_model_inputs(real, meta)

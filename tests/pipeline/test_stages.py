@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ddpm.config import load_params
 from ddpm.errors import CheckpointError
 from ddpm.pipeline.checkpoint import check_compatible, load_checkpoint
 from ddpm.pipeline.tracking import Tracker
@@ -130,8 +131,10 @@ def write_reports(root: Path, loss_csv: str) -> dict[str, Path]:
                                                  "ancestral_1000,ancestral,1000,2.0\n")
     (reports / "samples").mkdir()
     frames = np.zeros((2, 4, 1, 8, 8))
-    np.savez(reports / "samples" / "samples.npz", samples=frames[-1], trajectory=frames, steps=np.array([1, 0]))
-    (root / "run.json").write_text(json.dumps({"mlflow_run_id": None}))
+    np.savez(reports / "samples" / "samples.npz", samples=frames[-1], trajectory=frames, steps=np.array([1, 0]),
+             labels=np.array(["t=1", "t=0"]), nfe=np.full(4, 1000.0))
+    # run.json as the train stage writes it: the run id and the resolved params.
+    (root / "run.json").write_text(json.dumps({"mlflow_run_id": None, "params": load_params(params).to_dict()}))
     return {"--params": params, "--data": prepared, "--reports": reports, "--run": root / "run.json",
             "--out": root / "figures"}
 
@@ -156,7 +159,7 @@ def test_plot_stage_sets_the_experiments_view_and_the_runs_description(tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     paths = write_reports(tmp_path, "step,loss\n0,1.0\n1,0.5\n")
     trained = Tracker.open("ddpm", None, {})  # the train stage's run
-    paths["--run"].write_text(json.dumps({"mlflow_run_id": trained.run_id}))
+    paths["--run"].write_text(json.dumps({**json.loads(paths["--run"].read_text()), "mlflow_run_id": trained.run_id}))
     assert plot.main(stage_args(paths)) == 0
     client = trained.client
     (run,) = client.search_runs([trained.experiment_id], filter_string=f"tags.trained_by_run = '{trained.run_id}'")

@@ -135,7 +135,7 @@ def test_too_few_real_examples_for_the_floors_is_one_line_and_nothing_written(tr
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = write_params(tmp_path / "params.yaml", **TINY)
     many = tmp_path / "many.npz"
-    np.savez(many, samples=np.zeros((800, 1, 8, 8), dtype=np.float32))
+    np.savez(many, samples=np.zeros((800, 1, 8, 8), dtype=np.float32), nfe=np.full(800, 1000.0))
     args = quality_args(root, params, tmp_path / "q")
     args[args.index("--samples") + 1] = str(many)
     assert quality.main(args) == 2
