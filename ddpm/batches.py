@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ddpm.diffusion import OnStep, batch_progress
+from ddpm.progress import OnStep, batch_progress
 from ddpm.seeding import Generator, generators
 
 

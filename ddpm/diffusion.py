@@ -26,6 +26,7 @@ from ddpm.likelihood import (
     nats_to_bits,
     normal_kl,
 )
+from ddpm.progress import OnStep, batch_progress  # noqa: F401 (ddpm.diffusion's public names)
 from ddpm.seeding import Generator, StepNoise, rand, randn
 
 MeanType = Literal["eps", "x0", "v"]
@@ -38,8 +39,6 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # example): a block of min(T, 2**16 // D) timesteps per draw, fixed by the example's size and T
 # alone, so the noise does not depend on the batch or on the timesteps per network call.
 BOUND_NOISE_BLOCK_VALUES = 2**16
-# Progress of a long loop, (done, total): the caller draws a bar or logs; the math prints nothing.
-OnStep = Callable[[int, int], None]
 
 
 def _check_choice(key: str, value: Any, literal: Any) -> None:
@@ -55,12 +54,6 @@ def extract(table: torch.Tensor, t: torch.Tensor, shape: Sequence[int],
     if dtype is not None:
         out = out.to(dtype)
     return out.reshape(t.shape[0], *([1] * (len(shape) - 1)))
-
-
-def batch_progress(on_step: OnStep, batch: int, num_batches: int) -> OnStep:
-    """Report the (done, total) of batch ``batch`` (0-based) as progress over ``num_batches``
-    equal batches, so one bar covers a loop over batches."""
-    return lambda done, total: on_step(batch * total + done, num_batches * total)
 
 
 def trajectory_steps(request: bool | Sequence[int] | None, T: int) -> list[int]:

@@ -450,7 +450,7 @@ def test_every_schedule_gives_a_finite_bound(schedule):
 
 
 # ---------------------------------------------------------------- structure
-CORE = ["seeding", "errors", "schedules", "likelihood", "diffusion", "batches", "sampling.contract",
+CORE = ["seeding", "errors", "progress", "schedules", "likelihood", "diffusion", "batches", "sampling.contract",
         "sampling.respacing", "sampling.ddim", "sampling.runner", "evaluation.bound"]
 
 

@@ -19,9 +19,10 @@ import torch
 
 from ddpm.batches import seeded_batches
 from ddpm.data import to_model_space
-from ddpm.diffusion import GaussianDiffusion, Model, OnStep
+from ddpm.diffusion import GaussianDiffusion, Model
 from ddpm.errors import EvaluationError
 from ddpm.likelihood import nats_to_bits
+from ddpm.progress import OnStep
 
 PARTS = ("total", "prior", "decoder", "terms")
 

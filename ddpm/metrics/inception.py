@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from ddpm import seeding
 from ddpm.errors import EvaluationError, UserError
 from ddpm.metrics._features import Estimate
 from ddpm.metrics.floor import metric_floor
+from ddpm.progress import OnStep
 
 WEIGHTS_KEY = "quality.inception_weights"
 # torch-fidelity's URL_INCEPTION_V3 (tests/quality/test_inception.py checks they agree). torch-fidelity is
@@ -45,7 +46,6 @@ WEIGHTS_FILE = WEIGHTS_URL.rsplit("/", 1)[-1]
 # the logits without the final bias, which its IS (like the reference TensorFlow IS) uses.
 _NETWORK, _POOL, _LOGITS = "inception-v3-compat", "2048", "logits_unbiased"
 
-OnStep = Callable[[int, int], None]
 Images = torch.Tensor  # uint8 [N, 3, H, W], values 0..255
 
 

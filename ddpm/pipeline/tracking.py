@@ -145,7 +145,7 @@ def git_revision() -> str | None:
         return None
 
 
-def code_fingerprint(root: Path) -> str:
+def stage_code_digest(root: Path) -> str:
     """A hash of the code the stages run, from the files themselves, so uncommitted edits
     and the temporary copies of queued experiments count as what they are."""
     return files_digest(root, (p for pattern in CODE_GLOBS for p in root.glob(pattern) if p.is_file()))
@@ -165,7 +165,7 @@ def experiment_key(params: dict[str, Any], code_root: str | Path = ".") -> str:
         "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
         "repository": str(repo_root().resolve()),
         "params": {k: str(v) for k, v in params.items()},
-        "code": code_fingerprint(Path(code_root)),
+        "code": stage_code_digest(Path(code_root)),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -31,12 +31,12 @@ from ddpm.data.prepared import Prepared
 from ddpm.data.scaling import to_model_space
 from ddpm.errors import CheckpointError, DataError, TrainingDiverged
 from ddpm.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from ddpm.progress import OnStep
 
 KIND = "classifier"         # marks a classifier checkpoint apart from the diffusion model's
 _STAGE_WIDTHS = (1, 2, 4)   # channels of each resolution stage, in units of ``width``
 _MAX_GROUPS = 8             # GroupNorm groups (fewer when the channels are not a multiple of 8)
 
-OnStep = Callable[[int, int], None]
 
 
 class Classifier(nn.Module):

@@ -11,7 +11,7 @@ from typing import get_args
 
 import torch
 
-from ddpm.diffusion import OnStep
+from ddpm.progress import OnStep
 from ddpm.sampling.contract import OnState, StateReporter
 from ddpm.score.ncsn import Init, LevelScore, check_int, check_positive, checked_sigmas
 from ddpm.seeding import Generator, rand, randn

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, Model, OnStep, generator_device
+from ddpm.diffusion import GaussianDiffusion, Model, generator_device
+from ddpm.progress import OnStep
 from ddpm.sampling.contract import OnState, StateReporter
 from ddpm.sampling.respacing import space_timesteps
 from ddpm.seeding import Generator, randn

@@ -45,7 +45,8 @@ from typing import Any
 
 import torch
 
-from ddpm.diffusion import OnStep, generator_device
+from ddpm.diffusion import generator_device
+from ddpm.progress import OnStep
 from ddpm.sampling.contract import OnState, StateReporter
 from ddpm.score.sde import SDE, VESDE, VPSDE, Score, SubVPSDE
 from ddpm.seeding import Generator, randn

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from ddpm.batches import seeded_batches
-from ddpm.diffusion import GaussianDiffusion, Model, OnStep
+from ddpm.diffusion import GaussianDiffusion, Model
+from ddpm.progress import OnStep
 from ddpm.sampling.contract import OnState, StateRecorder
 from ddpm.sampling.ddim import ddim_sample_loop
 from ddpm.sampling.respacing import respace, space_timesteps

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ddpm.batches import seeded_batches
-from ddpm.diffusion import OnStep
+from ddpm.progress import OnStep
 from ddpm.sampling.ald import ald_sample
 from ddpm.sampling.contract import CountingScore, StateRecorder
 from ddpm.sampling.ode import ode_sample

@@ -25,11 +25,11 @@ from ddpm.pipeline.tracking import (
     KEY_TAG,
     TRAINED_BY_TAG,
     Tracker,
-    code_fingerprint,
     compare_view_url,
     experiment_key,
     merged_params,
     report_metrics,
+    stage_code_digest,
 )
 from ddpm.pipeline.view import (
     COMPARE_PARAMS,
@@ -93,13 +93,13 @@ def test_key_changes_with_params_code_experiment_and_repository(repo, monkeypatc
     assert experiment_key(params) != before
 
 
-def test_code_fingerprint_covers_the_stage_code_only(repo):
-    before = code_fingerprint(repo)
+def test_stage_code_digest_covers_the_stage_code_only(repo):
+    before = stage_code_digest(repo)
     (repo / "tests" / "t.py").write_text("T = 2\n")
     (repo / "README.md").write_text("edited\n")
-    assert code_fingerprint(repo) == before
+    assert stage_code_digest(repo) == before
     (repo / "ddpm" / "new.py").write_text("")
-    assert code_fingerprint(repo) != before
+    assert stage_code_digest(repo) != before
 
 
 def test_auto_params_take_the_training_runs_values():
