@@ -29,7 +29,7 @@ import torch
 from _common import environment, eval_network, fmt_range, load_average, machine_is_busy, median_range
 
 from ddpm.config import Params
-from ddpm.pipeline.build import TrainedModel, ald_settings, build_diffusion, ode_settings, pc_settings, score_model
+from ddpm.pipeline.build import TrainedModel, build_diffusion, score_model, score_sampler_settings
 from ddpm.sampling.runner import draw_samples
 from ddpm.sampling.score_samplers import draw_score_samples
 from ddpm.score.model import ScoreModel
@@ -60,8 +60,7 @@ def samplers(nfe: int, ode_tols: list[float], levels: int) -> dict[str, Callable
 
     def score_sampler(model: ScoreModel, p: Params) -> Callable[[int], tuple[torch.Tensor, float]]:
         sampler = p.sample.sampler
-        settings = (pc_settings(p, p.diffusion.timesteps) if sampler == "pc" else ald_settings(p) if sampler == "ald"
-                    else ode_settings(p))
+        settings = score_sampler_settings(p, p.diffusion.timesteps)
 
         def draw(n: int) -> tuple[torch.Tensor, float]:
             x, info = draw_score_samples(model, sampler, settings, shape(n), seed=0, batch_size=n,

@@ -154,26 +154,24 @@ def validate_families(params: Params) -> None:
     if facts.section == "sde":
         _validate_sde(params)
     if facts.section == "ncsn":
-        n = params.ncsn
-        if n.sigma_max != AUTO:
-            check(
-                math.isfinite(n.sigma_max) and n.sigma_max > n.sigma_min,
-                "ncsn.sigma_max",
-                n.sigma_max,
-                f"a finite number > ncsn.sigma_min={n.sigma_min}, or auto",
-            )
+        _check_sigma_max("ncsn", params.ncsn.sigma_max, params.ncsn.sigma_min)
+
+
+def _check_sigma_max(section: str, sigma_max: float | str, sigma_min: float) -> None:
+    """A variance-exploding ladder's top (VE's, NCSN's) above its bottom, unless auto."""
+    if sigma_max != AUTO:
+        check(
+            math.isfinite(sigma_max) and sigma_max > sigma_min,
+            f"{section}.sigma_max",
+            sigma_max,
+            f"a finite number > {section}.sigma_min={sigma_min}, or auto",
+        )
 
 
 def _validate_sde(params: Params) -> None:
     sde, s = params.sde, params.sample
     if sde.type == "ve":
-        if sde.sigma_max != AUTO:
-            check(
-                math.isfinite(sde.sigma_max) and sde.sigma_max > sde.sigma_min,
-                "sde.sigma_max",
-                sde.sigma_max,
-                f"a finite number > sde.sigma_min={sde.sigma_min}, or auto",
-            )
+        _check_sigma_max("sde", sde.sigma_max, sde.sigma_min)
     else:
         check(
             math.isfinite(sde.beta_max) and sde.beta_max > sde.beta_min,

@@ -305,13 +305,20 @@ def pc_settings(params: Params, num_scales: int) -> dict[str, Any]:
             "num_steps": s.steps or num_scales}
 
 
+def score_sampler_settings(params: Params, num_scales: int) -> dict[str, Any]:
+    """The resolved settings of the score sampler ``params.sample.sampler``: pc's (on the
+    model's ``num_scales`` unless sample.steps says otherwise), ald's or the ODE's."""
+    sampler = params.sample.sampler
+    if sampler == "pc":
+        return pc_settings(params, num_scales)
+    return ald_settings(params) if sampler == "ald" else ode_settings(params)
+
+
 def score_sampler(params: Params, trained: TrainedModel) -> tuple[ScoreModel, dict[str, Any]]:
     """The trained model as a score and the resolved settings of ``params.sample.sampler`` (pc,
     ode or ald), the train stage's data-derived keys taken from the checkpoint, for
-    ``ddpm.sampling.runner.draw_score_samples``."""
+    ``ddpm.sampling.score_samplers.draw_score_samples``; a PC sampler walks its own number of
+    steps."""
     run = with_trained_keys(params, trained.params)
-    sampler = run.sample.sampler
-    if sampler == "pc":
-        settings = pc_settings(run, network_timesteps(trained.params))
-        return score_model(trained, settings["num_steps"]), settings
-    return score_model(trained), ald_settings(run) if sampler == "ald" else ode_settings(run)
+    settings = score_sampler_settings(run, network_timesteps(trained.params))
+    return score_model(trained, settings.get("num_steps")), settings

@@ -103,16 +103,17 @@ def sampler_settings_to_score(params: Params, samples: torch.Tensor, sample_nfe:
     done = {(sc.sampler, nfe)}
     for entry in sweep:
         sampler, steps = parse_sampler_setting(entry, T)
-        if (sampler, sampler_nfe(sampler, steps, T)) in done:
+        nfe = sampler_nfe(sampler, steps, T)
+        if (sampler, nfe) in done:
             continue
-        done.add((sampler, sampler_nfe(sampler, steps, T)))
+        done.add((sampler, nfe))
         with progress_bar(f"sampling {entry}", "step") as on_step:
             drawn, _ = draw_samples(
                 trained.diffusion, trained.network, (len(samples), *trained.meta["shape"]), seed=params.seed,
                 batch_size=q.batch_size, sampler=sampler, steps=steps, eta=sc.eta,
                 clip_denoised=sc.clip_denoised and trained.meta["kind"] == "image", trajectory_frames=2,
                 device=trained.device, on_step=on_step)
-        yield sampler, sampler_nfe(sampler, steps, T), drawn
+        yield sampler, nfe, drawn
 
 
 def reference_draws(names: list[str], train: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
