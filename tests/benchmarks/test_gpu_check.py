@@ -74,3 +74,17 @@ def test_train_step_section_measures_ours_on_the_cpu_tiny(tmp_path):
     assert gpu_check.bf16_peak_flops("NVIDIA H100 PCIe") == 756e12
     assert gpu_check.bf16_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert gpu_check.bf16_peak_flops("Tesla T4") is None
+
+
+def test_the_check_collects_every_file_that_holds_a_gpu_test(request):
+    """gpu_check runs `pytest -m gpu` on the files it finds by text; every file in which pytest
+    finds a gpu-marked test must be among them (checked against this session's collection, which
+    is the whole suite when the suite runs; selected alone, fewer files, and the check still holds)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    found = set(gpu_check.gpu_test_files())
+    assert {"tests/pipeline/test_gpu.py", "tests/training/test_train_state.py", "tests/test_diffusion.py"} <= found
+    marked = {item.path.relative_to(REPO).as_posix() for item in request.session.items
+              if item.get_closest_marker("gpu")}
+    assert marked <= found, marked - found

@@ -36,10 +36,14 @@ def experiment(root, env, name: str) -> dict:
 
 def test_sde_and_ncsn_are_experiments_of_the_same_pipeline(workspace):
     root, env = workspace
-    dvc(["exp", "run", "-n", "subvp", "-S", "family=sde", "-S", "sde.type=subvp"], root, env)
+    # 100 noise scales rather than 1000 (the network's time scale and PC's steps); NCSN walks 2
+    # steps per level rather than its budget of 1000 evaluations (that rule: tests/pipeline).
+    dvc(["exp", "run", "-n", "subvp", "-S", "family=sde", "-S", "sde.type=subvp", "-S", "sde.num_scales=100"],
+        root, env)
     # `dvc exp run` leaves the experiment's params in the workspace: start the next from the commit.
     run(["git", "checkout", "--", "params.yaml"], root, env)
-    dvc(["exp", "run", "-n", "ncsn", "-S", "family=ncsn", "-S", "sample.sampler=ald"], root, env)
+    dvc(["exp", "run", "-n", "ncsn", "-S", "family=ncsn", "-S", "sample.sampler=ald", "-S", "ncsn.steps_per_level=2"],
+        root, env)
     client, runs = mlflow_runs(root)
     assert len(runs) == 2
     by_family = {r.data.params["family"]: client.get_run(r.info.run_id) for r in runs}
@@ -51,12 +55,12 @@ def test_sde_and_ncsn_are_experiments_of_the_same_pipeline(workspace):
     assert ode["num_images"] == 4 and ode["divergence"] == "hutchinson" and math.isfinite(ode["total"])
     assert ode["stderr"] > 0 and ode["nfe"] > 2 and ode["rtol"] == 0.01  # TINY's tolerance
     samples = metrics["quality"]["samples"]
-    assert samples["sampler"] == "pc" and samples["nfe"] == 1000  # Euler-Maruyama over sde.num_scales
+    assert samples["sampler"] == "pc" and samples["nfe"] == 100  # Euler-Maruyama over sde.num_scales
     run_ = by_family["sde"]
     assert run_.data.params["sde.type"] == "subvp" and run_.data.params["sample.predictor"] == "euler_maruyama"
     assert run_.data.metrics["ode_bpd"] == pytest.approx(ode["total"])
     assert run_.data.metrics["ode_bpd_nfe"] == pytest.approx(ode["nfe"])
-    assert run_.data.metrics["sample_nfe"] == 1000 and "bpd" not in run_.data.metrics
+    assert run_.data.metrics["sample_nfe"] == 100 and "bpd" not in run_.data.metrics
 
     ncsn = experiment(root, env, "ncsn")
     metrics = ncsn["metrics"]["reports/metrics.json"]["data"]
@@ -64,7 +68,8 @@ def test_sde_and_ncsn_are_experiments_of_the_same_pipeline(workspace):
     run_ = by_family["ncsn"]
     levels, sigma_max = int(run_.data.params["ncsn.num_levels"]), float(run_.data.params["ncsn.sigma_max"])
     assert levels > 10 and sigma_max > 1  # NCSNv2's rules on the digits (64 dimensions)
-    steps = math.ceil(1000 / levels)
+    steps = int(run_.data.params["ncsn.steps_per_level"])
+    assert steps == 2
     assert metrics["quality"]["samples"]["sampler"] == "ald"
     assert metrics["quality"]["samples"]["nfe"] == levels * steps + 1
     assert run_.data.metrics["sample_nfe"] == levels * steps + 1

@@ -81,14 +81,29 @@ def dvc(args: list[str], root: Path, env: dict) -> subprocess.CompletedProcess:
 
 def run_queue(root: Path, env: dict, timeout: float = 900) -> str:
     """`dvc queue start -j 2`, then wait until no experiment is queued or running (or ``timeout``
-    seconds pass); returns the last `dvc queue status`."""
+    seconds pass); returns the last `dvc queue status`. Each `dvc queue status` costs about a
+    second of CPU, which the queued stages are waiting for on a 2-core machine: it is asked only
+    while no stage of this repository's queue is running."""
     dvc(["queue", "start", "-j", "2"], root, env)
     deadline = time.time() + timeout
     while True:
-        status = dvc(["queue", "status"], root, env).stdout
-        if ("Queued" not in status and "Running" not in status) or time.time() >= deadline:
-            return status
-        time.sleep(3)
+        if not stage_running_under(root) or time.time() >= deadline:
+            status = dvc(["queue", "status"], root, env).stdout
+            if ("Queued" not in status and "Running" not in status) or time.time() >= deadline:
+                return status
+        time.sleep(2)
+
+
+def stage_running_under(root: Path) -> bool:
+    """Whether a pipeline stage (`python -m stages.<name>`) runs in ``root`` or in a folder under
+    it (the queue runs each experiment in a copy under .dvc/tmp/exps)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
+        if any(arg.startswith("stages.") for arg in cmdline) and (cwd + os.sep).startswith(str(root) + os.sep):
+            return True
+    return False
 
 
 def mlflow_runs(root: Path) -> list:

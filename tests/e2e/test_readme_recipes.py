@@ -20,14 +20,18 @@ from ddpm.config import RECIPES, Params
 README = Path(__file__).resolve().parents[2] / "README.md"
 # Few steps and few images, the same keys for every row (a key one row sets would otherwise stay
 # in the workspace's params.yaml for the next row). The recipes' own keys stay untouched, except
-# timesteps (a 1000-step bound or sampling loop is what makes a run slow) and data.image_size (the
-# folder recipe's 62M-parameter U-Net takes about a minute per step at 128 x 128 on 2 cores). The
-# ODE likelihood runs on 2 images at a loose tolerance: at 1e-5 the folder row's evaluate stage
-# took 105 s (a forward and backward pass of that U-Net per evaluation), at 1e-2 24 s.
-TINY = ["timesteps=4", "data.image_size=16", "train.steps=2", "train.batch_size=4", "train.warmup_steps=0",
-        "train.log_every=1", "train.bound_every=0", "train.checkpoint_every=2", "sample.num_samples=8",
-        "sample.trajectory_frames=2", "evaluate.num_images=4", "ode.num_images=2", "ode.rtol=0.01",
-        "ode.atol=0.01", "classifier.steps=2", "quality.sweep=[]", "quality.kid_subset_size=4"]
+# timesteps (a 1000-step bound or sampling loop is what makes a run slow), data.image_size (the
+# folder recipe's U-Net takes about a minute per step at 128 x 128 on 2 cores) and
+# model.base_channels: at the folder recipe's 64 its U-Net has 57M parameters even at 16 x 16, and
+# writing its checkpoint, training state (model, EMA, Adam's moments), DVC cache copy and MLflow
+# artifact, about 2 GB in all, made that row's train and evaluate stages take 19 s and 12 s with
+# two test workers busy; at 16 it has 3.6M. The ODE likelihood runs on 2 images at a loose
+# tolerance: at 1e-5 the folder row's evaluate stage took 105 s (a forward and backward pass of that
+# U-Net per evaluation), at 1e-2 24 s.
+TINY = ["timesteps=4", "data.image_size=16", "model.base_channels=16", "train.steps=2", "train.batch_size=4",
+        "train.warmup_steps=0", "train.log_every=1", "train.bound_every=0", "train.checkpoint_every=2",
+        "sample.num_samples=8", "sample.trajectory_frames=2", "evaluate.num_images=4", "ode.num_images=2",
+        "ode.rtol=0.01", "ode.atol=0.01", "classifier.steps=2", "quality.sweep=[]", "quality.kid_subset_size=4"]
 # data.test_size per dataset: the tiny MNIST files' whole test split, two of the six folder images.
 TEST_SIZE = {"digits": 300, "swissroll": 300, "mnist": 0, "folder": 2}
 

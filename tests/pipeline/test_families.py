@@ -22,6 +22,7 @@ from ddpm.pipeline.build import (
     data_resolved_params,
     network_timesteps,
     score_sampler,
+    score_sampler_settings,
 )
 from ddpm.sampling.score_samplers import draw_score_samples
 from ddpm.score.ncsn import NoiseConditionalScoreMatching, num_levels_for
@@ -179,6 +180,25 @@ def test_sample_stage_draws_with_the_score_samplers_and_records_nfe(tmp_path, mo
         assert checkpoint["params"]["ncsn"]["sigma_max"] == pytest.approx(largest_distance(torch.as_tensor(prepared)))
         settings = out["sampling"]
         assert settings["steps_per_level"] == 3 and settings["step_lr"] > 0 and settings["denoise"] is True
+
+
+@pytest.mark.parametrize("levels", [10, 232, 333])
+def test_ald_auto_steps_spend_ncsns_budget_of_1000_evaluations(levels):
+    """steps_per_level auto is ceil(1000 / L): NCSN's 100 at its 10 levels, NCSNv2's 5 at 232 (the
+    end-to-end run on the digits sets steps_per_level, so this rule is pinned here)."""
+    p = Params.from_dict({"family": "ncsn", "sample": {"sampler": "ald"},
+                          "ncsn": {"sigma_max": 50.0, "num_levels": levels}})
+    settings = score_sampler_settings(p, num_scales=0)
+    assert settings["steps_per_level"] == math.ceil(1000 / levels) == {10: 100, 232: 5, 333: 4}[levels]
+    explicit = Params.from_dict({"family": "ncsn", "sample": {"sampler": "ald"},
+                                 "ncsn": {"sigma_max": 50.0, "num_levels": levels, "steps_per_level": 2}})
+    assert score_sampler_settings(explicit, num_scales=0)["steps_per_level"] == 2
+
+
+@pytest.mark.parametrize(("steps", "expected"), [(0, 1000), (30, 30)])
+def test_pc_walks_every_noise_scale_unless_sample_steps_says_otherwise(steps, expected):
+    p = Params.from_dict({"family": "sde", "sde": {"type": "subvp"}, "sample": {"steps": steps}})
+    assert score_sampler_settings(p, num_scales=1000)["num_steps"] == expected
 
 
 @pytest.mark.parametrize("sampler", ["pc", "ode", "ald"])

@@ -100,11 +100,13 @@ def test_state_saved_on_another_device_type_is_refused_with_one_line(tmp_path):
     assert state.read_bytes() == before  # the other device's progress is kept
 
 
-def run_ddp(tmp_path: Path, **extra) -> None:
+def run_ddp(tmp_path: Path, *runs: dict) -> None:
+    """Each of ``runs`` (train overrides, see _ddp_worker.py) in turn, in one torchrun start."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
+    worker = Path(__file__).parent / "_ddp_worker.py"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(Path(__file__).parent / "_ddp_worker.py"), str(tmp_path), "fp32", json.dumps(extra)],
+                           str(worker), str(tmp_path), "fp32", json.dumps(list(runs))],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -115,11 +117,11 @@ def test_resume_under_ddp_interrupted_mid_epoch_equals_the_uninterrupted_ddp_run
     With dropout, each rank's own dropout stream matters after the resume too."""
     np.save(tmp_path / "levels.npy", levels())
     common = {"dropout": 0.1, "checkpoint_every": 3, "log_every": 3}
-    run_ddp(tmp_path, steps=12, tag="full_", **common)
     state = str(tmp_path / "state.pt")
-    run_ddp(tmp_path, steps=6, state=state, tag="first_", **common)
+    # The uninterrupted run and the first part share one torchrun start; the resume is a new one.
+    run_ddp(tmp_path, {"steps": 12, "tag": "full_", **common}, {"steps": 6, "state": state, "tag": "first_", **common})
     assert torch.load(state, weights_only=True)["step"] == 6
-    run_ddp(tmp_path, steps=12, state=state, tag="resumed_", **common)
+    run_ddp(tmp_path, {"steps": 12, "state": state, "tag": "resumed_", **common})
     full, resumed = ({r: torch.load(tmp_path / f"{tag}rank{r}.pt", weights_only=True) for r in (0, 1)}
                      for tag in ("full_", "resumed_"))
     for r in (0, 1):
