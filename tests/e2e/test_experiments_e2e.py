@@ -84,7 +84,7 @@ class TestQueue:
 class TestResume:
     def test_resume_and_mlflow_sigterm_mid_training_then_dvc_repro_keeps_one_whole_history(self, tmp_path):
         """Killed after its first checkpoint, `dvc repro train` continues the run and, with no later
-        stage to follow it, leaves it FINISHED; the later stages of `dvc repro` then log to it."""
+        stage to follow it, leaves it FINISHED; a later stage (`dvc repro evaluate`) then logs to it."""
         long_run = {"train": {"steps": STEPS, "log_every": 10, "checkpoint_every": 30, "bound_every": 30}}
         overrides = deep_update(deep_update({}, TINY), long_run)
         root, env = make_workspace(tmp_path / "repo", overrides)
@@ -133,8 +133,11 @@ class TestResume:
         assert [m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)] == (
             pytest.approx(losses, rel=1e-12))
 
-        dvc(["repro"], root, env)  # the later stages
+        # A later stage logs to the same run. (Every later stage opens it the same way,
+        # Tracker.for_experiment with the model's run id; evaluate alone spares the start-up of
+        # five more stage processes.)
+        dvc(["repro", "evaluate"], root, env)
         client, exp_id = store(root)
         (after,) = client.search_runs([exp_id])
         assert after.info.run_id == r.info.run_id and after.info.status == "FINISHED"
-        assert {"bpd", "fd_classifier"} <= set(after.data.metrics)  # they used the same run
+        assert "bpd" in after.data.metrics
