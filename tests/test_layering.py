@@ -12,8 +12,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ddpm"
 # The math: formulas, samplers, likelihoods, networks, metrics and data; usable from a notebook
 # without the config, the pipeline or the tracking server.
-MATH = ("diffusion.py", "schedules.py", "likelihood.py", "seeding.py", "errors.py", "io.py", "batches.py",
-        "progress.py", "score", "sampling", "evaluation", "nn", "metrics")
+MATH = ("diffusion.py", "schedules.py", "likelihood.py", "seeding.py", "streams.py", "errors.py", "io.py",
+        "batches.py", "progress.py", "score", "sampling", "evaluation", "nn", "metrics")
 ABOVE_THE_MATH = ("ddpm.config", "ddpm.pipeline", "ddpm.training", "ddpm.quality", "ddpm.plotting", "stages")
 
 

@@ -24,7 +24,7 @@ from ddpm.data.download import LabelledSplit
 from ddpm.data.prepared import Prepared
 from ddpm.data.registry import DATASET_INFO, check_name
 from ddpm.errors import ConfigError
-from ddpm.seeding import stream_seed
+from ddpm.streams import stream_seed
 
 logger = logging.getLogger(__name__)
 
