@@ -1,6 +1,7 @@
-"""End to end, with the real DVC and a real MLflow sqlite store on a fresh clone: a sweep run by
-`dvc queue start -j 2` loses no experiment, and a training stage killed by SIGTERM and rerun
-by `dvc repro` leaves one run holding its whole history, finished."""
+"""End to end, with the real DVC and a real MLflow sqlite store on a fresh clone: a training stage
+killed by SIGTERM and rerun by `dvc repro` leaves one run holding its whole history, finished.
+(A sweep run by `dvc queue start -j 2` losing no experiment: test_families_e2e.py, whose two
+families are queued side by side on a fresh clone; test_team_server.py does it against a server.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from test_pipeline_e2e import TINY, deep_update, dvc, make_workspace, run_queue
+from test_pipeline_e2e import TINY, deep_update, dvc, make_workspace
 
 pytestmark = pytest.mark.slow
 STEPS = 120
@@ -54,90 +55,62 @@ def train_process(dvc_pid: int) -> psutil.Process | None:
     return next((p for p in matches if not any(c in matches for c in p.children())), None)
 
 
-# One class per scenario: pytest-xdist's loadscope hands out classes, so the two can run side by side.
-class TestQueue:
-    def test_queue_and_parallel_two_experiments_run_by_dvc_queue_start_j2_are_complete_in_mlflow(self, tmp_path):
-        root, env = make_workspace(tmp_path / "repo")
-        assert not (root / "mlflow.db").exists()  # a fresh clone: the workers create the store together
-        for schedule in ("cosine", "quadratic"):
-            dvc(["exp", "run", "--queue", "-S", f"beta_schedule={schedule}"], root, env)
-        status = run_queue(root, env)
-        assert status.count("Success") == 2, status
-
-        client, exp_id = store(root)
-        runs = client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'")
-        by_schedule = {r.data.params["beta_schedule"]: r for r in runs}
-        assert sorted(by_schedule) == ["cosine", "quadratic"], [(r.info.status, r.data.params.get("beta_schedule"))
-                                                              for r in client.search_runs([exp_id])]
-        names = set()
-        for schedule, r in by_schedule.items():
-            assert r.data.tags.get("dvc_experiment"), schedule
-            names.add(r.data.tags["dvc_experiment"])
-            assert {"bpd", "fd_classifier", "loss", "bpd_estimate"} <= set(r.data.metrics), schedule
-            assert steps_of(client, r.info.run_id, "loss") == [10, 20, 30]
-            artifacts = {f.path for f in client.list_artifacts(r.info.run_id)}
-            assert {"model", "samples"} <= artifacts, (schedule, artifacts)
-        assert len(names) == 2  # each run written by its own experiment
-        assert len(client.search_runs([exp_id])) == 2  # and no other run (no half-made duplicate)
-
-
-class TestResume:
-    def test_resume_and_mlflow_sigterm_mid_training_then_dvc_repro_keeps_one_whole_history(self, tmp_path):
-        """Killed after its first checkpoint, `dvc repro train` continues the run and, with no later
-        stage to follow it, leaves it FINISHED; a later stage (`dvc repro evaluate`) then logs to it."""
-        long_run = {"train": {"steps": STEPS, "log_every": 10, "checkpoint_every": 30, "bound_every": 30}}
-        overrides = deep_update(deep_update({}, TINY), long_run)
-        root, env = make_workspace(tmp_path / "repo", overrides)
-        dvc(["repro", "prepare"], root, env)
-        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=root, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        state = root / "checkpoints" / "train_state.pt"
-        # Interrupted after its first checkpoint, with points logged beyond it (which the resumed run
-        # recomputes and must not log twice). Racing a running stage is flaky on a loaded machine (it
-        # can reach its last step between two looks), so each look is taken with the stage stopped
-        # (SIGSTOP), and the SIGTERM is sent before it runs again.
-        stage = None
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            stage = stage or train_process(proc.pid)
-            if stage is not None:
-                stage.send_signal(signal.SIGSTOP)
-                saved = torch.load(state, weights_only=True)["step"] if state.exists() else None
-                logged = last_logged_step(root / "mlflow.db", "loss")
-                if saved and logged is not None and saved + 20 <= logged < STEPS:
-                    stage.send_signal(signal.SIGTERM)
-                    stage.send_signal(signal.SIGCONT)
-                    break
+def test_resume_and_mlflow_sigterm_mid_training_then_dvc_repro_keeps_one_whole_history(tmp_path):
+    """Killed after its first checkpoint, `dvc repro train` continues the run and, with no later
+    stage to follow it, leaves it FINISHED; a later stage (`dvc repro evaluate`) then logs to it."""
+    long_run = {"train": {"steps": STEPS, "log_every": 10, "checkpoint_every": 30, "bound_every": 30}}
+    overrides = deep_update(deep_update({}, TINY), long_run)
+    root, env = make_workspace(tmp_path / "repo", overrides)
+    dvc(["repro", "prepare"], root, env)
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = root / "checkpoints" / "train_state.pt"
+    # Interrupted after its first checkpoint, with points logged beyond it (which the resumed run
+    # recomputes and must not log twice). Racing a running stage is flaky on a loaded machine (it
+    # can reach its last step between two looks), so each look is taken with the stage stopped
+    # (SIGSTOP), and the SIGTERM is sent before it runs again.
+    stage = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        stage = stage or train_process(proc.pid)
+        if stage is not None:
+            stage.send_signal(signal.SIGSTOP)
+            saved = torch.load(state, weights_only=True)["step"] if state.exists() else None
+            logged = last_logged_step(root / "mlflow.db", "loss")
+            if saved and logged is not None and saved + 20 <= logged < STEPS:
+                stage.send_signal(signal.SIGTERM)
                 stage.send_signal(signal.SIGCONT)
-            time.sleep(0.05)
-        else:
-            pytest.fail("the train stage ended or never reached a point past its first checkpoint")
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode != 0, out[-2000:]
-        interrupted_at = torch.load(state, weights_only=True)["step"]
-        assert 0 < interrupted_at < STEPS
-        client, exp_id = store(root)
-        (killed,) = client.search_runs([exp_id])
-        assert killed.info.status == "KILLED"
+                break
+            stage.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    else:
+        pytest.fail("the train stage ended or never reached a point past its first checkpoint")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-2000:]
+    interrupted_at = torch.load(state, weights_only=True)["step"]
+    assert 0 < interrupted_at < STEPS
+    client, exp_id = store(root)
+    (killed,) = client.search_runs([exp_id])
+    assert killed.info.status == "KILLED"
 
-        dvc(["repro", "train"], root, env)
-        client, exp_id = store(root)
-        runs = client.search_runs([exp_id])
-        # A train stage that no later stage follows: one run, finished, none left RUNNING or KILLED.
-        assert [r.info.status for r in runs] == ["FINISHED"]
-        (r,) = runs
-        assert r.info.run_id == killed.info.run_id  # the interrupted run was continued
-        assert steps_of(client, r.info.run_id, "loss") == list(range(10, STEPS + 1, 10))  # whole, once each
-        assert steps_of(client, r.info.run_id, "bpd_estimate") == [30, 60, 90, 120]
-        losses = [float(line.split(",")[1]) for line in (root / "reports/train/loss.csv").read_text().splitlines()[1:]]
-        assert [m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)] == (
-            pytest.approx(losses, rel=1e-12))
+    dvc(["repro", "train"], root, env)
+    client, exp_id = store(root)
+    runs = client.search_runs([exp_id])
+    # A train stage that no later stage follows: one run, finished, none left RUNNING or KILLED.
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    (r,) = runs
+    assert r.info.run_id == killed.info.run_id  # the interrupted run was continued
+    assert steps_of(client, r.info.run_id, "loss") == list(range(10, STEPS + 1, 10))  # whole, once each
+    assert steps_of(client, r.info.run_id, "bpd_estimate") == [30, 60, 90, 120]
+    losses = [float(line.split(",")[1]) for line in (root / "reports/train/loss.csv").read_text().splitlines()[1:]]
+    assert [m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)] == (
+        pytest.approx(losses, rel=1e-12))
 
-        # A later stage logs to the same run. (Every later stage opens it the same way,
-        # Tracker.for_experiment with the model's run id; evaluate alone spares the start-up of
-        # five more stage processes.)
-        dvc(["repro", "evaluate"], root, env)
-        client, exp_id = store(root)
-        (after,) = client.search_runs([exp_id])
-        assert after.info.run_id == r.info.run_id and after.info.status == "FINISHED"
-        assert "bpd" in after.data.metrics
+    # A later stage logs to the same run. (Every later stage opens it the same way,
+    # Tracker.for_experiment with the model's run id; evaluate alone spares the start-up of
+    # five more stage processes.)
+    dvc(["repro", "evaluate"], root, env)
+    client, exp_id = store(root)
+    (after,) = client.search_runs([exp_id])
+    assert after.info.run_id == r.info.run_id and after.info.status == "FINISHED"
+    assert "bpd" in after.data.metrics

@@ -1,6 +1,8 @@
 """End to end: the families as `dvc exp run -S ...` variants of the same pipeline, with
 the real DVC and MLflow on tiny digits settings: a continuous sub-VP SDE and NCSN, each with
-nothing else changed; then bad family settings stop `dvc exp run` with one line naming the key."""
+nothing else changed, queued and run side by side by `dvc queue start -j 2` on a fresh clone (the
+two workers create the MLflow store together, and no experiment is lost); then bad family settings
+stop `dvc exp run` with one line naming the key."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import sys
 
 import pytest
 import yaml
-from test_pipeline_e2e import deep_update, dvc, make_workspace, mlflow_runs, run
+from test_pipeline_e2e import deep_update, dvc, make_workspace, mlflow_runs, run, run_queue
 
 pytestmark = pytest.mark.slow
 
@@ -27,28 +29,38 @@ def workspace(tmp_path_factory):
     return root, env
 
 
-def experiment(root, env, name: str) -> dict:
+def experiments(root, env) -> dict[str, dict]:
+    """`dvc exp show`'s data of each named experiment, by name."""
     show = json.loads(dvc(["exp", "show", "--json"], root, env).stdout)
-    revs = [r for b in show for e in (b.get("experiments") or []) if e.get("name") == name for r in e["revs"]]
-    assert revs, json.dumps(show)[:2000]
-    return revs[0]["data"]
+    return {e["name"]: e["revs"][0]["data"] for b in show for e in (b.get("experiments") or []) if e.get("name")}
 
 
-def test_sde_and_ncsn_are_experiments_of_the_same_pipeline(workspace):
+def test_sde_and_ncsn_queued_with_j2_are_experiments_of_the_same_pipeline_complete_in_mlflow(workspace):
     root, env = workspace
+    assert not (root / "mlflow.db").exists()  # a fresh clone: the queue's two workers create the store together
     # 100 noise scales rather than 1000 (the network's time scale and PC's steps); NCSN walks 2
     # steps per level rather than its budget of 1000 evaluations (that rule: tests/pipeline).
-    dvc(["exp", "run", "-n", "subvp", "-S", "family=sde", "-S", "sde.type=subvp", "-S", "sde.num_scales=100"],
-        root, env)
-    # `dvc exp run` leaves the experiment's params in the workspace: start the next from the commit.
-    run(["git", "checkout", "--", "params.yaml"], root, env)
-    dvc(["exp", "run", "-n", "ncsn", "-S", "family=ncsn", "-S", "sample.sampler=ald", "-S", "ncsn.steps_per_level=2"],
-        root, env)
+    dvc(["exp", "run", "--queue", "-n", "subvp", "-S", "family=sde", "-S", "sde.type=subvp",
+         "-S", "sde.num_scales=100"], root, env)
+    dvc(["exp", "run", "--queue", "-n", "ncsn", "-S", "family=ncsn", "-S", "sample.sampler=ald",
+         "-S", "ncsn.steps_per_level=2"], root, env)
+    status = run_queue(root, env)
+    assert status.count("Success") == 2, status + "\n".join(
+        dvc(["queue", "logs", line.split()[0]], root, env).stdout[-3000:] for line in status.splitlines()[1:]
+        if line.split() and "Failed" in line)
     client, runs = mlflow_runs(root)
-    assert len(runs) == 2
+    assert len(runs) == 2  # one run per experiment, and no other (no half-made duplicate)
+    assert sorted(r.data.tags.get("dvc_experiment") for r in runs) == ["ncsn", "subvp"]  # each written by its own
+    for r in runs:  # each whole: trained, curves, quality, model and samples
+        assert r.info.status == "FINISHED", r.data.tags["dvc_experiment"]
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == [10, 20, 30]
+        assert "fd_classifier" in r.data.metrics
+        assert {"model", "samples"} <= {f.path for f in client.list_artifacts(r.info.run_id)}
     by_family = {r.data.params["family"]: client.get_run(r.info.run_id) for r in runs}
 
-    sde = experiment(root, env, "subvp")
+    shown = experiments(root, env)
+    assert {"subvp", "ncsn"} <= set(shown), sorted(shown)
+    sde = shown["subvp"]
     metrics = sde["metrics"]["reports/metrics.json"]["data"]
     ode = metrics["ode_bpd"]
     assert "bpd" not in metrics and metrics["ode_unit"] == "bits/dim"  # no variational bound for an SDE
@@ -62,7 +74,7 @@ def test_sde_and_ncsn_are_experiments_of_the_same_pipeline(workspace):
     assert run_.data.metrics["ode_bpd_nfe"] == pytest.approx(ode["nfe"])
     assert run_.data.metrics["sample_nfe"] == 100 and "bpd" not in run_.data.metrics
 
-    ncsn = experiment(root, env, "ncsn")
+    ncsn = shown["ncsn"]
     metrics = ncsn["metrics"]["reports/metrics.json"]["data"]
     assert metrics["likelihood"].startswith("none: family=ncsn") and "ode_bpd" not in metrics
     run_ = by_family["ncsn"]
