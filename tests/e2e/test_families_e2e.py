@@ -35,7 +35,7 @@ def experiments(root, env) -> dict[str, dict]:
     return {e["name"]: e["revs"][0]["data"] for b in show for e in (b.get("experiments") or []) if e.get("name")}
 
 
-def test_sde_and_ncsn_queued_with_j2_are_experiments_of_the_same_pipeline_complete_in_mlflow(workspace):
+def test_sde_and_ncsn_queued_to_run_in_parallel_are_experiments_of_the_same_pipeline_whole_in_mlflow(workspace):
     root, env = workspace
     assert not (root / "mlflow.db").exists()  # a fresh clone: the queue's two workers create the store together
     # 100 noise scales rather than 1000 (the network's time scale and PC's steps); NCSN walks 2
