@@ -1,6 +1,6 @@
 """Values typed on the command line reach the config as numbers: a real `dvc exp run -S`
 writes small floats into params.yaml as `1e-05` (a string to a YAML 1.1 reader) and an
-integer typed as `2e3` as `2000.0`."""
+integer typed as `2e3` as `2000.0`. Lists typed one after another leave params.yaml valid YAML."""
 
 from __future__ import annotations
 
@@ -36,6 +36,39 @@ stages:
       - resolved.json:
           cache: false
 """
+
+
+def list_keys(params: dict, prefix: str = "") -> list[str]:
+    return [key for name, value in params.items() for key in (
+        list_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else
+        [f"{prefix}{name}"] if isinstance(value, list) else [])]
+
+
+def test_lists_set_one_after_another_leave_params_yaml_valid_for_pure_and_c_yaml(tmp_path: Path) -> None:
+    """`dvc exp run -S key=[...]` rewrites params.yaml with ruamel's round trip, keeping comments, and
+    every later dvc command parses it (ruamel's safe loader, in C where ruamel.yaml.clib is installed).
+    A list set, then emptied, then set again must leave a file both parsers read, holding the value
+    set. (With the comment at the end of `sweep:`'s line, emptying a list DVC had written as a block
+    glued the next keys onto one line: "mapping values are not allowed here"; C YAML also refused the
+    unquoted flow list `[ddim:10, ...]`.) DVC's own override code (dvc.utils.hydra.apply_overrides,
+    what -S calls) runs on a copy of the repository's params.yaml."""
+    import yaml
+    from dvc.utils.hydra import apply_overrides
+    from ruamel.yaml import YAML
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    keys = list_keys(yaml.safe_load(path.read_text()))
+    assert "quality.sweep" in keys
+    for key in keys:
+        typed = {"quality.sweep": [("[ddim:10,ddim:25]", ["ddim:10", "ddim:25"]), ("[]", []), ("[ddim:5]", ["ddim:5"])]}
+        for text, value in typed.get(key, [("[1,2]", [1, 2]), ("[]", []), ("[3]", [3])]):
+            apply_overrides(path, [f"{key}={text}"])
+            for pure in (True, False):
+                loaded = YAML(typ="safe", pure=pure).load(path.read_text())
+                for part in key.split("."):
+                    loaded = loaded[part]
+                assert loaded == value, (key, text, "pure" if pure else "C")
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
