@@ -192,6 +192,18 @@ def test_tracking_source_name_comes_from_the_caller(tmp_path, monkeypatch):
     assert sources == ["dvc repro (stages/train.py)", str(tmp_path / "notebook.py")]
 
 
+def test_dvc_parses_yaml_with_ruamels_c_parser():
+    """Every dvc command parses dvc.yaml, dvc.lock and params.yaml with ruamel.yaml's safe loader
+    (dvc.utils.serialize.parse_yaml), 4x faster in C on this repository's dvc.lock
+    (benchmarks/README.md); ruamel.yaml 0.19 no longer installs its C extension, so
+    pyproject.toml lists ruamel.yaml.clib."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None, "ruamel.yaml.clib is not installed: DVC parses YAML in pure Python"
+    assert YAML(typ="safe").Parser is CParser
+
+
 def test_dvc_yaml_lists_every_ddpm_module_each_stage_imports():
     """Declared deps cannot go stale: import each stage in a fresh interpreter and compare (a
     directory listed stands for all its modules). (One
