@@ -60,8 +60,8 @@ def test_lists_set_one_after_another_leave_params_yaml_valid_for_pure_and_c_yaml
     shutil.copy(REPO / "params.yaml", path)
     keys = list_keys(yaml.safe_load(path.read_text()))
     assert "quality.sweep" in keys
+    typed = {"quality.sweep": [("[ddim:10,ddim:25]", ["ddim:10", "ddim:25"]), ("[]", []), ("[ddim:5]", ["ddim:5"])]}
     for key in keys:
-        typed = {"quality.sweep": [("[ddim:10,ddim:25]", ["ddim:10", "ddim:25"]), ("[]", []), ("[ddim:5]", ["ddim:5"])]}
         for text, value in typed.get(key, [("[1,2]", [1, 2]), ("[]", []), ("[3]", [3])]):
             apply_overrides(path, [f"{key}={text}"])
             for pure in (True, False):

@@ -20,7 +20,13 @@ from mlflow.tracking import MlflowClient
 from test_pipeline_e2e import TINY, deep_update, dvc, make_workspace
 
 pytestmark = pytest.mark.slow
-STEPS = 120
+STEPS = 120  # long enough to interrupt the train stage in its middle (here, and the team server's outage)
+
+
+def long_run() -> dict:
+    """The tiny settings, training STEPS steps with a checkpoint and a bound estimate every 30."""
+    return deep_update(deep_update({}, TINY), {"train": {"steps": STEPS, "log_every": 10, "checkpoint_every": 30,
+                                                         "bound_every": 30}})
 
 
 def store(root: Path) -> tuple[MlflowClient, str]:
@@ -58,9 +64,7 @@ def train_process(dvc_pid: int) -> psutil.Process | None:
 def test_resume_and_mlflow_sigterm_mid_training_then_dvc_repro_keeps_one_whole_history(tmp_path):
     """Killed after its first checkpoint, `dvc repro train` continues the run and, with no later
     stage to follow it, leaves it FINISHED; a later stage (`dvc repro evaluate`) then logs to it."""
-    long_run = {"train": {"steps": STEPS, "log_every": 10, "checkpoint_every": 30, "bound_every": 30}}
-    overrides = deep_update(deep_update({}, TINY), long_run)
-    root, env = make_workspace(tmp_path / "repo", overrides)
+    root, env = make_workspace(tmp_path / "repo", long_run())
     dvc(["repro", "prepare"], root, env)
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

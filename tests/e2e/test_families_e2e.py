@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import yaml
-from test_pipeline_e2e import deep_update, dvc, make_workspace, mlflow_runs, run, run_queue
+from test_pipeline_e2e import deep_update, dvc, failed_queue_logs, make_workspace, mlflow_runs, run, run_queue
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +45,7 @@ def test_sde_and_ncsn_queued_to_run_in_parallel_are_experiments_of_the_same_pipe
     dvc(["exp", "run", "--queue", "-n", "ncsn", "-S", "family=ncsn", "-S", "sample.sampler=ald",
          "-S", "ncsn.steps_per_level=2"], root, env)
     status = run_queue(root, env)
-    assert status.count("Success") == 2, status + "\n".join(
-        dvc(["queue", "logs", line.split()[0]], root, env).stdout[-3000:] for line in status.splitlines()[1:]
-        if line.split() and "Failed" in line)
+    assert status.count("Success") == 2, status + failed_queue_logs(status, root, env)
     client, runs = mlflow_runs(root)
     assert len(runs) == 2  # one run per experiment, and no other (no half-made duplicate)
     assert sorted(r.data.tags.get("dvc_experiment") for r in runs) == ["ncsn", "subvp"]  # each written by its own

@@ -94,6 +94,13 @@ def run_queue(root: Path, env: dict, timeout: float = 900) -> str:
         time.sleep(2)
 
 
+def failed_queue_logs(status: str, root: Path, env: dict) -> str:
+    """The end of `dvc queue logs` of each experiment that `dvc queue status` (``status``) lists as
+    Failed: what an assertion on the queue prints when an experiment did not succeed."""
+    return "\n".join(dvc(["queue", "logs", line.split()[0]], root, env).stdout[-3000:]
+                     for line in status.splitlines()[1:] if line.split() and "Failed" in line)
+
+
 def stage_running_under(root: Path) -> bool:
     """Whether a pipeline stage (`python -m stages.<name>`) runs in ``root`` or in a folder under
     it (the queue runs each experiment in a copy under .dvc/tmp/exps)."""

