@@ -11,10 +11,18 @@
    inside ``ddpm.pipeline.runtime.flush_denormals`` and without it.
 4. **bf16 for the MLP.** ``train_step`` of the default swissroll MLP under bf16 autocast
    against fp32 (why ``train.precision=auto`` keeps the MLP in fp32).
+5. **bf16 attention on the CPU** (``ddpm.nn.unet.attention``, ``SMALL_ATTENTION_TOKENS``).
+   Forward and backward of one head's attention in bf16 at the U-Nets' shapes (batch x
+   tokens x channels: digits 128 x 16 x 64, MNIST 128 x 196 x 128, CIFAR-10 128 x 256 x 256,
+   and 32 x 1024 x 128), PyTorch's fused kernel against the explicit form (two bf16 matrix
+   products around an fp32 softmax); then the digits U-Net's whole ``train_step`` in bf16
+   (batch 128, the default run's step) with the explicit form off (``SMALL_ATTENTION_TOKENS =
+   0``: the fused kernel everywhere) and on.
 
     python benchmarks/bench_components.py                   # about 3 minutes on 2 idle cores
     python benchmarks/bench_components.py --quick           # smoke run: MNIST-size U-Net, 1 round
     python benchmarks/bench_components.py --only dropout,adam
+    python benchmarks/bench_components.py --only attention   # about a minute
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from _common import environment, fmt_range, median_range, timed
 from torch import nn
 
 from ddpm.config import Params
+from ddpm.nn import unet
 from ddpm.nn.dropout import Dropout
 from ddpm.pipeline.build import build_network
 from ddpm.pipeline.runtime import flush_denormals
@@ -109,13 +118,78 @@ def bench_mlp_precision(rounds: int, steps: int) -> dict[str, dict[str, float]]:
     return alternate(ways, rounds, reps=1)
 
 
+ATTENTION_SHAPES = {"digits": (128, 16, 64), "mnist": (128, 196, 128), "cifar10": (128, 256, 256),
+                    "1024 tokens": (32, 1024, 128)}
+
+
+def bench_attention_kernels(rounds: int, quick: bool) -> dict[str, dict[str, float]]:
+    """Forward + backward of bf16 attention, fused against explicit, at each shape."""
+    ways = {}
+    for name, (batch, tokens, channels) in ATTENTION_SHAPES.items():
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(batch // 8 if quick else batch, 1, tokens, channels, generator=g)
+                   .bfloat16().requires_grad_() for _ in range(3))
+        for form, limit in (("fused", 0), ("explicit", tokens)):
+            def run(q=q, k=k, v=v, limit=limit) -> None:
+                unet.SMALL_ATTENTION_TOKENS = limit
+                unet.attention(q, k, v).sum().backward()
+            ways[f"{name} {form}"] = run
+    try:
+        return alternate(ways, rounds, reps=3)
+    finally:
+        unet.SMALL_ATTENTION_TOKENS = SMALL_ATTENTION_TOKENS
+
+
+def bench_attention_step(rounds: int, steps: int) -> dict[str, dict[str, float]]:
+    """``steps`` bf16 training steps of the digits U-Net (batch 128) with the fused kernel
+    everywhere and with the explicit form at its 16 tokens."""
+    params = Params.from_dict({"dataset": "digits", "train": {"precision": "bf16", "batch_size": 128}})
+    meta = {"kind": "image", "shape": [1, 8, 8], "num_levels": 17}
+    trainer = setup_training(params, meta, CPU)
+    trainer.state.model.train()
+    g = torch.Generator().manual_seed(0)
+    batch = params.train.batch_size
+    x0 = torch.rand(batch, 1, 8, 8, generator=g) * 2 - 1
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    noise = torch.randn(batch, 1, 8, 8, generator=g)
+
+    def way(limit: int) -> Callable[[], None]:
+        def run() -> None:
+            unet.SMALL_ATTENTION_TOKENS = limit
+            with flush_denormals(CPU):
+                for _ in range(steps):
+                    train_step(trainer, x0, t, noise)
+        return run
+
+    try:
+        return alternate({"fused": way(0), "explicit": way(SMALL_ATTENTION_TOKENS)}, rounds, reps=1)
+    finally:
+        unet.SMALL_ATTENTION_TOKENS = SMALL_ATTENTION_TOKENS
+
+
+SMALL_ATTENTION_TOKENS = unet.SMALL_ATTENTION_TOKENS
+
+
+def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """Each way against the first, or, for ways named "<shape> <way>", against its shape's fused kernel."""
+    pairs = []
+    for name in names[1:]:
+        shape, _, way = name.rpartition(" ")
+        if not shape:
+            pairs.append((name, names[0]))
+        elif way != "fused" and f"{shape} fused" in names:
+            pairs.append((name, f"{shape} fused"))
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: MNIST-size U-Net, small batches, 1 round")
     parser.add_argument("--rounds", type=int, default=0, help="alternating rounds (default 5, quick 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--only", default="adam,dropout,denormals,mlp", help="comma-separated subset")
+    parser.add_argument("--only", default="adam,dropout,denormals,mlp,attention,attention_step",
+                        help="comma-separated subset")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -130,13 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         "denormals": (f"first 3 training steps, {dataset} U-Net, batch 8",
                       lambda: bench_denormals(dataset, rounds, steps=3)),
         "mlp": ("20 training steps of the swissroll MLP", lambda: bench_mlp_precision(rounds, steps=20)),
+        "attention": ("bf16 attention forward+backward (batch x tokens x channels: "
+                      + ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in ATTENTION_SHAPES.items())
+                      + ")", lambda: bench_attention_kernels(rounds, args.quick)),
+        "attention_step": ("10 bf16 training steps of the digits U-Net, batch 128",
+                           lambda: bench_attention_step(rounds, steps=2 if args.quick else 10)),
     }
     for key in args.only.split(","):
         title, run = benches[key.strip()]
         stats = run()
-        first, *others = stats
-        ratios = ", ".join(f"{name} / {first}: {stats[name]['median'] / stats[first]['median']:.2f}x"
-                           for name in others)
+        ratios = ", ".join(f"{name} / {base}: {stats[name]['median'] / stats[base]['median']:.2f}x"
+                           for name, base in ratio_pairs(list(stats)))
         print(f"  {title}: " + "; ".join(f"{name} {fmt_range(s, 2)}" for name, s in stats.items()) + f" ({ratios})")
     return 0
 
