@@ -14,7 +14,8 @@ from ddpm.config import ModelConfig, Params
 from ddpm.errors import ConfigError
 from ddpm.nn import MLP, UNet, build_model, count_parameters, timestep_embedding
 from ddpm.nn.dropout import Dropout
-from ddpm.nn.unet import AttentionBlock, Upsample, norm_groups
+from ddpm.nn import unet
+from ddpm.nn.unet import AttentionBlock, Upsample, attention, norm_groups
 
 # Small U-Nets covering the three layouts the project uses (digits 8x8, MNIST 28x28,
 # CIFAR-10 32x32), kept narrow so the whole file runs in seconds on a laptop CPU.
@@ -266,6 +267,82 @@ def test_attention_matches_naive_softmax_attention() -> None:
     attended = torch.cat(heads, dim=1).reshape(x.shape)
     expected = x + block.proj_out(attended)
     torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+BF16_UNIT_ROUNDOFF = 2.0**-8  # bf16 keeps 8 significant bits: rounding moves a value by at most 2^-8 of it
+
+
+def fp32_sum_error(terms: int) -> float:
+    """The relative error bound of an fp32 sum of ``terms`` products (Higham's gamma_n)."""
+    return terms * 2.0**-24 / (1 - terms * 2.0**-24)
+
+
+def small_attention_case(tokens: int, channels: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(tokens)
+    return tuple(torch.randn(3, 2, tokens, channels, generator=g).bfloat16() for _ in range(4))
+
+
+@pytest.mark.parametrize(("tokens", "channels"), [(16, 64), (196, 128)])
+def test_small_bf16_attention_on_the_cpu_is_within_its_rounding_bound_of_float64(tokens: int, channels: int) -> None:
+    """The explicit form (fp32 logits and softmax, bf16 weights times values), forward and
+    backward, against float64 on the same bf16 inputs: every element within the first-order
+    bound of its roundings (weights, products and gradients to bf16: 2^-8 each; fp32 sums:
+    gamma_n), computed from the float64 values. A wrong scale, a missing softmax or a
+    transposed product is off by far more."""
+    q, k, v, grad_out = small_attention_case(tokens, channels)
+    leaves = [a.clone().requires_grad_() for a in (q, k, v)]
+    out = attention(*leaves)
+    out.backward(grad_out)
+    assert out.dtype == torch.bfloat16 and all(a.grad.dtype == torch.bfloat16 for a in leaves)
+
+    q64, k64, v64, g64 = (a.double().requires_grad_(i < 3) for i, a in enumerate((q, k, v, grad_out)))
+    scale = channels**-0.5
+    weights = torch.softmax(q64 @ k64.transpose(-1, -2) * scale, dim=-1)
+    ref = weights @ v64
+    ref.backward(g64)
+    u, gamma = BF16_UNIT_ROUNDOFF, fp32_sum_error(max(tokens, channels))
+    with torch.no_grad():
+        # The logits' fp32 error delta moves each weight by a factor within exp(+-2 delta).
+        delta = (gamma * scale * (q64.abs() @ k64.abs().transpose(-1, -2))).amax(-1, keepdim=True) + gamma
+        eta = torch.expm1(2 * delta)
+        w_err = (1 + u) * (1 + eta) - 1  # and the weights rounded to bf16
+        s = weights @ v64.abs()
+        out_bound = s * ((1 + u) * (w_err + gamma * (1 + w_err)) + u)
+        assert ((out.double() - ref).abs() <= out_bound).all()
+
+        # Backward: dW = G v^T and dv = W^T G in bf16; dS = W (dW - rowsum(W dW)) in fp32 from them;
+        # dq = scale dS k and dk = scale dS^T q in fp32, rounded to bf16.
+        m = g64.abs() @ v64.abs().transpose(-1, -2)  # bounds |dW|
+        p = weights * (m + (weights * m).sum(-1, keepdim=True))  # bounds |dS|
+        kappa = u * (1 + gamma) + 3 * eta.amax() + 2 * gamma  # dS's relative error, per unit of p
+        w_err_max = w_err.amax()
+        grad_bounds = {
+            "q": scale * (p @ k64.abs()) * ((1 + u) * (kappa + gamma) + u),
+            "k": scale * (p.transpose(-1, -2) @ q64.abs()) * ((1 + u) * (kappa + gamma) + u),
+            "v": (weights.transpose(-1, -2) @ g64.abs()) * ((1 + u) * (w_err_max + gamma * (1 + w_err_max)) + u),
+        }
+        for name, leaf, leaf64 in zip("qkv", leaves, (q64, k64, v64), strict=True):
+            error = (leaf.grad.double() - leaf64.grad).abs()
+            assert (error <= grad_bounds[name]).all(), f"d{name}: worst error over bound {(error / grad_bounds[name]).max():.2f}"
+
+
+def test_attention_takes_the_fused_kernel_in_fp32_and_beyond_the_small_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 (sampling, the bound, fp32 training) is PyTorch's kernel to the bit, as before the
+    explicit form existed; so is bf16 over more than SMALL_ATTENTION_TOKENS tokens. Only bf16 up
+    to that size on the CPU bypasses it."""
+    calls = []
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a: calls.append(a[0].shape[-2]) or fused(*a))
+    q, k, v, _ = small_attention_case(16, 8)
+    assert torch.equal(attention(q.float(), k.float(), v.float()), fused(q.float(), k.float(), v.float()))
+    limit = unet.SMALL_ATTENTION_TOKENS
+    big = [torch.randn(1, 1, limit + 1, 8).bfloat16() for _ in range(3)]
+    assert torch.equal(attention(*big), fused(*big))
+    assert calls == [16, limit + 1]
+    at_limit = [torch.randn(1, 1, limit, 8).bfloat16() for _ in range(3)]
+    attention(*at_limit)
+    attention(q, k, v)
+    assert calls == [16, limit + 1]
 
 
 def test_upsample_is_nearest_neighbour() -> None:
