@@ -12,9 +12,8 @@ from torch.nn import functional as F
 
 from ddpm.config import ModelConfig, Params
 from ddpm.errors import ConfigError
-from ddpm.nn import MLP, UNet, build_model, count_parameters, timestep_embedding
+from ddpm.nn import MLP, UNet, build_model, count_parameters, timestep_embedding, unet
 from ddpm.nn.dropout import Dropout
-from ddpm.nn import unet
 from ddpm.nn.unet import AttentionBlock, Upsample, attention, norm_groups
 
 # Small U-Nets covering the three layouts the project uses (digits 8x8, MNIST 28x28,
@@ -323,7 +322,8 @@ def test_small_bf16_attention_on_the_cpu_is_within_its_rounding_bound_of_float64
         }
         for name, leaf, leaf64 in zip("qkv", leaves, (q64, k64, v64), strict=True):
             error = (leaf.grad.double() - leaf64.grad).abs()
-            assert (error <= grad_bounds[name]).all(), f"d{name}: worst error over bound {(error / grad_bounds[name]).max():.2f}"
+            worst = (error / grad_bounds[name]).max()
+            assert worst <= 1, f"d{name}: an element's error is {worst:.2f} times its bound"
 
 
 def test_attention_takes_the_fused_kernel_in_fp32_and_beyond_the_small_size(monkeypatch: pytest.MonkeyPatch) -> None:
