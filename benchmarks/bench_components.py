@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from _common import environment, fmt_range, median_range, timed
@@ -122,6 +122,18 @@ ATTENTION_SHAPES = {"digits": (128, 16, 64), "mnist": (128, 196, 128), "cifar10"
                     "1024 tokens": (32, 1024, 128)}
 
 
+@contextlib.contextmanager
+def attention_limit(limit: int) -> Iterator[None]:
+    """``ddpm.nn.unet.SMALL_ATTENTION_TOKENS`` set to ``limit`` (0: the fused kernel everywhere)
+    inside the block, the library's value restored after it."""
+    saved = unet.SMALL_ATTENTION_TOKENS
+    unet.SMALL_ATTENTION_TOKENS = limit
+    try:
+        yield
+    finally:
+        unet.SMALL_ATTENTION_TOKENS = saved
+
+
 def bench_attention_kernels(rounds: int, quick: bool) -> dict[str, dict[str, float]]:
     """Forward + backward of bf16 attention, fused against explicit, at each shape."""
     ways = {}
@@ -131,18 +143,15 @@ def bench_attention_kernels(rounds: int, quick: bool) -> dict[str, dict[str, flo
                    .bfloat16().requires_grad_() for _ in range(3))
         for form, limit in (("fused", 0), ("explicit", tokens)):
             def run(q=q, k=k, v=v, limit=limit) -> None:
-                unet.SMALL_ATTENTION_TOKENS = limit
-                unet.attention(q, k, v).sum().backward()
+                with attention_limit(limit):
+                    unet.attention(q, k, v).sum().backward()
             ways[f"{name} {form}"] = run
-    try:
-        return alternate(ways, rounds, reps=3)
-    finally:
-        unet.SMALL_ATTENTION_TOKENS = SMALL_ATTENTION_TOKENS
+    return alternate(ways, rounds, reps=3)
 
 
 def bench_attention_step(rounds: int, steps: int) -> dict[str, dict[str, float]]:
     """``steps`` bf16 training steps of the digits U-Net (batch 128) with the fused kernel
-    everywhere and with the explicit form at its 16 tokens."""
+    everywhere and with the library's limit (the explicit form at its 16 tokens)."""
     params = Params.from_dict({"dataset": "digits", "train": {"precision": "bf16", "batch_size": 128}})
     meta = {"kind": "image", "shape": [1, 8, 8], "num_levels": 17}
     trainer = setup_training(params, meta, CPU)
@@ -155,19 +164,12 @@ def bench_attention_step(rounds: int, steps: int) -> dict[str, dict[str, float]]
 
     def way(limit: int) -> Callable[[], None]:
         def run() -> None:
-            unet.SMALL_ATTENTION_TOKENS = limit
-            with flush_denormals(CPU):
+            with attention_limit(limit), flush_denormals(CPU):
                 for _ in range(steps):
                     train_step(trainer, x0, t, noise)
         return run
 
-    try:
-        return alternate({"fused": way(0), "explicit": way(SMALL_ATTENTION_TOKENS)}, rounds, reps=1)
-    finally:
-        unet.SMALL_ATTENTION_TOKENS = SMALL_ATTENTION_TOKENS
-
-
-SMALL_ATTENTION_TOKENS = unet.SMALL_ATTENTION_TOKENS
+    return alternate({"fused": way(0), "explicit": way(unet.SMALL_ATTENTION_TOKENS)}, rounds, reps=1)
 
 
 def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:

@@ -5,8 +5,8 @@ floor is the spread between real draws; a model's own spread between sample sets
 decides whether two models differ. This scores ``--sets`` disjoint sets of that size from a
 workspace that ran ``dvc repro``: the sample stage's own samples, then samples n..(sets x n - 1)
 of the same per-sample seed stream (the sample stage's sampler settings), each against the
-quality stage's reference set in the classifier's features, and prints every metric per set,
-its mean and the mean's standard error.
+quality stage's reference set in the classifier's features, and prints the Frechet distance,
+precision, recall, density and coverage per set, their mean and the mean's standard error.
 
     python benchmarks/sample_quality_sets.py                    # this workspace, 4 sets
     python benchmarks/sample_quality_sets.py --root /tmp/clone --sets 4 --threads 1
